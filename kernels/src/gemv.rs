@@ -1,24 +1,62 @@
 //! Public matrix products: dispatch to the active path and split work over output rows with rayon.
 //!
-//! Scratch (quantized activations, the rank-r intermediate) lives in thread-local buffers that grow once,
-//! so the decode path does not allocate per call.
+//! Scratch (quantized activations, the rank-r intermediate, GEMM packing panels) lives in thread-local
+//! buffers that grow once, so the decode path does not allocate per call. Buffers are taken out of their
+//! cell while in use, so a re-entrant call (e.g. from a rayon task stolen while waiting) stays correct.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
+use crate::int8;
 use crate::isa::{self, Isa};
-use crate::matrix::{DenseRef, Int8Act, Layout, MatRef};
+use crate::kern::{self, PackSrc};
+use crate::matrix::{DenseRef, Elems, Int8Act, Int8Ref, Layout, MatRef};
 use crate::reference;
 
 /// Below this many weight bytes a product stays on the calling thread.
 const PAR_MIN_BYTES: usize = 256 * 1024;
-/// Output rows per parallel task are a multiple of this (keeps SIMD column blocks whole).
+/// Output rows per parallel task are a multiple of this (keeps SIMD column blocks whole and tasks on
+/// separate cache lines of `y`).
 const ROW_ALIGN: usize = 64;
+/// `matmul` with fewer tokens than this runs the matvec kernels per token (packing would not pay off).
+const GEMM_MIN_TOKENS: usize = 4;
+/// K-block of the f32 GEMM (a packed `KC × NR` panel is 32 KiB with AVX-512).
+const GEMM_KC: usize = 256;
+/// Widest column block of one GEMM task.
+const GEMM_NC: usize = 256;
+/// Below this many multiply-adds a GEMM runs on the calling thread.
+const GEMM_PAR_MIN_MACS: usize = 1 << 21;
 
 thread_local! {
     static XQ: RefCell<Vec<i8>> = const { RefCell::new(Vec::new()) };
     static RANK_TMP: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PACK_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PACK_U8: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static ACT_U8: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static ACT_SCALE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on at least `len` elements of a thread-local scratch vector that only ever grows.
+fn with_scratch<T: Clone + Default + 'static, R>(
+    key: &'static LocalKey<RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    let mut v = key.with(|c| c.take());
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+    let r = f(&mut v[..len]);
+    key.with(|c| {
+        // Keep the larger buffer if a re-entrant call stored one meanwhile.
+        let mut cur = c.borrow_mut();
+        if cur.len() < v.len() {
+            *cur = v;
+        }
+    });
+    r
 }
 
 /// Activations as the kernels consume them: f32, and for W8A8 also quantized.
@@ -27,25 +65,45 @@ struct Acts<'a> {
     q: Option<(&'a [i8], f32)>,
 }
 
+fn check_isa(isa: Isa) {
+    assert!(
+        isa.supported(),
+        "kernel path {} is not supported by this CPU",
+        isa.name()
+    );
+}
+
 /// `y = W·x + bias` for one token.
 pub fn matvec(w: &MatRef, bias: Option<&[f32]>, x: &[f32], y: &mut [f32]) {
+    matvec_with(isa::active(), w, bias, x, y)
+}
+
+/// [`matvec`] on an explicit path (tests, benches).
+///
+/// # Panics
+/// When `isa` is not supported by this CPU, or on shape mismatches.
+pub fn matvec_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, x: &[f32], y: &mut [f32]) {
+    check_isa(isa);
     w.check();
     assert_eq!(x.len(), w.in_dim(), "matvec: input length");
     assert_eq!(y.len(), w.out_dim(), "matvec: output length");
     if let Some(b) = bias {
         assert_eq!(b.len(), w.out_dim(), "matvec: bias length");
     }
-    let isa = isa::active();
     let needs_q = matches!(w, MatRef::Int8(q) if q.act == Int8Act::Int8);
     if needs_q {
-        XQ.with(|cell| {
-            let mut buf = cell.borrow_mut();
-            if buf.len() < x.len() {
-                buf.resize(x.len(), 0);
-            }
-            let xq = &mut buf[..x.len()];
+        with_scratch(&XQ, x.len(), |xq| {
             let xs = reference::quantize_activations(x, xq);
-            matvec_split(isa, w, bias, &Acts { x, q: Some((xq, xs)) }, y);
+            matvec_split(
+                isa,
+                w,
+                bias,
+                &Acts {
+                    x,
+                    q: Some((xq, xs)),
+                },
+                y,
+            );
         })
     } else {
         matvec_split(isa, w, bias, &Acts { x, q: None }, y);
@@ -67,26 +125,92 @@ fn matvec_split(isa: Isa, w: &MatRef, bias: Option<&[f32]>, a: &Acts, y: &mut [f
 
 /// Computes outputs `o0 .. o0 + y.len()` on the calling thread.
 fn matvec_rows(isa: Isa, w: &MatRef, bias: Option<&[f32]>, a: &Acts, o0: usize, y: &mut [f32]) {
-    let _ = isa; // fast paths are selected here per storage
     match w {
-        MatRef::Dense(d) => dense_rows_scalar(d, a.x, o0, y),
+        MatRef::Dense(d) => match d.data {
+            Elems::F32(s) => dense_rows(isa, d, s, a.x, o0, y),
+            Elems::F16(s) => dense_rows(isa, d, s, a.x, o0, y),
+            Elems::BF16(s) => dense_rows(isa, d, s, a.x, o0, y),
+        },
         MatRef::Int8(q) => match a.q {
-            Some((xq, xs)) => {
-                for (k, yo) in y.iter_mut().enumerate() {
-                    *yo = reference::int8_w8a8_row(q, o0 + k, xq, xs);
-                }
-            }
-            None => {
-                for (k, yo) in y.iter_mut().enumerate() {
-                    *yo = reference::int8_w8a32_row(q, o0 + k, a.x);
-                }
-            }
+            Some((xq, xs)) => w8a8_rows(isa, q, xq, xs, o0, y),
+            None => w8a32_rows(isa, q, a.x, o0, y),
         },
     }
     if let Some(b) = bias {
         for (yo, bo) in y.iter_mut().zip(&b[o0..]) {
             *yo += bo;
         }
+    }
+}
+
+fn dense_rows<T: crate::simd::Elem>(
+    isa: Isa,
+    d: &DenseRef,
+    w: &[T],
+    x: &[f32],
+    o0: usize,
+    y: &mut [f32],
+) {
+    let (k, n) = (d.in_dim, d.out_dim);
+    match (isa, d.layout) {
+        (Isa::Scalar, _) => dense_rows_scalar(d, x, o0, y),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` was checked to be supported by this CPU (`check_isa`); shapes checked by `check`.
+        (Isa::Avx512, Layout::OutIn) => unsafe { kern::avx512::dense_outin(w, k, x, o0, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx512, Layout::InOut) => unsafe { kern::avx512::dense_inout(w, n, x, o0, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx2, Layout::OutIn) => unsafe { kern::avx2::dense_outin(w, k, x, o0, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx2, Layout::InOut) => unsafe { kern::avx2::dense_inout(w, n, x, o0, y) },
+        // SAFETY: the portable path needs no CPU features; shapes are checked inside.
+        (_, Layout::OutIn) => unsafe { kern::portable::dense_outin(w, k, x, o0, y) },
+        // SAFETY: as above.
+        (_, Layout::InOut) => unsafe { kern::portable::dense_inout(w, n, x, o0, y) },
+    }
+}
+
+fn w8a8_rows(isa: Isa, q: &Int8Ref, xq: &[i8], xs: f32, o0: usize, y: &mut [f32]) {
+    let (v, s, k, g) = (q.values, q.scales, q.in_dim, q.group);
+    match isa {
+        Isa::Scalar => {
+            for (r, yo) in y.iter_mut().enumerate() {
+                *yo = reference::int8_w8a8_row(q, o0 + r, xq, xs);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if isa::has_avx512_vnni() => {
+            // SAFETY: AVX-512 checked by `check_isa`, VNNI just now; shapes re-checked inside.
+            unsafe { int8::x86::w8a8_rows_vnni(v, s, k, g, xq, xs, o0, y) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx2 => {
+            // SAFETY: both paths imply AVX2 (checked by `check_isa`); shapes re-checked inside.
+            unsafe { int8::x86::w8a8_rows_avx2(v, s, k, g, xq, xs, o0, y) }
+        }
+        _ => int8::w8a8_rows_portable(v, s, k, g, xq, xs, o0, y),
+    }
+}
+
+fn w8a32_rows(isa: Isa, q: &Int8Ref, x: &[f32], o0: usize, y: &mut [f32]) {
+    let (v, s, k, g) = (q.values, q.scales, q.in_dim, q.group);
+    match isa {
+        Isa::Scalar => {
+            for (r, yo) in y.iter_mut().enumerate() {
+                *yo = reference::int8_w8a32_row(q, o0 + r, x);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` checked by `check_isa`; shapes re-checked inside.
+        Isa::Avx512 => unsafe { kern::avx512::w8a32_rows(v, s, k, g, x, o0, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { kern::avx2::w8a32_rows(v, s, k, g, x, o0, y) },
+        // SAFETY: the portable path needs no CPU features; shapes re-checked inside.
+        _ => unsafe { kern::portable::w8a32_rows(v, s, k, g, x, o0, y) },
     }
 }
 
@@ -110,15 +234,275 @@ fn dense_rows_scalar(d: &DenseRef, x: &[f32], o0: usize, y: &mut [f32]) {
     }
 }
 
-/// `ys[t] = W·xs[t] + bias` for `tokens = xs.len() / in_dim` tokens (row-major).
-pub fn matmul(w: &MatRef, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32]) {
-    let (k, n) = (w.in_dim(), w.out_dim());
-    assert_eq!(xs.len() % k, 0, "matmul: input is not whole tokens");
-    assert_eq!(ys.len() / n, xs.len() / k, "matmul: output token count");
-    for (x, y) in xs.chunks_exact(k).zip(ys.chunks_exact_mut(n)) {
-        matvec(w, bias, x, y);
+/// Exact per-group i32 dot products of one INT8 row with quantized activations, on an explicit path.
+///
+/// `out[g] = Σ_{i in group g} row[i]·xq[i]`; exposed so tests can check the integer kernels bit for bit.
+///
+/// # Panics
+/// When `isa` is unsupported or the lengths disagree (`out.len()` must be `row.len().div_ceil(group)`).
+pub fn int8_group_dots_with(isa: Isa, row: &[i8], xq: &[i8], group: usize, out: &mut [i32]) {
+    check_isa(isa);
+    assert!(group > 0 && row.len() == xq.len() && out.len() == row.len().div_ceil(group));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 checked by `check_isa`, VNNI just now.
+        Isa::Avx512 if isa::has_avx512_vnni() => unsafe {
+            int8::x86::group_dots_vnni(row, xq, group, out)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: both paths imply AVX2, checked by `check_isa`.
+        Isa::Avx512 | Isa::Avx2 => unsafe { int8::x86::group_dots_avx2(row, xq, group, out) },
+        Isa::Scalar => {
+            for (g, o) in out.iter_mut().enumerate() {
+                let lo = g * group;
+                let hi = (lo + group).min(row.len());
+                *o = reference::dot_i8(&row[lo..hi], &xq[lo..hi]);
+            }
+        }
+        _ => {
+            for (g, o) in out.iter_mut().enumerate() {
+                let lo = g * group;
+                let hi = (lo + group).min(row.len());
+                *o = int8::dot_i8(&row[lo..hi], &xq[lo..hi]);
+            }
+        }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// matmul (prefill)
+// ---------------------------------------------------------------------------------------------------
+
+/// `ys[t] = W·xs[t] + bias` for `tokens = xs.len() / in_dim` tokens (row-major).
+pub fn matmul(w: &MatRef, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32]) {
+    matmul_with(isa::active(), w, bias, xs, ys)
+}
+
+/// [`matmul`] on an explicit path (tests, benches).
+///
+/// Dense F32/F16/BF16 (either layout) and INT8 W8A32 run a packed, register-blocked f32 GEMM (weights
+/// converted/dequantized to f32 while packing); INT8 W8A8 runs a VNNI integer GEMM where available, and
+/// otherwise the matvec kernels per token. Fewer than 4 tokens always use the matvec kernels.
+///
+/// # Panics
+/// When `isa` is not supported by this CPU, or on shape mismatches.
+pub fn matmul_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32]) {
+    check_isa(isa);
+    w.check();
+    let (k, n) = (w.in_dim(), w.out_dim());
+    assert!(k > 0 && n > 0, "matmul: empty matrix");
+    assert_eq!(xs.len() % k, 0, "matmul: input is not whole tokens");
+    let tokens = xs.len() / k;
+    assert_eq!(ys.len(), tokens * n, "matmul: output length");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "matmul: bias length");
+    }
+    if isa == Isa::Scalar || tokens < GEMM_MIN_TOKENS {
+        for (x, y) in xs.chunks_exact(k).zip(ys.chunks_exact_mut(n)) {
+            matvec_with(isa, w, bias, x, y);
+        }
+        return;
+    }
+    let src = match w {
+        MatRef::Dense(d) => match (d.data, d.layout) {
+            (Elems::F32(s), Layout::OutIn) => PackSrc::OutInF32(s),
+            (Elems::F16(s), Layout::OutIn) => PackSrc::OutInF16(s),
+            (Elems::BF16(s), Layout::OutIn) => PackSrc::OutInBF16(s),
+            (Elems::F32(s), Layout::InOut) => PackSrc::InOutF32(s),
+            (Elems::F16(s), Layout::InOut) => PackSrc::InOutF16(s),
+            (Elems::BF16(s), Layout::InOut) => PackSrc::InOutBF16(s),
+        },
+        MatRef::Int8(q) if q.act == Int8Act::F32 => PackSrc::Int8 {
+            values: q.values,
+            scales: q.scales,
+            group: q.group,
+        },
+        MatRef::Int8(q) => {
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512 && isa::has_avx512_vnni() {
+                gemm_w8a8_vnni(q, bias, xs, ys, tokens);
+                return;
+            }
+            for (x, y) in xs.chunks_exact(k).zip(ys.chunks_exact_mut(n)) {
+                matvec_with(isa, w, bias, x, y);
+            }
+            return;
+        }
+    };
+    gemm_f32(isa, src, k, n, tokens, xs, ys, bias);
+}
+
+/// A raw output pointer shared by GEMM tasks that write disjoint blocks.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint (token, column) blocks of the buffer, which outlives the parallel loop.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above; the pointer is only dereferenced inside blocks owned by one task.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the whole `Send + Sync` wrapper, not its field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Splits `tokens × n` into tasks: column blocks of at most `GEMM_NC` (multiples of `nr`), and when there
+/// are too few of them for the pool, token blocks (multiples of `mr`) as well.
+fn gemm_grid(
+    tokens: usize,
+    n: usize,
+    mr: usize,
+    nr: usize,
+    macs: usize,
+) -> (usize, usize, usize, usize) {
+    let threads = if macs < GEMM_PAR_MIN_MACS {
+        1
+    } else {
+        rayon::current_num_threads()
+    };
+    let want = if threads > 1 { 4 * threads } else { 1 };
+    let nc = n.div_ceil(want).div_ceil(nr).max(1) * nr;
+    let nc = nc.min(GEMM_NC.div_ceil(nr) * nr);
+    let ncb = n.div_ceil(nc);
+    let tb = if ncb >= want {
+        1
+    } else {
+        want.div_ceil(ncb).min(tokens.div_ceil(mr))
+    };
+    let tc = tokens.div_ceil(tb).div_ceil(mr) * mr;
+    let ntb = tokens.div_ceil(tc);
+    (nc, ncb, tc, ntb)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_f32(
+    isa: Isa,
+    src: PackSrc,
+    k: usize,
+    n: usize,
+    tokens: usize,
+    xs: &[f32],
+    ys: &mut [f32],
+    bias: Option<&[f32]>,
+) {
+    let (mr, nr) = match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => (kern::avx512::MR, kern::avx512::NR),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => (kern::avx2::MR, kern::avx2::NR),
+        _ => (kern::portable::MR, kern::portable::NR),
+    };
+    let (nc, ncb, tc, ntb) = gemm_grid(tokens, n, mr, nr, tokens * k * n);
+    let kc = GEMM_KC.min(k);
+    let out = OutPtr(ys.as_mut_ptr());
+    let xp = xs.as_ptr() as usize;
+    let task = |ti: usize| {
+        let (cb, tb) = (ti % ncb, ti / ncb);
+        let (n0, n1) = (cb * nc, ((cb + 1) * nc).min(n));
+        let (t0, t1) = (tb * tc, ((tb + 1) * tc).min(tokens));
+        let xs = xp as *const f32;
+        with_scratch(&PACK_F32, kc * nc, |pack| match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `isa` checked by the caller (`check_isa`); `xs`/`ys` hold `tokens × k`/`tokens × n`
+            // floats (asserted by `matmul_with`); this task alone writes block (t0..t1, n0..n1).
+            Isa::Avx512 => unsafe {
+                kern::avx512::gemm_block(
+                    src,
+                    k,
+                    n,
+                    xs,
+                    out.get(),
+                    bias,
+                    (t0, t1),
+                    (n0, n1),
+                    kc,
+                    pack,
+                )
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe {
+                kern::avx2::gemm_block(src, k, n, xs, out.get(), bias, (t0, t1), (n0, n1), kc, pack)
+            },
+            // SAFETY: as above; the portable path needs no CPU features.
+            _ => unsafe {
+                kern::portable::gemm_block(
+                    src,
+                    k,
+                    n,
+                    xs,
+                    out.get(),
+                    bias,
+                    (t0, t1),
+                    (n0, n1),
+                    kc,
+                    pack,
+                )
+            },
+        });
+    };
+    let ntasks = ncb * ntb;
+    if ntasks == 1 {
+        task(0);
+    } else {
+        (0..ntasks).into_par_iter().for_each(task);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn gemm_w8a8_vnni(q: &Int8Ref, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32], tokens: usize) {
+    use int8::x86::{gemm_w8a8_block, pack_act, panel_bytes, QGeom, Q_MR, Q_NR};
+    let (k, n) = (q.in_dim, q.out_dim);
+    let geo = QGeom::new(k, q.group);
+    with_scratch(&ACT_U8, tokens * geo.kp, |act| {
+        with_scratch(&ACT_SCALE, tokens, |xscale| {
+            with_scratch(&XQ, k, |xq| {
+                for (t, x) in xs.chunks_exact(k).enumerate() {
+                    xscale[t] = reference::quantize_activations(x, xq);
+                    pack_act(&geo, xq, &mut act[t * geo.kp..(t + 1) * geo.kp]);
+                }
+            });
+            let (nc, ncb, tc, ntb) = gemm_grid(tokens, n, Q_MR, Q_NR, tokens * k * n / 4);
+            let out = OutPtr(ys.as_mut_ptr());
+            let (act, xscale) = (&*act, &*xscale);
+            let task = |ti: usize| {
+                let (cb, tb) = (ti % ncb, ti / ncb);
+                let (n0, n1) = (cb * nc, ((cb + 1) * nc).min(n));
+                let (t0, t1) = (tb * tc, ((tb + 1) * tc).min(tokens));
+                with_scratch(&PACK_U8, panel_bytes(&geo), |panel| {
+                    // SAFETY: the caller checked AVX-512 (`check_isa`) and VNNI; `ys` holds `tokens × n`
+                    // floats and this task alone writes block (t0..t1, n0..n1).
+                    unsafe {
+                        gemm_w8a8_block(
+                            &geo,
+                            q.values,
+                            q.scales,
+                            n,
+                            act,
+                            xscale,
+                            out.get(),
+                            bias,
+                            (t0, t1),
+                            (n0, n1),
+                            panel,
+                        )
+                    }
+                });
+            };
+            let ntasks = ncb * ntb;
+            if ntasks == 1 {
+                task(0);
+            } else {
+                (0..ntasks).into_par_iter().for_each(task);
+            }
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Low rank
+// ---------------------------------------------------------------------------------------------------
 
 /// The fused low-rank product `y = U·(s ⊙ (Vh·x)) + bias` for one token; the rank-r intermediate stays
 /// in a thread-local buffer.
@@ -130,25 +514,37 @@ pub fn lowrank_matvec(
     x: &[f32],
     y: &mut [f32],
 ) {
+    lowrank_matvec_with(isa::active(), vh, s, u, bias, x, y)
+}
+
+/// [`lowrank_matvec`] on an explicit path.
+pub fn lowrank_matvec_with(
+    isa: Isa,
+    vh: &MatRef,
+    s: Option<&[f32]>,
+    u: &MatRef,
+    bias: Option<&[f32]>,
+    x: &[f32],
+    y: &mut [f32],
+) {
     let r = vh.out_dim();
     assert_eq!(u.in_dim(), r, "lowrank: U columns must equal Vh rows");
-    RANK_TMP.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        if buf.len() < r {
-            buf.resize(r, 0.0);
-        }
-        let t = &mut buf[..r];
-        matvec(vh, None, x, t);
+    if let Some(s) = s {
+        assert_eq!(s.len(), r, "lowrank: s length");
+    }
+    with_scratch(&RANK_TMP, r, |t| {
+        matvec_with(isa, vh, None, x, t);
         if let Some(s) = s {
             for (ti, si) in t.iter_mut().zip(s) {
                 *ti *= si;
             }
         }
-        matvec(u, bias, t, y);
+        matvec_with(isa, u, bias, t, y);
     })
 }
 
-/// The low-rank product for `tokens = xs.len() / in_dim` tokens.
+/// The low-rank product for `tokens = xs.len() / in_dim` tokens: two GEMMs (`T = X·Vhᵀ`, scaled by `s`,
+/// then `Y = T·Uᵀ + bias`).
 pub fn lowrank_matmul(
     vh: &MatRef,
     s: Option<&[f32]>,
@@ -157,8 +553,35 @@ pub fn lowrank_matmul(
     xs: &[f32],
     ys: &mut [f32],
 ) {
-    let (k, n) = (vh.in_dim(), u.out_dim());
-    for (x, y) in xs.chunks_exact(k).zip(ys.chunks_exact_mut(n)) {
-        lowrank_matvec(vh, s, u, bias, x, y);
+    lowrank_matmul_with(isa::active(), vh, s, u, bias, xs, ys)
+}
+
+/// [`lowrank_matmul`] on an explicit path.
+pub fn lowrank_matmul_with(
+    isa: Isa,
+    vh: &MatRef,
+    s: Option<&[f32]>,
+    u: &MatRef,
+    bias: Option<&[f32]>,
+    xs: &[f32],
+    ys: &mut [f32],
+) {
+    let (k, r) = (vh.in_dim(), vh.out_dim());
+    assert_eq!(u.in_dim(), r, "lowrank: U columns must equal Vh rows");
+    assert_eq!(xs.len() % k, 0, "lowrank: input is not whole tokens");
+    let tokens = xs.len() / k;
+    if let Some(s) = s {
+        assert_eq!(s.len(), r, "lowrank: s length");
     }
+    with_scratch(&RANK_TMP, tokens * r, |t| {
+        matmul_with(isa, vh, None, xs, t);
+        if let Some(s) = s {
+            for row in t.chunks_exact_mut(r) {
+                for (ti, si) in row.iter_mut().zip(s) {
+                    *ti *= si;
+                }
+            }
+        }
+        matmul_with(isa, u, bias, t, ys);
+    })
 }

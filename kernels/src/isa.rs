@@ -91,9 +91,15 @@ pub fn has_avx512_vnni() -> bool {
 static ACTIVE: OnceLock<Result<Isa, String>> = OnceLock::new();
 
 fn detect() -> Result<Isa, String> {
-    match std::env::var("SLIMLM_KERNELS") {
-        Ok(v) if !v.trim().is_empty() => {
-            let isa = Isa::parse(&v).ok_or_else(|| {
+    resolve(std::env::var("SLIMLM_KERNELS").ok().as_deref())
+}
+
+/// The path a `SLIMLM_KERNELS` value selects (`None` or blank: the best available), or why it cannot run.
+/// This is what [`try_active`] does with the environment, exposed for tests and tools.
+pub fn resolve(value: Option<&str>) -> Result<Isa, String> {
+    match value {
+        Some(v) if !v.trim().is_empty() => {
+            let isa = Isa::parse(v).ok_or_else(|| {
                 format!("SLIMLM_KERNELS={v:?} is not one of scalar, portable, avx2, avx512")
             })?;
             if isa.supported() {

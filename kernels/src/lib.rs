@@ -14,7 +14,13 @@ pub mod ops;
 pub mod reference;
 
 mod gemv;
+mod int8;
+mod kern;
+mod simd;
 
-pub use gemv::{lowrank_matmul, lowrank_matvec, matmul, matvec};
+pub use gemv::{
+    int8_group_dots_with, lowrank_matmul, lowrank_matmul_with, lowrank_matvec, lowrank_matvec_with,
+    matmul, matmul_with, matvec, matvec_with,
+};
 pub use isa::Isa;
 pub use matrix::{DenseRef, Elems, Int8Act, Int8Ref, Layout, MatRef};

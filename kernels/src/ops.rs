@@ -20,7 +20,14 @@ pub fn softmax(x: &mut [f32]) {
 /// Attention of one query of one head over `n = keys.len() / q.len()` cached positions.
 ///
 /// `scores` is caller-owned scratch of at least `n` floats (no allocation here).
-pub fn attend(q: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
+pub fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     let d = q.len();
     let n = keys.len() / d;
     let scores = &mut scores[..n];

@@ -55,7 +55,11 @@ pub fn int8_w8a32_row(w: &Int8Ref, o: usize, x: &[f32]) -> f32 {
     for (g, s) in scales.iter().enumerate() {
         let lo = g * w.group;
         let hi = (lo + w.group).min(w.in_dim);
-        let part: f32 = row[lo..hi].iter().zip(&x[lo..hi]).map(|(&q, &v)| q as f32 * v).sum();
+        let part: f32 = row[lo..hi]
+            .iter()
+            .zip(&x[lo..hi])
+            .map(|(&q, &v)| q as f32 * v)
+            .sum();
         acc += part * s;
     }
     acc
@@ -163,7 +167,13 @@ pub fn attend(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f3
     let d = q.len();
     let n = keys.len() / d;
     let mut scores: Vec<f32> = (0..n)
-        .map(|j| scale * q.iter().zip(&keys[j * d..(j + 1) * d]).map(|(a, b)| a * b).sum::<f32>())
+        .map(|j| {
+            scale
+                * q.iter()
+                    .zip(&keys[j * d..(j + 1) * d])
+                    .map(|(a, b)| a * b)
+                    .sum::<f32>()
+        })
         .collect();
     softmax(&mut scores);
     out.fill(0.0);

@@ -1,0 +1,474 @@
+//! INT8 W8A8 kernels: integer dot products per group, one float rescale per group.
+//!
+//! * AVX-512 VNNI: `vpdpbusd` (u8 × i8, four products summed into an i32 lane). The activations are the
+//!   unsigned side: `|x|` as u8, and the sign of `x` is moved onto the weight (`w' = x < 0 ? -w : w`).
+//!   Exact because values lie in `[-127, 127]` (never -128, whose negation would wrap).
+//! * AVX2: `vpmaddubsw` (u8 × i8, adjacent pairs summed with **i16 saturation**) then `vpmaddwd` with
+//!   ones to widen to i32. With the same sign trick both factors are at most 127 in magnitude, so a pair
+//!   sums to at most `2·127·127 = 32258 < 32767`: saturation cannot happen. (Feeding an offset `x + 128`
+//!   as the unsigned side, as the VNNI GEMM does, would overflow here: `2·255·127 = 64770`.)
+//! * Portable: plain i32 loops (auto-vectorised).
+//!
+//! The prefill GEMM with VNNI uses the offset form instead (the sign of a token cannot be moved onto a
+//! weight shared by many tokens): `a = x + 128` as u8, `Σ a·w = Σ x·w + 128·Σ w`, and `128·Σ w` per
+//! output and group is computed while packing the weights, so the integer result stays exact.
+
+// Index loops read better than zipped iterators in these kernels; signatures mirror the math.
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
+/// Exact i32 dot product of one group (portable, also the tail of the SIMD paths).
+#[inline(always)]
+pub(crate) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    // Chunks of 16 keep the i16-free i32 sums vectorisable.
+    a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
+}
+
+/// W8A8 rows on the portable path: per group exact i32, `acc += dot as f32 · scale`, like the reference.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn w8a8_rows_portable(
+    values: &[i8],
+    scales: &[f32],
+    k: usize,
+    group: usize,
+    xq: &[i8],
+    xs: f32,
+    o0: usize,
+    y: &mut [f32],
+) {
+    let gpr = k.div_ceil(group);
+    for (r, yo) in y.iter_mut().enumerate() {
+        let o = o0 + r;
+        let row = &values[o * k..(o + 1) * k];
+        let srow = &scales[o * gpr..(o + 1) * gpr];
+        let mut acc = 0.0f32;
+        for (g, &s) in srow.iter().enumerate() {
+            let lo = g * group;
+            let hi = (lo + group).min(k);
+            acc += dot_i8(&row[lo..hi], &xq[lo..hi]) as f32 * s;
+        }
+        *yo = acc * xs;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    use super::dot_i8;
+    use std::arch::x86_64::*;
+
+    // ------------------------------------------------------------------ AVX2 (maddubs + madd)
+
+    /// Exact i32 group dot products of `R` weight rows with one activation vector (`len` bytes each).
+    ///
+    /// # Safety
+    /// AVX2 must be available; every pointer valid for `len` bytes; values in `[-127, 127]`.
+    #[inline(always)]
+    pub(crate) unsafe fn group_dot_avx2<const R: usize>(
+        p: [*const i8; R],
+        x: *const i8,
+        len: usize,
+    ) -> [i32; R] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_si256(); R];
+        let mut i = 0;
+        while i + 32 <= len {
+            let xv = _mm256_loadu_si256(x.add(i) as *const __m256i);
+            let ax = _mm256_abs_epi8(xv);
+            for r in 0..R {
+                let wv = _mm256_loadu_si256(p[r].add(i) as *const __m256i);
+                // w·sign(x): |x|·w' = x·w; pairs ≤ 2·127·127 < 2^15, so maddubs never saturates.
+                let ws = _mm256_sign_epi8(wv, xv);
+                acc[r] = _mm256_add_epi32(
+                    acc[r],
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(ax, ws), ones),
+                );
+            }
+            i += 32;
+        }
+        let mut out = [0i32; R];
+        for r in 0..R {
+            let s = _mm_add_epi32(
+                _mm256_castsi256_si128(acc[r]),
+                _mm256_extracti128_si256::<1>(acc[r]),
+            );
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            let tail = if i < len {
+                dot_i8(
+                    std::slice::from_raw_parts(p[r].add(i), len - i),
+                    std::slice::from_raw_parts(x.add(i), len - i),
+                )
+            } else {
+                0
+            };
+            out[r] = _mm_cvtsi128_si32(s) + tail;
+        }
+        out
+    }
+
+    /// W8A8 rows `o0 .. o0 + y.len()` with AVX2; float accumulation in the reference's order.
+    ///
+    /// # Safety
+    /// AVX2 must be available; the matrix must have passed `MatRef::check` (re-checked here).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn w8a8_rows_avx2(
+        values: &[i8],
+        scales: &[f32],
+        k: usize,
+        group: usize,
+        xq: &[i8],
+        xs: f32,
+        o0: usize,
+        y: &mut [f32],
+    ) {
+        let gpr = k.div_ceil(group);
+        assert!(
+            xq.len() == k
+                && values.len() >= (o0 + y.len()) * k
+                && scales.len() >= (o0 + y.len()) * gpr
+        );
+        let mut r = 0;
+        while r < y.len() {
+            let rows = (y.len() - r).min(4);
+            let o = o0 + r;
+            let p: [*const i8; 4] =
+                std::array::from_fn(|j| values.as_ptr().add((o + j.min(rows - 1)) * k));
+            let mut acc = [0.0f32; 4];
+            for g in 0..gpr {
+                let lo = g * group;
+                let len = (k - lo).min(group);
+                let d = group_dot_avx2::<4>(p.map(|q| q.add(lo)), xq.as_ptr().add(lo), len);
+                for j in 0..4 {
+                    acc[j] += d[j] as f32 * scales[(o + j.min(rows - 1)) * gpr + g];
+                }
+            }
+            for j in 0..rows {
+                y[r + j] = acc[j] * xs;
+            }
+            r += rows;
+        }
+    }
+
+    /// Per-group exact sums of one row (AVX2), for tests.
+    ///
+    /// # Safety
+    /// AVX2 must be available.
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn group_dots_avx2(row: &[i8], xq: &[i8], group: usize, out: &mut [i32]) {
+        assert!(row.len() == xq.len() && out.len() == row.len().div_ceil(group));
+        for (g, o) in out.iter_mut().enumerate() {
+            let lo = g * group;
+            let len = (row.len() - lo).min(group);
+            *o = group_dot_avx2::<1>([row.as_ptr().add(lo)], xq.as_ptr().add(lo), len)[0];
+        }
+    }
+
+    // ------------------------------------------------------------------ AVX-512 VNNI (vpdpbusd)
+
+    /// Lane-wise exact i32 partial sums of `R` rows' group dot products (sum the 16 lanes for the total).
+    ///
+    /// # Safety
+    /// AVX-512 F/BW + VNNI must be available; every pointer valid for `len` bytes; values in `[-127, 127]`.
+    #[inline(always)]
+    unsafe fn group_dot_vnni<const R: usize>(
+        p: [*const i8; R],
+        x: *const i8,
+        len: usize,
+    ) -> [__m512i; R] {
+        let zero = _mm512_setzero_si512();
+        let mut acc = [zero; R];
+        let mut i = 0;
+        while i < len {
+            let (xv, full) = if i + 64 <= len {
+                (_mm512_loadu_si512(x.add(i) as *const _), true)
+            } else {
+                (_mm512_maskz_loadu_epi8(tail_mask(len - i), x.add(i)), false)
+            };
+            let ax = _mm512_abs_epi8(xv);
+            let neg = _mm512_movepi8_mask(xv);
+            for r in 0..R {
+                let wv = if full {
+                    _mm512_loadu_si512(p[r].add(i) as *const _)
+                } else {
+                    _mm512_maskz_loadu_epi8(tail_mask(len - i), p[r].add(i))
+                };
+                // w' = -w where x < 0, so |x|·w' = x·w; |w| ≤ 127 keeps the negation exact.
+                let ws = _mm512_mask_sub_epi8(wv, neg, zero, wv);
+                acc[r] = _mm512_dpbusd_epi32(acc[r], ax, ws);
+            }
+            i += 64;
+        }
+        acc
+    }
+
+    #[inline(always)]
+    fn tail_mask(n: usize) -> u64 {
+        if n >= 64 {
+            !0
+        } else {
+            (1u64 << n) - 1
+        }
+    }
+
+    /// W8A8 rows `o0 .. o0 + y.len()` with AVX-512 VNNI: per group an exact i32 vector, converted and
+    /// FMA'd with the group scale into a float vector; one horizontal sum per row.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL + VNNI must be available; the matrix must have passed `MatRef::check` (re-checked).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn w8a8_rows_vnni(
+        values: &[i8],
+        scales: &[f32],
+        k: usize,
+        group: usize,
+        xq: &[i8],
+        xs: f32,
+        o0: usize,
+        y: &mut [f32],
+    ) {
+        let gpr = k.div_ceil(group);
+        assert!(
+            xq.len() == k
+                && values.len() >= (o0 + y.len()) * k
+                && scales.len() >= (o0 + y.len()) * gpr
+        );
+        let mut r = 0;
+        while r < y.len() {
+            let rows = (y.len() - r).min(4);
+            let o = o0 + r;
+            let p: [*const i8; 4] =
+                std::array::from_fn(|j| values.as_ptr().add((o + j.min(rows - 1)) * k));
+            let sp: [*const f32; 4] =
+                std::array::from_fn(|j| scales.as_ptr().add((o + j.min(rows - 1)) * gpr));
+            let mut accf = [_mm512_setzero_ps(); 4];
+            for g in 0..gpr {
+                let lo = g * group;
+                let len = (k - lo).min(group);
+                let d = group_dot_vnni::<4>(p.map(|q| q.add(lo)), xq.as_ptr().add(lo), len);
+                for j in 0..4 {
+                    accf[j] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(d[j]),
+                        _mm512_set1_ps(*sp[j].add(g)),
+                        accf[j],
+                    );
+                }
+            }
+            for j in 0..rows {
+                y[r + j] = _mm512_reduce_add_ps(accf[j]) * xs;
+            }
+            r += rows;
+        }
+    }
+
+    /// Per-group exact sums of one row (VNNI), for tests.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW + VNNI must be available.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) unsafe fn group_dots_vnni(row: &[i8], xq: &[i8], group: usize, out: &mut [i32]) {
+        assert!(row.len() == xq.len() && out.len() == row.len().div_ceil(group));
+        for (g, o) in out.iter_mut().enumerate() {
+            let lo = g * group;
+            let len = (row.len() - lo).min(group);
+            let v = group_dot_vnni::<1>([row.as_ptr().add(lo)], xq.as_ptr().add(lo), len)[0];
+            *o = _mm512_reduce_add_epi32(v);
+        }
+    }
+
+    // ------------------------------------------------------------------ VNNI GEMM (prefill W8A8)
+
+    /// Outputs per W8A8 GEMM panel (two zmm of i32 lanes).
+    pub(crate) const Q_NR: usize = 32;
+    /// Tokens per W8A8 GEMM micro-tile.
+    pub(crate) const Q_MR: usize = 4;
+
+    /// Geometry of the group-padded K axis: every group is padded to a multiple of 4 bytes.
+    #[derive(Clone, Copy)]
+    pub(crate) struct QGeom {
+        pub k: usize,
+        pub group: usize,
+        pub groups: usize,
+        /// Padded bytes of a full group.
+        pub gp: usize,
+        /// Padded bytes of one row.
+        pub kp: usize,
+    }
+
+    impl QGeom {
+        pub(crate) fn new(k: usize, group: usize) -> QGeom {
+            let groups = k.div_ceil(group);
+            let gp = group.div_ceil(4) * 4;
+            let last = k - (groups - 1) * group;
+            QGeom {
+                k,
+                group,
+                groups,
+                gp,
+                kp: (groups - 1) * gp + last.div_ceil(4) * 4,
+            }
+        }
+        fn len(&self, g: usize) -> usize {
+            (self.k - g * self.group).min(self.group)
+        }
+    }
+
+    /// Writes token activations, already quantized to `q`, as `q + 128` (u8) in the group-padded layout.
+    pub(crate) fn pack_act(geo: &QGeom, q: &[i8], dst: &mut [u8]) {
+        dst[..geo.kp].fill(128);
+        for g in 0..geo.groups {
+            let src = &q[g * geo.group..g * geo.group + geo.len(g)];
+            for (d, &v) in dst[g * geo.gp..].iter_mut().zip(src) {
+                *d = (v as i16 + 128) as u8;
+            }
+        }
+    }
+
+    /// Bytes of one packed weight panel (values, then per group `NR` i32 corrections and `NR` f32 scales).
+    pub(crate) fn panel_bytes(geo: &QGeom) -> usize {
+        geo.kp * Q_NR + geo.groups * Q_NR * 8
+    }
+
+    /// Packs outputs `o0 .. o0 + cols` (≤ `Q_NR`) of `[out, in]` INT8 weights for the VNNI micro-kernel:
+    /// per 4-byte quad of K, `Q_NR` outputs × 4 bytes; then `128·Σw` and the scale per group and output.
+    pub(crate) fn pack_weights(
+        geo: &QGeom,
+        values: &[i8],
+        scales: &[f32],
+        o0: usize,
+        cols: usize,
+        dst: &mut [u8],
+    ) {
+        let (vals, rest) = dst.split_at_mut(geo.kp * Q_NR);
+        vals.fill(0);
+        let (corr, sc) = rest.split_at_mut(geo.groups * Q_NR * 4);
+        corr.fill(0);
+        sc.fill(0);
+        let k = geo.k;
+        for j in 0..cols {
+            let o = o0 + j;
+            let row = &values[o * k..(o + 1) * k];
+            for g in 0..geo.groups {
+                let src = &row[g * geo.group..g * geo.group + geo.len(g)];
+                let mut sum = 0i32;
+                for (e, &v) in src.iter().enumerate() {
+                    let kk = g * geo.gp + e;
+                    vals[(kk / 4) * Q_NR * 4 + j * 4 + kk % 4] = v as u8;
+                    sum += v as i32;
+                }
+                let c = g * Q_NR + j;
+                corr[c * 4..c * 4 + 4].copy_from_slice(&(128 * sum).to_ne_bytes());
+                sc[c * 4..c * 4 + 4].copy_from_slice(&scales[o * geo.groups + g].to_ne_bytes());
+            }
+        }
+    }
+
+    /// `R` tokens × `Q_NR` outputs over one packed panel; writes `(Σ_g s·(Σ a·w − 128Σw))·x_scale + bias`.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW + VNNI; `a` holds `R` rows of `geo.kp` bytes at stride `lda`; `panel` is from
+    /// [`pack_weights`]; `c` valid for `R` rows (stride `ldc`) of `cols` floats.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn micro_vnni<const R: usize>(
+        geo: &QGeom,
+        a: *const u8,
+        lda: usize,
+        xscale: &[f32],
+        panel: *const u8,
+        bias: Option<&[f32]>,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+    ) {
+        let vals = panel;
+        let corr = panel.add(geo.kp * Q_NR) as *const i32;
+        let sc = panel.add(geo.kp * Q_NR + geo.groups * Q_NR * 4) as *const f32;
+        let mut accf = [[_mm512_setzero_ps(); 2]; R];
+        for g in 0..geo.groups {
+            let mut acci = [[_mm512_setzero_si512(); 2]; R];
+            let q0 = g * geo.gp / 4;
+            let q1 = q0 + geo.len(g).div_ceil(4);
+            for q in q0..q1 {
+                let b0 = _mm512_loadu_si512(vals.add(q * Q_NR * 4) as *const _);
+                let b1 = _mm512_loadu_si512(vals.add(q * Q_NR * 4 + 64) as *const _);
+                for (r, acc) in acci.iter_mut().enumerate() {
+                    let av =
+                        _mm512_set1_epi32((a.add(r * lda + q * 4) as *const i32).read_unaligned());
+                    acc[0] = _mm512_dpbusd_epi32(acc[0], av, b0);
+                    acc[1] = _mm512_dpbusd_epi32(acc[1], av, b1);
+                }
+            }
+            let c0 = _mm512_loadu_si512(corr.add(g * Q_NR) as *const _);
+            let c1 = _mm512_loadu_si512(corr.add(g * Q_NR + 16) as *const _);
+            let s0 = _mm512_loadu_ps(sc.add(g * Q_NR));
+            let s1 = _mm512_loadu_ps(sc.add(g * Q_NR + 16));
+            for (acc, f) in acci.iter().zip(accf.iter_mut()) {
+                f[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[0], c0)), s0, f[0]);
+                f[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[1], c1)), s1, f[1]);
+            }
+        }
+        let mut tmp = [0.0f32; Q_NR];
+        for (r, f) in accf.iter().enumerate() {
+            let xs = _mm512_set1_ps(xscale[r]);
+            _mm512_storeu_ps(tmp.as_mut_ptr(), _mm512_mul_ps(f[0], xs));
+            _mm512_storeu_ps(tmp.as_mut_ptr().add(16), _mm512_mul_ps(f[1], xs));
+            let out = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
+            match bias {
+                Some(b) => {
+                    for ((o, t), bb) in out.iter_mut().zip(&tmp).zip(b) {
+                        *o = t + bb;
+                    }
+                }
+                None => out.copy_from_slice(&tmp[..cols]),
+            }
+        }
+    }
+
+    /// One block of the W8A8 GEMM: tokens `t0 .. t1` × outputs `n0 .. n1`.
+    ///
+    /// `act` holds every token's packed activations (`geo.kp` bytes each), `xscale` their scales; `ys` is
+    /// the whole `tokens × n` output; `panel` scratch of [`panel_bytes`].
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL + VNNI must be available; `ys` valid for `t1 × n` floats and this block not written
+    /// concurrently by anyone else.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gemm_w8a8_block(
+        geo: &QGeom,
+        values: &[i8],
+        scales: &[f32],
+        n: usize,
+        act: &[u8],
+        xscale: &[f32],
+        ys: *mut f32,
+        bias: Option<&[f32]>,
+        (t0, t1): (usize, usize),
+        (n0, n1): (usize, usize),
+        panel: &mut [u8],
+    ) {
+        assert!(act.len() >= t1 * geo.kp && xscale.len() >= t1 && panel.len() >= panel_bytes(geo));
+        let mut o = n0;
+        while o < n1 {
+            let cols = (n1 - o).min(Q_NR);
+            pack_weights(geo, values, scales, o, cols, panel);
+            let b = bias.map(|b| &b[o..o + cols]);
+            let mut t = t0;
+            while t < t1 {
+                let rows = (t1 - t).min(Q_MR);
+                let a = act.as_ptr().add(t * geo.kp);
+                let xsr = &xscale[t..t + rows];
+                let c = ys.add(t * n + o);
+                match rows {
+                    4 => micro_vnni::<4>(geo, a, geo.kp, xsr, panel.as_ptr(), b, c, n, cols),
+                    3 => micro_vnni::<3>(geo, a, geo.kp, xsr, panel.as_ptr(), b, c, n, cols),
+                    2 => micro_vnni::<2>(geo, a, geo.kp, xsr, panel.as_ptr(), b, c, n, cols),
+                    _ => micro_vnni::<1>(geo, a, geo.kp, xsr, panel.as_ptr(), b, c, n, cols),
+                }
+                t += rows;
+            }
+            o += cols;
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! Every fast path of every kernel against `reference`, on every instruction set this CPU runs.
+//!
+//! Tolerances (f32 sums in a different order, FMA contraction):
+//! * dense and W8A32 products: `|fast − ref| ≤ 1e-5·(1 + Σ|w·x|)` — a few ulps of the magnitude of the
+//!   terms, independent of cancellation;
+//! * W8A8 products: the per-group i32 sums are compared **exactly** (`int8_group_dots_with`); the final
+//!   floats within `1e-5·(1 + Σ_g |s_g·dot_g|·x_scale)` (only the float rescale order differs);
+//! * low-rank: the same bound applied to each stage's magnitude, checked on the final output with the
+//!   magnitude of `|U|·|s ⊙ Vh·x|` plus the propagated intermediate error.
+
+use half::{bf16, f16};
+use slimlm_kernels::{
+    int8_group_dots_with, lowrank_matmul_with, lowrank_matvec_with, matmul_with, matvec_with,
+    reference, DenseRef, Elems, Int8Act, Int8Ref, Isa, Layout, MatRef,
+};
+
+/// xorshift64* — tiny, deterministic.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in [-1, 1).
+    fn f(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f() * scale).collect()
+    }
+    fn i8s(&mut self, n: usize) -> Vec<i8> {
+        (0..n)
+            .map(|_| (self.next() % 255) as i8 as i16 as i8)
+            .map(|v| v.max(-127))
+            .collect()
+    }
+}
+
+const DIMS: &[usize] = &[1, 7, 31, 33, 64, 256, 767, 769];
+
+fn isas() -> Vec<Isa> {
+    let v = Isa::available();
+    assert!(v.contains(&Isa::Scalar) && v.contains(&Isa::Portable));
+    v
+}
+
+/// Σ|w·x| per output for a dense matrix (the magnitude the tolerance scales with).
+fn dense_mag(w: &MatRef, x: &[f32]) -> Vec<f32> {
+    let MatRef::Dense(d) = w else { unreachable!() };
+    (0..d.out_dim)
+        .map(|o| {
+            (0..d.in_dim)
+                .map(|i| {
+                    let wi = match d.layout {
+                        Layout::OutIn => d.data.get(o * d.in_dim + i),
+                        Layout::InOut => d.data.get(i * d.out_dim + o),
+                    };
+                    (wi * x[i]).abs()
+                })
+                .sum()
+        })
+        .collect()
+}
+
+fn int8_mag(q: &Int8Ref, x: &[f32]) -> Vec<f32> {
+    let gpr = q.groups_per_row();
+    (0..q.out_dim)
+        .map(|o| {
+            (0..q.in_dim)
+                .map(|i| {
+                    (q.values[o * q.in_dim + i] as f32 * q.scales[o * gpr + i / q.group] * x[i])
+                        .abs()
+                })
+                .sum()
+        })
+        .collect()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], mag: &[f32], rel: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, ((g, w), m)) in got.iter().zip(want).zip(mag.iter().cycle()).enumerate() {
+        let tol = rel * (1.0 + m);
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}: [{i}] got {g}, want {w}, |diff| {} > tol {tol}",
+            (g - w).abs()
+        );
+    }
+}
+
+struct DenseData {
+    f32: Vec<f32>,
+    f16: Vec<f16>,
+    bf16: Vec<bf16>,
+}
+
+impl DenseData {
+    fn new(rng: &mut Rng, n: usize, scale: f32) -> DenseData {
+        let f32 = rng.vec(n, scale);
+        DenseData {
+            f16: f32.iter().map(|&v| f16::from_f32(v)).collect(),
+            bf16: f32.iter().map(|&v| bf16::from_f32(v)).collect(),
+            f32,
+        }
+    }
+    fn all(&self) -> [Elems<'_>; 3] {
+        [
+            Elems::F32(&self.f32),
+            Elems::F16(&self.f16),
+            Elems::BF16(&self.bf16),
+        ]
+    }
+}
+
+#[test]
+fn dense_matvec_all_paths() {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    for &k in DIMS {
+        for &n in DIMS {
+            let data = DenseData::new(&mut rng, n * k, 1.0);
+            let x = rng.vec(k, 2.0);
+            let bias = rng.vec(n, 1.0);
+            for elems in data.all() {
+                for layout in [Layout::OutIn, Layout::InOut] {
+                    let w = MatRef::Dense(DenseRef {
+                        data: elems,
+                        layout,
+                        out_dim: n,
+                        in_dim: k,
+                    });
+                    let mut want = vec![0.0; n];
+                    reference::matvec(&w, Some(&bias), &x, &mut want);
+                    let mag = dense_mag(&w, &x);
+                    for isa in isas() {
+                        let mut got = vec![f32::NAN; n];
+                        matvec_with(isa, &w, Some(&bias), &x, &mut got);
+                        let what =
+                            format!("dense {k}x{n} {layout:?} {:?} {isa:?}", elems.elem_bytes());
+                        assert_close(&what, &got, &want, &mag, 1e-5);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dense_unaligned_slices_and_large_values() {
+    let mut rng = Rng(99);
+    let (k, n) = (769, 67);
+    let big = DenseData::new(&mut rng, n * k + 1, 1e4);
+    let xbuf = rng.vec(k + 1, 1e4);
+    let x = &xbuf[1..];
+    for elems in [
+        Elems::F32(&big.f32[1..]),
+        Elems::F16(&big.f16[1..]),
+        Elems::BF16(&big.bf16[1..]),
+    ] {
+        for layout in [Layout::OutIn, Layout::InOut] {
+            let w = MatRef::Dense(DenseRef {
+                data: elems,
+                layout,
+                out_dim: n,
+                in_dim: k,
+            });
+            let mut want = vec![0.0; n];
+            reference::matvec(&w, None, x, &mut want);
+            let mag = dense_mag(&w, x);
+            for isa in isas() {
+                let mut got = vec![0.0; n];
+                matvec_with(isa, &w, None, x, &mut got);
+                assert_close(
+                    &format!("unaligned {layout:?} {isa:?}"),
+                    &got,
+                    &want,
+                    &mag,
+                    1e-5,
+                );
+            }
+        }
+    }
+}
+
+fn int8_matrix(rng: &mut Rng, n: usize, k: usize, group: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut v = rng.i8s(n * k);
+    let gpr = k.div_ceil(group);
+    let mut s: Vec<f32> = (0..n * gpr)
+        .map(|_| (rng.f().abs() + 0.01) * 0.02)
+        .collect();
+    // Extremes: a row of ±127, a zero row, a zero scale.
+    if n > 2 {
+        for (i, q) in v[..k].iter_mut().enumerate() {
+            *q = if i % 3 == 0 { -127 } else { 127 };
+        }
+        v[k..2 * k].fill(0);
+        s[2 * gpr] = 0.0;
+    }
+    (v, s)
+}
+
+fn groups_for(k: usize) -> Vec<usize> {
+    let mut g = vec![32, 64, 128, k, 48];
+    g.sort_unstable();
+    g.dedup();
+    g
+}
+
+#[test]
+fn int8_group_sums_exact() {
+    let mut rng = Rng(7);
+    for &k in &[1usize, 7, 31, 33, 64, 65, 127, 128, 256, 767, 769, 2048] {
+        for group in groups_for(k) {
+            let row = rng.i8s(k);
+            let mut xq = rng.i8s(k);
+            if k > 4 {
+                xq[0] = -127;
+                xq[1] = 127;
+                xq[2] = 0;
+            }
+            let g = k.div_ceil(group);
+            let want: Vec<i32> = (0..g)
+                .map(|i| {
+                    reference::dot_i8(
+                        &row[i * group..((i + 1) * group).min(k)],
+                        &xq[i * group..((i + 1) * group).min(k)],
+                    )
+                })
+                .collect();
+            for isa in isas() {
+                let mut got = vec![0; g];
+                int8_group_dots_with(isa, &row, &xq, group, &mut got);
+                assert_eq!(got, want, "group dots k={k} group={group} {isa:?}");
+            }
+            // The extreme: every product 127·127 with the same sign (also −127·−127).
+            let row = vec![-127i8; k];
+            let xq = vec![-127i8; k];
+            for isa in isas() {
+                let mut got = vec![0; g];
+                int8_group_dots_with(isa, &row, &xq, group, &mut got);
+                let want: Vec<i32> = (0..g)
+                    .map(|i| 16129 * (((i + 1) * group).min(k) - i * group) as i32)
+                    .collect();
+                assert_eq!(got, want, "saturation extreme k={k} group={group} {isa:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_matvec_all_paths() {
+    let mut rng = Rng(42);
+    for &k in DIMS {
+        for &n in DIMS {
+            for group in groups_for(k) {
+                let (v, s) = int8_matrix(&mut rng, n, k, group);
+                let mut x = rng.vec(k, 3.0);
+                if k > 3 {
+                    x[3] = 1e4; // a large activation dominates the W8A8 scale
+                }
+                let bias = rng.vec(n, 1.0);
+                for act in [Int8Act::Int8, Int8Act::F32] {
+                    let q = Int8Ref {
+                        values: &v,
+                        scales: &s,
+                        out_dim: n,
+                        in_dim: k,
+                        group,
+                        act,
+                    };
+                    let w = MatRef::Int8(q);
+                    let mut want = vec![0.0; n];
+                    reference::matvec(&w, Some(&bias), &x, &mut want);
+                    let mag = int8_mag(&q, &x);
+                    for isa in isas() {
+                        let mut got = vec![f32::NAN; n];
+                        matvec_with(isa, &w, Some(&bias), &x, &mut got);
+                        let what = format!("int8 {act:?} {k}x{n} g{group} {isa:?}");
+                        // W8A8: Σ|s·qw·qx|·xs ≤ Σ|w·x| + quantization slack; 2× covers it.
+                        let m: Vec<f32> = mag.iter().map(|m| 2.0 * m).collect();
+                        assert_close(&what, &got, &want, &m, 1e-5);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_zero_activations() {
+    let mut rng = Rng(5);
+    let (n, k) = (33, 769);
+    let (v, s) = int8_matrix(&mut rng, n, k, 64);
+    let x = vec![0.0; k];
+    for act in [Int8Act::Int8, Int8Act::F32] {
+        let w = MatRef::Int8(Int8Ref {
+            values: &v,
+            scales: &s,
+            out_dim: n,
+            in_dim: k,
+            group: 64,
+            act,
+        });
+        for isa in isas() {
+            let mut got = vec![f32::NAN; n];
+            matvec_with(isa, &w, None, &x, &mut got);
+            assert!(got.iter().all(|&g| g == 0.0), "{act:?} {isa:?}: {got:?}");
+        }
+    }
+}
+
+const MM_DIMS: &[usize] = &[1, 7, 33, 64, 256, 769];
+const TOKENS: &[usize] = &[1, 4, 9, 64];
+
+#[test]
+fn dense_matmul_all_paths() {
+    let mut rng = Rng(11);
+    for &k in MM_DIMS {
+        for &n in MM_DIMS {
+            let data = DenseData::new(&mut rng, n * k, 1.0);
+            let bias = rng.vec(n, 1.0);
+            for &t in TOKENS {
+                let xs = rng.vec(t * k, 2.0);
+                for elems in data.all() {
+                    for layout in [Layout::OutIn, Layout::InOut] {
+                        let w = MatRef::Dense(DenseRef {
+                            data: elems,
+                            layout,
+                            out_dim: n,
+                            in_dim: k,
+                        });
+                        let mut want = vec![0.0; t * n];
+                        reference::matmul(&w, Some(&bias), &xs, &mut want);
+                        let mag: Vec<f32> = xs.chunks(k).flat_map(|x| dense_mag(&w, x)).collect();
+                        for isa in isas() {
+                            let mut got = vec![f32::NAN; t * n];
+                            matmul_with(isa, &w, Some(&bias), &xs, &mut got);
+                            let what = format!(
+                                "matmul {t}x{k}x{n} {layout:?} {} {isa:?}",
+                                elems.elem_bytes()
+                            );
+                            assert_close(&what, &got, &want, &mag, 1e-5);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_matmul_all_paths() {
+    let mut rng = Rng(13);
+    for &k in MM_DIMS {
+        for &n in MM_DIMS {
+            for group in groups_for(k) {
+                let (v, s) = int8_matrix(&mut rng, n, k, group);
+                let bias = rng.vec(n, 1.0);
+                for &t in TOKENS {
+                    let mut xs = rng.vec(t * k, 2.0);
+                    if t > 2 {
+                        xs[k..2 * k].fill(0.0); // an all-zero token
+                        xs[2 * k] = 1e4;
+                    }
+                    for act in [Int8Act::Int8, Int8Act::F32] {
+                        let q = Int8Ref {
+                            values: &v,
+                            scales: &s,
+                            out_dim: n,
+                            in_dim: k,
+                            group,
+                            act,
+                        };
+                        let w = MatRef::Int8(q);
+                        let mut want = vec![0.0; t * n];
+                        reference::matmul(&w, Some(&bias), &xs, &mut want);
+                        let mag: Vec<f32> = xs
+                            .chunks(k)
+                            .flat_map(|x| int8_mag(&q, x))
+                            .map(|m| 2.0 * m)
+                            .collect();
+                        for isa in isas() {
+                            let mut got = vec![f32::NAN; t * n];
+                            matmul_with(isa, &w, Some(&bias), &xs, &mut got);
+                            let what = format!("int8 matmul {act:?} {t}x{k}x{n} g{group} {isa:?}");
+                            assert_close(&what, &got, &want, &mag, 1e-5);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lowrank_all_paths() {
+    let mut rng = Rng(17);
+    for &(k, n) in &[(7usize, 33usize), (64, 769), (769, 256), (256, 64)] {
+        for &r in &[1usize, 7, 64] {
+            let vh = DenseData::new(&mut rng, r * k, 1.0);
+            let u = DenseData::new(&mut rng, n * r, 1.0);
+            let (vq, vs) = int8_matrix(&mut rng, r, k, 64);
+            let (uq, us) = int8_matrix(&mut rng, n, r, 64);
+            let s = rng.vec(r, 2.0);
+            let bias = rng.vec(n, 1.0);
+            for &t in &[1usize, 5, 64] {
+                let xs = rng.vec(t * k, 1.0);
+                let mut cases: Vec<(MatRef, MatRef)> = vh
+                    .all()
+                    .into_iter()
+                    .zip(u.all())
+                    .map(|(a, b)| {
+                        (
+                            MatRef::Dense(DenseRef {
+                                data: a,
+                                layout: Layout::OutIn,
+                                out_dim: r,
+                                in_dim: k,
+                            }),
+                            MatRef::Dense(DenseRef {
+                                data: b,
+                                layout: Layout::InOut,
+                                out_dim: n,
+                                in_dim: r,
+                            }),
+                        )
+                    })
+                    .collect();
+                for act in [Int8Act::Int8, Int8Act::F32] {
+                    cases.push((
+                        MatRef::Int8(Int8Ref {
+                            values: &vq,
+                            scales: &vs,
+                            out_dim: r,
+                            in_dim: k,
+                            group: 64,
+                            act,
+                        }),
+                        MatRef::Int8(Int8Ref {
+                            values: &uq,
+                            scales: &us,
+                            out_dim: n,
+                            in_dim: r,
+                            group: 64,
+                            act,
+                        }),
+                    ));
+                }
+                for (vhm, um) in &cases {
+                    let mut want = vec![0.0; t * n];
+                    for (x, y) in xs.chunks(k).zip(want.chunks_mut(n)) {
+                        reference::lowrank_matvec(vhm, Some(&s), um, Some(&bias), x, y);
+                    }
+                    // Magnitude: |U|·(|s|·|Vh|·|x|), times 2 for W8A8 quantization slack.
+                    let mut mag = Vec::new();
+                    for x in xs.chunks(k) {
+                        let tm: Vec<f32> = abs_mag(vhm, x)
+                            .iter()
+                            .zip(&s)
+                            .map(|(a, b)| a * b.abs())
+                            .collect();
+                        mag.extend(abs_mag(um, &tm).iter().map(|m| 2.0 * m));
+                    }
+                    for isa in isas() {
+                        let mut got = vec![f32::NAN; t * n];
+                        lowrank_matmul_with(isa, vhm, Some(&s), um, Some(&bias), &xs, &mut got);
+                        let what = format!("lowrank {t}x{k}x{n} r{r} {isa:?}");
+                        // W8A8 re-quantizes the intermediate: a different rounding of t moves a q by
+                        // one step (1/127 of its scale), so allow 1e-2 relative for int8 W8A8.
+                        let rel = if matches!(vhm, MatRef::Int8(q) if q.act == Int8Act::Int8) {
+                            2e-2
+                        } else {
+                            1e-4
+                        };
+                        assert_close(&what, &got, &want, &mag, rel);
+                        if t == 1 {
+                            let mut got1 = vec![f32::NAN; n];
+                            lowrank_matvec_with(
+                                isa,
+                                vhm,
+                                Some(&s),
+                                um,
+                                Some(&bias),
+                                &xs,
+                                &mut got1,
+                            );
+                            assert_close(&format!("{what} matvec"), &got1, &want, &mag, rel);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Σ|W|·|x| per output, for any storage.
+fn abs_mag(w: &MatRef, x: &[f32]) -> Vec<f32> {
+    match w {
+        MatRef::Dense(_) => dense_mag(w, x),
+        MatRef::Int8(q) => int8_mag(q, x),
+    }
+}
+
+#[test]
+fn isa_parsing_and_support() {
+    assert_eq!(Isa::parse("avx512"), Some(Isa::Avx512));
+    assert_eq!(Isa::parse(" AVX2 "), Some(Isa::Avx2));
+    assert_eq!(Isa::parse("Scalar"), Some(Isa::Scalar));
+    assert_eq!(Isa::parse("portable"), Some(Isa::Portable));
+    assert_eq!(Isa::parse("neon"), None);
+    for isa in [Isa::Scalar, Isa::Portable, Isa::Avx2, Isa::Avx512] {
+        assert_eq!(Isa::parse(isa.name()), Some(isa));
+    }
+    assert_eq!(Isa::best(), *Isa::available().last().unwrap());
+    // An unsupported path is refused by the `_with` entry points.
+    for isa in [Isa::Avx2, Isa::Avx512] {
+        if !isa.supported() {
+            let r = std::panic::catch_unwind(|| {
+                let w = [0.0f32];
+                let m = MatRef::Dense(DenseRef {
+                    data: Elems::F32(&w),
+                    layout: Layout::OutIn,
+                    out_dim: 1,
+                    in_dim: 1,
+                });
+                matvec_with(isa, &m, None, &[1.0], &mut [0.0]);
+            });
+            assert!(r.is_err());
+        }
+    }
+}
+
+#[test]
+fn slimlm_kernels_values() {
+    use slimlm_kernels::isa::resolve;
+    assert_eq!(resolve(None), Ok(Isa::best()));
+    assert_eq!(resolve(Some("  ")), Ok(Isa::best()));
+    assert_eq!(resolve(Some("scalar")), Ok(Isa::Scalar));
+    assert_eq!(resolve(Some("PORTABLE")), Ok(Isa::Portable));
+    let e = resolve(Some("sse9")).unwrap_err();
+    assert!(e.contains("sse9") && e.contains("avx512"), "{e}");
+    for isa in [Isa::Avx2, Isa::Avx512] {
+        match resolve(Some(isa.name())) {
+            Ok(got) => assert!(isa.supported() && got == isa),
+            Err(e) => assert!(!isa.supported() && e.contains("does not support"), "{e}"),
+        }
+    }
+}
