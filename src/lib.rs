@@ -1,1 +1,43 @@
-//! slimlm
+//! slimlm: low-memory CPU inference of GPT-2 and GPT-Neo language models.
+//!
+//! Weights are memory-mapped from safetensors and used in place; INT8 and low-rank compressed models
+//! stay compressed in RAM. Open a model, make sessions, generate:
+//!
+//! ```no_run
+//! use slimlm::{GenerateOptions, Model};
+//! let model = Model::open("models/ref-gpt2")?;
+//! let ids = model.tokenizer().encode("The Debian package manager")?;
+//! let mut session = model.session();
+//! let out: Vec<u32> = session
+//!     .generate(&ids, &GenerateOptions::default())?
+//!     .collect::<Result<_, _>>()?;
+//! println!("{}", model.tokenizer().decode(&out)?);
+//! # Ok::<(), slimlm::Error>(())
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod linear;
+pub mod model;
+pub mod perplexity;
+pub mod sampler;
+pub mod session;
+pub mod tensor_file;
+pub mod tokenizer;
+
+pub use config::{Arch, Config};
+pub use error::{Error, Result};
+pub use generate::{GenerateOptions, Generation};
+pub use linear::Linear;
+pub use model::Model;
+pub use perplexity::{perplexity, Perplexity};
+pub use sampler::{Sampler, Sampling};
+pub use session::{Observer, Session};
+pub use slimlm_kernels as kernels;
+pub use tokenizer::Tokenizer;
+
+/// Checks that the kernel path requested by `SLIMLM_KERNELS` (if any) can run on this CPU.
+pub fn check_kernels() -> Result<kernels::Isa> {
+    kernels::isa::try_active().map_err(Error::Kernels)
+}

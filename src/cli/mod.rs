@@ -1,0 +1,76 @@
+//! Command-line front end: argument parsing and output; the work is done by the library.
+
+mod generate;
+mod perplexity;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Low-memory CPU inference of GPT-2 and GPT-Neo models.
+#[derive(Parser)]
+#[command(name = "slimlm", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt.
+    Generate(generate::Args),
+    /// Perplexity of a text file (sliding windows, the goldens' rule).
+    Perplexity(perplexity::Args),
+}
+
+/// The model bundled with slimlm, used when `--model` is not given.
+pub const DEFAULT_MODEL: &str = "models/ref-gpt2";
+
+/// `--model`, or the bundled model (relative to the working directory, else to the source tree).
+pub fn model_dir(arg: Option<PathBuf>) -> PathBuf {
+    arg.unwrap_or_else(|| {
+        let local = Path::new(DEFAULT_MODEL);
+        if local.is_dir() {
+            local.to_path_buf()
+        } else {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL)
+        }
+    })
+}
+
+/// Sets the size of the global thread pool (`None`: one thread per core).
+pub fn set_threads(threads: Option<usize>) -> Result<(), String> {
+    if let Some(n) = threads {
+        if n == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| format!("cannot set up {n} threads: {e}"))?;
+    }
+    Ok(())
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = slimlm::check_kernels() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Errors of the command line: the library's, or a message.
+pub type CliResult = Result<(), Box<dyn std::error::Error>>;

@@ -1,0 +1,58 @@
+//! `slimlm perplexity`.
+
+use std::path::PathBuf;
+
+use slimlm::Model;
+
+use super::CliResult;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model directory. Default: the bundled models/ref-gpt2.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// UTF-8 text file to score.
+    #[arg(long)]
+    text: PathBuf,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 256)]
+    context: usize,
+    /// Distance between window starts.
+    #[arg(long, default_value_t = 256)]
+    stride: usize,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> CliResult {
+    super::set_threads(a.threads)?;
+    let model = Model::open(super::model_dir(a.model))?;
+    let text = std::fs::read_to_string(&a.text)
+        .map_err(|e| format!("{}: {e}", a.text.display()))?;
+    let ids = model.tokenizer().encode(&text)?;
+    let show = !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let r = slimlm::perplexity(&model, &ids, a.context, a.stride, &mut |done, total| {
+        if show {
+            eprint!("\rwindow {done}/{total}");
+        }
+    })?;
+    if show {
+        eprintln!();
+    }
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["model"] = serde_json::json!(model.dir());
+        v["text"] = serde_json::json!(a.text);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "perplexity {:.4}  (mean NLL {:.6} over {} tokens, {} windows of {} stride {})",
+            r.ppl, r.mean_nll, r.tokens_scored, r.windows, r.context, r.stride
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,364 @@
+//! `Linear`: the one seam between the model and the kernels, whatever the storage.
+//!
+//! Weights are borrowed from the memory mapping (a [`TensorView`]); a tensor whose address is not
+//! aligned for its element type is the only thing ever copied, and it is counted in
+//! [`Linear::copied_bytes`].
+
+use half::{bf16, f16};
+use slimlm_kernels::{self as kernels, DenseRef, Elems, Int8Act, Int8Ref, Layout, MatRef};
+
+use crate::error::Result;
+use crate::tensor_file::{DType, TensorView};
+
+/// Bytes of a tensor: borrowed from the mapping, or (unaligned tensors only) an aligned copy.
+#[derive(Clone, Debug)]
+pub enum Bytes {
+    Mapped(TensorView),
+    Copied(Vec<u64>, usize),
+}
+
+impl Bytes {
+    /// Borrows `t` in place when it is aligned for `align`, else copies it into an aligned buffer.
+    pub fn new(t: &TensorView, align: usize) -> Bytes {
+        if t.is_aligned(align) {
+            Bytes::Mapped(t.clone())
+        } else {
+            let b = t.bytes();
+            let mut v = vec![0u64; b.len().div_ceil(8)];
+            bytemuck::cast_slice_mut::<u64, u8>(&mut v)[..b.len()].copy_from_slice(b);
+            Bytes::Copied(v, b.len())
+        }
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(t) => t.bytes(),
+            Bytes::Copied(v, n) => &bytemuck::cast_slice::<u64, u8>(v)[..*n],
+        }
+    }
+
+    /// Bytes held in process memory (0 when borrowed from the mapping).
+    pub fn copied_bytes(&self) -> usize {
+        match self {
+            Bytes::Mapped(_) => 0,
+            Bytes::Copied(_, n) => *n,
+        }
+    }
+}
+
+/// A 1-D f32 parameter (bias, LayerNorm): borrowed when stored as aligned F32, else converted once.
+#[derive(Clone, Debug)]
+pub enum Vector {
+    Mapped(TensorView),
+    Owned(Vec<f32>),
+}
+
+impl Vector {
+    /// Checks `t` is a vector of `len` and wraps it.
+    pub fn new(t: &TensorView, len: usize) -> Result<Vector> {
+        t.expect_shape(&[len])?;
+        t.expect_dtype(&[DType::F32, DType::F16, DType::BF16])?;
+        Ok(match t.dtype {
+            DType::F32 if t.is_aligned(4) => Vector::Mapped(t.clone()),
+            DType::F32 => Vector::Owned(
+                t.bytes()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            DType::F16 => Vector::Owned(
+                t.bytes()
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            ),
+            _ => Vector::Owned(
+                t.bytes()
+                    .chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            ),
+        })
+    }
+
+    /// The values.
+    pub fn as_slice(&self) -> &[f32] {
+        match self {
+            Vector::Mapped(t) => bytemuck::cast_slice(t.bytes()),
+            Vector::Owned(v) => v,
+        }
+    }
+
+    /// Bytes held in process memory (0 when borrowed from the mapping).
+    pub fn copied_bytes(&self) -> usize {
+        match self {
+            Vector::Mapped(_) => 0,
+            Vector::Owned(v) => 4 * v.len(),
+        }
+    }
+}
+
+/// One stored matrix: dense (F32/F16/BF16, either layout) or INT8 `[out, in]` with per-group scales.
+#[derive(Clone, Debug)]
+pub enum Matrix {
+    Dense {
+        data: Bytes,
+        dtype: DType,
+        layout: Layout,
+        out_dim: usize,
+        in_dim: usize,
+    },
+    Int8 {
+        values: Bytes,
+        scales: Bytes,
+        group: usize,
+        out_dim: usize,
+        in_dim: usize,
+    },
+}
+
+impl Matrix {
+    /// A dense matrix from `t`, whose shape must be `[out, in]` (`OutIn`) or `[in, out]` (`InOut`).
+    pub fn dense(t: &TensorView, layout: Layout, out_dim: usize, in_dim: usize) -> Result<Matrix> {
+        t.expect_dtype(&[DType::F32, DType::F16, DType::BF16])?;
+        match layout {
+            Layout::OutIn => t.expect_shape(&[out_dim, in_dim])?,
+            Layout::InOut => t.expect_shape(&[in_dim, out_dim])?,
+        }
+        Ok(Matrix::Dense {
+            data: Bytes::new(t, t.dtype.size()),
+            dtype: t.dtype,
+            layout,
+            out_dim,
+            in_dim,
+        })
+    }
+
+    /// An INT8 matrix: `values` I8 `[out, in]`, `scales` F32 `[out, groups]` with `groups` dividing `in`.
+///
+/// Values are expected in `[-127, 127]` (the compressor never writes -128); they are not scanned at load,
+/// which would read the whole file.
+    pub fn int8(values: &TensorView, scales: &TensorView, out_dim: usize, in_dim: usize) -> Result<Matrix> {
+        values.expect_dtype(&[DType::I8])?;
+        values.expect_shape(&[out_dim, in_dim])?;
+        scales.expect_dtype(&[DType::F32])?;
+        if scales.shape.len() != 2 || scales.shape[0] != out_dim || scales.shape[1] == 0 {
+            return Err(scales.error(format!(
+                "expected shape [{out_dim}, groups], found {:?}",
+                scales.shape
+            )));
+        }
+        let groups = scales.shape[1];
+        if in_dim % groups != 0 {
+            return Err(scales.error(format!(
+                "{groups} groups do not divide the {in_dim} inputs"
+            )));
+        }
+        Ok(Matrix::Int8 {
+            values: Bytes::new(values, 1),
+            scales: Bytes::new(scales, 4),
+            group: in_dim / groups,
+            out_dim,
+            in_dim,
+        })
+    }
+
+    /// Output and input sizes.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Matrix::Dense { out_dim, in_dim, .. } | Matrix::Int8 { out_dim, in_dim, .. } => {
+                (*out_dim, *in_dim)
+            }
+        }
+    }
+
+    /// The kernel view; `act` chooses how INT8 matrices multiply.
+    pub fn mat_ref(&self, act: Int8Act) -> MatRef<'_> {
+        match self {
+            Matrix::Dense {
+                data,
+                dtype,
+                layout,
+                out_dim,
+                in_dim,
+            } => {
+                let b = data.bytes();
+                let data = match dtype {
+                    DType::F32 => Elems::F32(bytemuck::cast_slice(b)),
+                    DType::F16 => Elems::F16(bytemuck::cast_slice(b)),
+                    _ => Elems::BF16(bytemuck::cast_slice(b)),
+                };
+                MatRef::Dense(DenseRef {
+                    data,
+                    layout: *layout,
+                    out_dim: *out_dim,
+                    in_dim: *in_dim,
+                })
+            }
+            Matrix::Int8 {
+                values,
+                scales,
+                group,
+                out_dim,
+                in_dim,
+            } => MatRef::Int8(Int8Ref {
+                values: bytemuck::cast_slice(values.bytes()),
+                scales: bytemuck::cast_slice(scales.bytes()),
+                out_dim: *out_dim,
+                in_dim: *in_dim,
+                group: *group,
+                act,
+            }),
+        }
+    }
+
+    /// Bytes of weight data.
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Matrix::Dense { data, .. } => data.bytes().len(),
+            Matrix::Int8 { values, scales, .. } => values.bytes().len() + scales.bytes().len(),
+        }
+    }
+
+    /// Bytes copied out of the mapping (unaligned tensors).
+    pub fn copied_bytes(&self) -> usize {
+        match self {
+            Matrix::Dense { data, .. } => data.copied_bytes(),
+            Matrix::Int8 { values, scales, .. } => values.copied_bytes() + scales.copied_bytes(),
+        }
+    }
+
+    /// Pointers to the start of each stored buffer (to check they point into the mapping).
+    pub fn data_ptrs(&self) -> Vec<*const u8> {
+        match self {
+            Matrix::Dense { data, .. } => vec![data.bytes().as_ptr()],
+            Matrix::Int8 { values, scales, .. } => {
+                vec![values.bytes().as_ptr(), scales.bytes().as_ptr()]
+            }
+        }
+    }
+
+    /// A short storage name: `f32`, `f16`, `bf16`, `int8`.
+    pub fn storage_name(&self) -> &'static str {
+        match self {
+            Matrix::Dense { dtype, .. } => match dtype {
+                DType::F32 => "f32",
+                DType::F16 => "f16",
+                _ => "bf16",
+            },
+            Matrix::Int8 { .. } => "int8",
+        }
+    }
+}
+
+/// How a linear layer stores its weight.
+#[derive(Clone, Debug)]
+pub enum LinearKind {
+    /// One matrix.
+    Full(Matrix),
+    /// `W ≈ U·diag(s)·Vh`, `vh` `[rank, in]`, `u` `[out, rank]`.
+    LowRank {
+        vh: Matrix,
+        s: Option<Vector>,
+        u: Matrix,
+    },
+}
+
+/// `y = W·x + b`, with the weight in any storage slimlm knows.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub kind: LinearKind,
+    pub bias: Option<Vector>,
+    /// How INT8 matrices multiply (W8A8 by default).
+    pub int8_act: Int8Act,
+}
+
+impl Linear {
+    /// A linear layer over `kind`; shapes of `kind` and `bias` must agree (checked by the loader).
+    pub fn new(kind: LinearKind, bias: Option<Vector>) -> Linear {
+        Linear {
+            kind,
+            bias,
+            int8_act: Int8Act::default(),
+        }
+    }
+
+    /// Output and input sizes.
+    pub fn dims(&self) -> (usize, usize) {
+        match &self.kind {
+            LinearKind::Full(m) => m.dims(),
+            LinearKind::LowRank { vh, u, .. } => (u.dims().0, vh.dims().1),
+        }
+    }
+
+    /// `y = W·x + b` for one token.
+    pub fn forward(&self, x: &[f32], y: &mut [f32]) {
+        let bias = self.bias.as_ref().map(Vector::as_slice);
+        match &self.kind {
+            LinearKind::Full(m) => kernels::matvec(&m.mat_ref(self.int8_act), bias, x, y),
+            LinearKind::LowRank { vh, s, u } => kernels::lowrank_matvec(
+                &vh.mat_ref(self.int8_act),
+                s.as_ref().map(Vector::as_slice),
+                &u.mat_ref(self.int8_act),
+                bias,
+                x,
+                y,
+            ),
+        }
+    }
+
+    /// `ys[t] = W·xs[t] + b` for every token (row-major `tokens × in` → `tokens × out`).
+    pub fn forward_batch(&self, xs: &[f32], ys: &mut [f32]) {
+        let bias = self.bias.as_ref().map(Vector::as_slice);
+        match &self.kind {
+            LinearKind::Full(m) => kernels::matmul(&m.mat_ref(self.int8_act), bias, xs, ys),
+            LinearKind::LowRank { vh, s, u } => kernels::lowrank_matmul(
+                &vh.mat_ref(self.int8_act),
+                s.as_ref().map(Vector::as_slice),
+                &u.mat_ref(self.int8_act),
+                bias,
+                xs,
+                ys,
+            ),
+        }
+    }
+
+    /// The matrices this layer reads.
+    pub fn matrices(&self) -> Vec<&Matrix> {
+        match &self.kind {
+            LinearKind::Full(m) => vec![m],
+            LinearKind::LowRank { vh, u, .. } => vec![vh, u],
+        }
+    }
+
+    /// Bytes of weight data (matrices, factors, scales; bias and `s` included).
+    pub fn weight_bytes(&self) -> usize {
+        let vecs = self.bias.as_ref().map_or(0, |b| 4 * b.as_slice().len())
+            + match &self.kind {
+                LinearKind::LowRank { s: Some(s), .. } => 4 * s.as_slice().len(),
+                _ => 0,
+            };
+        self.matrices().iter().map(|m| m.weight_bytes()).sum::<usize>() + vecs
+    }
+
+    /// Bytes copied out of the mapping.
+    pub fn copied_bytes(&self) -> usize {
+        let vecs = self.bias.as_ref().map_or(0, Vector::copied_bytes)
+            + match &self.kind {
+                LinearKind::LowRank { s: Some(s), .. } => s.copied_bytes(),
+                _ => 0,
+            };
+        self.matrices().iter().map(|m| m.copied_bytes()).sum::<usize>() + vecs
+    }
+
+    /// A short description: `f32`, `int8`, `lowrank r=64 int8`.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            LinearKind::Full(m) => m.storage_name().to_string(),
+            LinearKind::LowRank { vh, u, .. } => {
+                format!("lowrank r={} {}/{}", vh.dims().0, vh.storage_name(), u.storage_name())
+            }
+        }
+    }
+}

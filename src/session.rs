@@ -1,0 +1,361 @@
+//! A session: the KV cache and scratch buffers of one conversation, and the forward pass.
+//!
+//! Everything that changes per request lives here; the [`Model`] is shared and immutable. Buffers are
+//! allocated once, when the session is made, so decoding a token allocates nothing.
+
+use rayon::prelude::*;
+use slimlm_kernels::ops;
+
+use crate::error::{Error, Result};
+use crate::linear::{Linear, Matrix, Vector};
+use crate::model::{Block, Model, Norm, Qkv};
+
+/// Tokens processed together in one prefill pass (bounds the scratch memory).
+const PREFILL_CHUNK: usize = 128;
+/// Rows of logits computed together when every position's logits are wanted.
+const LOGIT_ROWS: usize = 32;
+
+/// Sees intermediate results of a forward pass (for analysis; the default methods do nothing).
+pub trait Observer {
+    /// Hidden states `tokens × d` entering block `layer` (`layer = n_layer`: after the final LayerNorm),
+    /// following transformers' `output_hidden_states`; `pos0` is the position of the first row.
+    fn hidden(&mut self, _layer: usize, _pos0: usize, _xs: &[f32]) {}
+    /// Output `tokens × out` of the linear layer `component` of block `layer`.
+    fn linear(&mut self, _layer: usize, _component: &'static str, _ys: &[f32]) {}
+}
+
+struct NoObserver;
+impl Observer for NoObserver {}
+
+/// Per-request state over a shared [`Model`].
+pub struct Session<'m> {
+    model: &'m Model,
+    pos: usize,
+    /// `[layer][head][n_ctx][head_dim]`.
+    k_cache: Vec<f32>,
+    v_cache: Vec<f32>,
+    x: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    tmp: Vec<f32>,
+    ff: Vec<f32>,
+    scores: Vec<f32>,
+    logits: Vec<f32>,
+    logits_rows: Vec<f32>,
+}
+
+impl<'m> Session<'m> {
+    /// A fresh session (position 0) with its buffers allocated.
+    pub fn new(model: &'m Model) -> Session<'m> {
+        let c = &model.config;
+        let chunk = PREFILL_CHUNK.min(c.n_ctx);
+        let cache = c.n_layer() * c.n_ctx * c.d_model;
+        Session {
+            model,
+            pos: 0,
+            k_cache: vec![0.0; cache],
+            v_cache: vec![0.0; cache],
+            x: vec![0.0; chunk * c.d_model],
+            h: vec![0.0; chunk * c.d_model],
+            qkv: vec![0.0; chunk * 3 * c.d_model],
+            att: vec![0.0; chunk * c.d_model],
+            tmp: vec![0.0; chunk * c.d_model],
+            ff: vec![0.0; chunk * c.d_ff],
+            scores: vec![0.0; c.n_ctx],
+            logits: vec![0.0; c.vocab_size],
+            logits_rows: Vec::new(),
+        }
+    }
+
+    /// The model this session runs.
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// Tokens already in the KV cache.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Forgets the context (the buffers are kept).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Bytes of the KV cache.
+    pub fn kv_cache_bytes(&self) -> usize {
+        4 * (self.k_cache.len() + self.v_cache.len())
+    }
+
+    /// Bytes of all buffers the session owns (KV cache, activations, logits).
+    pub fn state_bytes(&self) -> usize {
+        4 * [
+            &self.x,
+            &self.h,
+            &self.qkv,
+            &self.att,
+            &self.tmp,
+            &self.ff,
+            &self.scores,
+            &self.logits,
+            &self.logits_rows,
+        ]
+        .iter()
+        .map(|v| v.capacity())
+        .sum::<usize>()
+            + self.kv_cache_bytes()
+    }
+
+    /// Appends `tokens` to the context; returns the logits that follow the last one.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32]> {
+        self.run(tokens, &mut NoObserver, None)?;
+        Ok(&self.logits)
+    }
+
+    /// The logits after the last token processed.
+    pub fn last_logits_slice(&self) -> &[f32] {
+        &self.logits
+    }
+
+    /// Appends one token; returns the logits that follow it.
+    pub fn step(&mut self, token: u32) -> Result<&[f32]> {
+        self.prefill(&[token])
+    }
+
+    /// Like [`Session::prefill`], showing intermediate results to `observer`.
+    pub fn prefill_observed(&mut self, tokens: &[u32], observer: &mut dyn Observer) -> Result<&[f32]> {
+        self.run(tokens, observer, None)?;
+        Ok(&self.logits)
+    }
+
+    /// Appends `tokens` and hands the logits after every one of them to `sink(index, logits)`, in order.
+    pub fn prefill_all(&mut self, tokens: &[u32], sink: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+        self.run(tokens, &mut NoObserver, Some(sink))
+    }
+
+    /// Checks that `tokens` can be appended: non-empty, ids in the vocabulary, room in the context.
+    pub fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        let c = &self.model.config;
+        if tokens.is_empty() {
+            return Err(Error::input("no tokens to process (empty prompt?)"));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(Error::input(format!(
+                "token id {bad} is out of range (vocabulary of {})",
+                c.vocab_size
+            )));
+        }
+        if self.pos + tokens.len() > c.n_ctx {
+            return Err(Error::input(format!(
+                "context overflow: {} tokens in the cache + {} new > context length {}",
+                self.pos,
+                tokens.len(),
+                c.n_ctx
+            )));
+        }
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        tokens: &[u32],
+        obs: &mut dyn Observer,
+        mut sink: Option<&mut dyn FnMut(usize, &[f32])>,
+    ) -> Result<()> {
+        self.check_tokens(tokens)?;
+        let chunk = PREFILL_CHUNK.min(self.model.config.n_ctx);
+        let mut done = 0;
+        for part in tokens.chunks(chunk) {
+            self.forward_chunk(part, obs)?;
+            let n = part.len();
+            match sink.as_deref_mut() {
+                Some(f) => self.all_logits(n, &mut |i, l| f(done + i, l)),
+                None if done + n == tokens.len() => self.last_logits(n),
+                None => {}
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Runs the blocks over `tokens` at the current position; leaves `ln_f` of each row in `self.h`.
+    fn forward_chunk(&mut self, tokens: &[u32], obs: &mut dyn Observer) -> Result<()> {
+        let m = self.model;
+        let c = &m.config;
+        let (n, d, p0) = (tokens.len(), c.d_model, self.pos);
+        for (t, &tok) in tokens.iter().enumerate() {
+            let row = &mut self.x[t * d..(t + 1) * d];
+            embed_row(&m.wte, tok as usize, row);
+            add_row(&m.wpe, p0 + t, row);
+        }
+        obs.hidden(0, p0, &self.x[..n * d]);
+        for (l, block) in m.blocks.iter().enumerate() {
+            self.block(l, block, n, obs);
+            if l + 1 < m.blocks.len() {
+                obs.hidden(l + 1, p0, &self.x[..n * d]);
+            }
+        }
+        layer_norm_rows(&m.ln_f, c.layer_norm_eps, &self.x[..n * d], &mut self.h[..n * d]);
+        obs.hidden(m.blocks.len(), p0, &self.h[..n * d]);
+        self.pos += n;
+        Ok(())
+    }
+
+    fn block(&mut self, l: usize, b: &Block, n: usize, obs: &mut dyn Observer) {
+        let c = &self.model.config;
+        let (d, ff, eps) = (c.d_model, c.d_ff, c.layer_norm_eps);
+        layer_norm_rows(&b.ln1, eps, &self.x[..n * d], &mut self.h[..n * d]);
+        let h = &self.h[..n * d];
+        match &b.qkv {
+            Qkv::Fused(lin) => {
+                apply(lin, h, &mut self.qkv[..n * 3 * d], n);
+                obs.linear(l, "attn_qkv", &self.qkv[..n * 3 * d]);
+            }
+            Qkv::Split(lins) => {
+                for (j, (lin, name)) in lins.iter().zip(["attn_q", "attn_k", "attn_v"]).enumerate() {
+                    apply(lin, h, &mut self.tmp[..n * d], n);
+                    obs.linear(l, name, &self.tmp[..n * d]);
+                    for t in 0..n {
+                        self.qkv[t * 3 * d + j * d..t * 3 * d + (j + 1) * d]
+                            .copy_from_slice(&self.tmp[t * d..(t + 1) * d]);
+                    }
+                }
+            }
+        }
+        self.store_kv(l, n);
+        self.attention(l, b, n);
+        apply(&b.attn_out, &self.att[..n * d], &mut self.tmp[..n * d], n);
+        obs.linear(l, "attn_out", &self.tmp[..n * d]);
+        add_assign(&mut self.x[..n * d], &self.tmp[..n * d]);
+
+        layer_norm_rows(&b.ln2, eps, &self.x[..n * d], &mut self.h[..n * d]);
+        apply(&b.fc, &self.h[..n * d], &mut self.ff[..n * ff], n);
+        obs.linear(l, "mlp_in", &self.ff[..n * ff]);
+        ops::gelu_new(&mut self.ff[..n * ff]);
+        apply(&b.proj, &self.ff[..n * ff], &mut self.tmp[..n * d], n);
+        obs.linear(l, "mlp_out", &self.tmp[..n * d]);
+        add_assign(&mut self.x[..n * d], &self.tmp[..n * d]);
+    }
+
+    /// Copies the keys and values of the `n` new tokens into the cache of layer `l`.
+    fn store_kv(&mut self, l: usize, n: usize) {
+        let c = &self.model.config;
+        let (d, hd, ctx) = (c.d_model, c.head_dim(), c.n_ctx);
+        let layer = l * c.n_head * ctx * hd;
+        for t in 0..n {
+            let p = self.pos + t;
+            let row = &self.qkv[t * 3 * d..(t + 1) * 3 * d];
+            for h in 0..c.n_head {
+                let at = layer + (h * ctx + p) * hd;
+                self.k_cache[at..at + hd].copy_from_slice(&row[d + h * hd..d + (h + 1) * hd]);
+                self.v_cache[at..at + hd].copy_from_slice(&row[2 * d + h * hd..2 * d + (h + 1) * hd]);
+            }
+        }
+    }
+
+    /// Causal (and for local layers, windowed) attention of the `n` new queries; result in `self.att`.
+    fn attention(&mut self, l: usize, b: &Block, n: usize) {
+        let c = &self.model.config;
+        let (d, hd, ctx, heads) = (c.d_model, c.head_dim(), c.n_ctx, c.n_head);
+        let layer = l * heads * ctx * hd;
+        let (kc, vc) = (&self.k_cache[layer..], &self.v_cache[layer..]);
+        let (qkv, p0, spec) = (&self.qkv, self.pos, &b.spec);
+        let one = |t: usize, out: &mut [f32], scores: &mut [f32]| {
+            let p = p0 + t;
+            let lo = spec.window.map_or(0, |w| (p + 1).saturating_sub(w));
+            for h in 0..heads {
+                let q = &qkv[t * 3 * d + h * hd..t * 3 * d + (h + 1) * hd];
+                let base = h * ctx * hd;
+                let keys = &kc[base + lo * hd..base + (p + 1) * hd];
+                let vals = &vc[base + lo * hd..base + (p + 1) * hd];
+                ops::attend(q, keys, vals, spec.attn_scale, scores, &mut out[h * hd..(h + 1) * hd]);
+            }
+        };
+        let att = &mut self.att[..n * d];
+        if n == 1 {
+            one(0, att, &mut self.scores);
+        } else {
+            att.par_chunks_mut(d)
+                .enumerate()
+                .for_each_init(|| vec![0.0f32; ctx], |scores, (t, out)| one(t, out, scores));
+        }
+    }
+
+    /// Logits of the last of the `n` rows in `self.h` into `self.logits`.
+    fn last_logits(&mut self, n: usize) {
+        let d = self.model.config.d_model;
+        self.model
+            .lm_head
+            .forward(&self.h[(n - 1) * d..n * d], &mut self.logits);
+    }
+
+    /// Logits of every one of the `n` rows in `self.h`, `LOGIT_ROWS` at a time.
+    fn all_logits(&mut self, n: usize, sink: &mut dyn FnMut(usize, &[f32])) {
+        let model = self.model;
+        let (d, v) = (model.config.d_model, model.config.vocab_size);
+        if self.logits_rows.len() < LOGIT_ROWS * v {
+            self.logits_rows.resize(LOGIT_ROWS * v, 0.0);
+        }
+        for t0 in (0..n).step_by(LOGIT_ROWS) {
+            let rows = LOGIT_ROWS.min(n - t0);
+            let out = &mut self.logits_rows[..rows * v];
+            apply(&model.lm_head, &self.h[t0 * d..(t0 + rows) * d], out, rows);
+            for (r, row) in out.chunks_exact(v).enumerate() {
+                sink(t0 + r, row);
+            }
+            if t0 + rows == n {
+                self.logits.copy_from_slice(&out[(rows - 1) * v..]);
+            }
+        }
+    }
+}
+
+/// `ys = lin(xs)` for `n` tokens: the one-token kernel for decode, the batched one for prefill.
+fn apply(lin: &Linear, xs: &[f32], ys: &mut [f32], n: usize) {
+    if n == 1 {
+        lin.forward(xs, ys)
+    } else {
+        lin.forward_batch(xs, ys)
+    }
+}
+
+fn layer_norm_rows(norm: &Norm, eps: f32, xs: &[f32], out: &mut [f32]) {
+    let (g, b) = (Vector::as_slice(&norm.gamma), Vector::as_slice(&norm.beta));
+    let d = g.len();
+    for (x, o) in xs.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        ops::layer_norm(x, g, b, eps, o);
+    }
+}
+
+fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Row `r` of an embedding table, as f32, into `out`.
+fn embed_row(table: &Matrix, r: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    add_row(table, r, out);
+}
+
+/// Adds row `r` of an embedding table to `out`.
+fn add_row(table: &Matrix, r: usize, out: &mut [f32]) {
+    use slimlm_kernels::MatRef;
+    let d = out.len();
+    match table.mat_ref(Default::default()) {
+        MatRef::Dense(m) => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o += m.data.get(r * d + i);
+            }
+        }
+        MatRef::Int8(q) => {
+            let groups = q.groups_per_row();
+            let vals = &q.values[r * d..(r + 1) * d];
+            for (i, o) in out.iter_mut().enumerate() {
+                *o += vals[i] as f32 * q.scales[r * groups + i / q.group];
+            }
+        }
+    }
+}

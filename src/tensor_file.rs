@@ -1,0 +1,348 @@
+//! Memory-mapped safetensors files: the header parsed once, tensors served as borrowed byte ranges.
+//!
+//! Nothing here copies weight data. A [`TensorStore`] resolves names across one file or a sharded set
+//! (`model.safetensors.index.json`); a [`TensorView`] holds the mapping (`Arc`) and a byte range.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// Element type of a stored tensor (the subset slimlm reads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    I8,
+    U8,
+    I64,
+    Other(&'static str),
+}
+
+impl DType {
+    fn from_st(d: Dtype) -> DType {
+        match d {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            Dtype::I8 => DType::I8,
+            Dtype::U8 => DType::U8,
+            Dtype::I64 => DType::I64,
+            Dtype::F64 => DType::Other("F64"),
+            Dtype::I32 => DType::Other("I32"),
+            Dtype::I16 => DType::Other("I16"),
+            Dtype::BOOL => DType::Other("BOOL"),
+            _ => DType::Other("unsupported"),
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            DType::I8 | DType::U8 => 1,
+            DType::I64 => 8,
+            DType::Other(_) => 0,
+        }
+    }
+
+    /// The safetensors name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::I8 => "I8",
+            DType::U8 => "U8",
+            DType::I64 => "I64",
+            DType::Other(s) => s,
+        }
+    }
+}
+
+/// One memory-mapped safetensors file.
+#[derive(Debug)]
+pub struct TensorFile {
+    path: PathBuf,
+    map: Arc<Mmap>,
+    tensors: HashMap<String, (DType, Vec<usize>, usize, usize)>,
+    metadata: HashMap<String, String>,
+}
+
+impl TensorFile {
+    /// Maps `path` and parses its header; the weights themselves are not read.
+    pub fn open(path: &Path) -> Result<TensorFile> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the mapping is read-only and private to this process. Memory safety relies on the file not
+        // being truncated or rewritten while mapped, the contract of every mmap-based loader (safetensors,
+        // llama.cpp); slimlm itself writes models atomically to a new file and renames it into place.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let format = |msg: String| Error::Format {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let (header_len, meta) =
+            SafeTensors::read_metadata(&map).map_err(|e| format(describe_st_error(&e, map.len())))?;
+        let base = 8 + header_len;
+        let mut tensors = HashMap::new();
+        for (name, info) in meta.tensors() {
+            let (s, e) = info.data_offsets;
+            tensors.insert(
+                name,
+                (DType::from_st(info.dtype), info.shape.clone(), base + s, base + e),
+            );
+        }
+        Ok(TensorFile {
+            path: path.to_path_buf(),
+            map: Arc::new(map),
+            tensors,
+            metadata: meta.metadata().clone().unwrap_or_default(),
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The `__metadata__` entries.
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
+    }
+
+    /// Tensor names in this file.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// The tensor `name`, if present.
+    pub fn get(&self, name: &str) -> Option<TensorView> {
+        self.tensors.get(name).map(|(dtype, shape, s, e)| TensorView {
+            name: name.to_string(),
+            path: self.path.clone(),
+            map: Arc::clone(&self.map),
+            dtype: *dtype,
+            shape: shape.clone(),
+            start: *s,
+            end: *e,
+        })
+    }
+
+    /// Size of the mapped file in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True for an empty file (never the case for a file that parsed).
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The address range of the mapping, to tell whether a slice points into it.
+    pub fn address_range(&self) -> std::ops::Range<usize> {
+        let p = self.map.as_ptr() as usize;
+        p..p + self.map.len()
+    }
+}
+
+fn describe_st_error(e: &safetensors::SafeTensorError, file_len: usize) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::HeaderTooSmall => format!("file is {file_len} bytes, too short for a header"),
+        E::InvalidHeaderLength => {
+            format!("header length points past the end of the file ({file_len} bytes)")
+        }
+        E::MetadataIncompleteBuffer => {
+            format!("tensor data does not match the file size ({file_len} bytes): truncated or padded")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A tensor of a mapped file: the mapping, the byte range and what the header says of it.
+#[derive(Clone, Debug)]
+pub struct TensorView {
+    pub name: String,
+    pub path: PathBuf,
+    map: Arc<Mmap>,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+impl TensorView {
+    /// The raw bytes, borrowed from the mapping.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[self.start..self.end]
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// An error about this tensor.
+    pub fn error(&self, msg: impl Into<String>) -> Error {
+        Error::Tensor {
+            path: self.path.clone(),
+            name: self.name.clone(),
+            msg: msg.into(),
+        }
+    }
+
+    /// Checks the shape.
+    pub fn expect_shape(&self, shape: &[usize]) -> Result<()> {
+        if self.shape == shape {
+            Ok(())
+        } else {
+            Err(self.error(format!(
+                "expected shape {shape:?}, found {:?}",
+                self.shape
+            )))
+        }
+    }
+
+    /// Checks the dtype is one of `allowed`.
+    pub fn expect_dtype(&self, allowed: &[DType]) -> Result<()> {
+        if allowed.contains(&self.dtype) {
+            Ok(())
+        } else {
+            let names: Vec<_> = allowed.iter().map(|d| d.name()).collect();
+            Err(self.error(format!(
+                "expected dtype {}, found {}",
+                names.join(" or "),
+                self.dtype.name()
+            )))
+        }
+    }
+
+    /// Whether the data starts at an address aligned for `align` bytes.
+    pub fn is_aligned(&self, align: usize) -> bool {
+        (self.bytes().as_ptr() as usize) % align == 0
+    }
+}
+
+/// All tensors of a model: one file, or the shards named by `model.safetensors.index.json`.
+#[derive(Debug)]
+pub struct TensorStore {
+    files: Vec<TensorFile>,
+    index: HashMap<String, usize>,
+    primary: PathBuf,
+}
+
+impl TensorStore {
+    /// Opens the weights of the model directory `dir`.
+    pub fn open_dir(dir: &Path) -> Result<TensorStore> {
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let paths: Vec<PathBuf> = if single.exists() {
+            vec![single.clone()]
+        } else if index_path.exists() {
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let bad = |msg: String| Error::Format {
+                path: index_path.clone(),
+                msg,
+            };
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| bad("no `weight_map` object".into()))?;
+            let mut shards: Vec<String> = Vec::new();
+            for f in map.values() {
+                let f = f
+                    .as_str()
+                    .ok_or_else(|| bad("weight_map values must be file names".into()))?;
+                if f.contains('/') || f.contains("..") {
+                    return Err(bad(format!("shard name {f:?} is not a plain file name")));
+                }
+                if !shards.iter().any(|s| s == f) {
+                    shards.push(f.to_string());
+                }
+            }
+            shards.sort();
+            shards.into_iter().map(|f| dir.join(f)).collect()
+        } else {
+            return Err(Error::io(
+                &single,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no model.safetensors (nor model.safetensors.index.json) in the model directory",
+                ),
+            ));
+        };
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for p in &paths {
+            let f = TensorFile::open(p)?;
+            for n in f.names() {
+                if index.insert(n.to_string(), files.len()).is_some() {
+                    return Err(Error::Format {
+                        path: p.clone(),
+                        msg: format!("tensor `{n}` appears in more than one shard"),
+                    });
+                }
+            }
+            files.push(f);
+        }
+        Ok(TensorStore {
+            files,
+            index,
+            primary: paths[0].clone(),
+        })
+    }
+
+    /// The tensor `name`, if present.
+    pub fn get(&self, name: &str) -> Option<TensorView> {
+        self.index.get(name).and_then(|&i| self.files[i].get(name))
+    }
+
+    /// The tensor `name`, or a clear error.
+    pub fn require(&self, name: &str) -> Result<TensorView> {
+        self.get(name).ok_or_else(|| Error::MissingTensor {
+            path: self.primary.clone(),
+            name: name.to_string(),
+        })
+    }
+
+    /// Whether any file has `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// Every tensor name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    /// The mapped files.
+    pub fn files(&self) -> &[TensorFile] {
+        &self.files
+    }
+
+    /// Total bytes of the mapped files.
+    pub fn file_bytes(&self) -> usize {
+        self.files.iter().map(TensorFile::len).sum()
+    }
+
+    /// The `__metadata__` of the first file.
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        self.files[0].metadata()
+    }
+
+    /// Whether `ptr` points into one of the mappings.
+    pub fn is_mapped(&self, ptr: *const u8) -> bool {
+        let p = ptr as usize;
+        self.files.iter().any(|f| f.address_range().contains(&p))
+    }
+}
