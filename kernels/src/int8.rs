@@ -59,6 +59,8 @@ pub(crate) mod x86 {
 
     /// Exact i32 group dot products of `R` weight rows with one activation vector (`len` bytes each).
     ///
+    /// `ahead` is the prefetch distance in bytes (the next block of rows).
+    ///
     /// # Safety
     /// AVX2 must be available; every pointer valid for `len` bytes; values in `[-127, 127]`.
     #[inline(always)]
@@ -66,6 +68,7 @@ pub(crate) mod x86 {
         p: [*const i8; R],
         x: *const i8,
         len: usize,
+        ahead: usize,
     ) -> [i32; R] {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_si256(); R];
@@ -74,6 +77,7 @@ pub(crate) mod x86 {
             let xv = _mm256_loadu_si256(x.add(i) as *const __m256i);
             let ax = _mm256_abs_epi8(xv);
             for r in 0..R {
+                _mm_prefetch::<_MM_HINT_T1>(p[r].wrapping_add(i + ahead));
                 let wv = _mm256_loadu_si256(p[r].add(i) as *const __m256i);
                 // w·sign(x): |x|·w' = x·w; pairs ≤ 2·127·127 < 2^15, so maddubs never saturates.
                 let ws = _mm256_sign_epi8(wv, xv);
@@ -137,7 +141,7 @@ pub(crate) mod x86 {
             for g in 0..gpr {
                 let lo = g * group;
                 let len = (k - lo).min(group);
-                let d = group_dot_avx2::<4>(p.map(|q| q.add(lo)), xq.as_ptr().add(lo), len);
+                let d = group_dot_avx2::<4>(p.map(|q| q.add(lo)), xq.as_ptr().add(lo), len, 4 * k);
                 for j in 0..4 {
                     acc[j] += d[j] as f32 * scales[(o + j.min(rows - 1)) * gpr + g];
                 }
@@ -159,7 +163,7 @@ pub(crate) mod x86 {
         for (g, o) in out.iter_mut().enumerate() {
             let lo = g * group;
             let len = (row.len() - lo).min(group);
-            *o = group_dot_avx2::<1>([row.as_ptr().add(lo)], xq.as_ptr().add(lo), len)[0];
+            *o = group_dot_avx2::<1>([row.as_ptr().add(lo)], xq.as_ptr().add(lo), len, 0)[0];
         }
     }
 
@@ -174,6 +178,7 @@ pub(crate) mod x86 {
         p: [*const i8; R],
         x: *const i8,
         len: usize,
+        ahead: usize,
     ) -> [__m512i; R] {
         let zero = _mm512_setzero_si512();
         let mut acc = [zero; R];
@@ -187,6 +192,7 @@ pub(crate) mod x86 {
             let ax = _mm512_abs_epi8(xv);
             let neg = _mm512_movepi8_mask(xv);
             for r in 0..R {
+                _mm_prefetch::<_MM_HINT_T1>(p[r].wrapping_add(i + ahead));
                 let wv = if full {
                     _mm512_loadu_si512(p[r].add(i) as *const _)
                 } else {
@@ -245,7 +251,7 @@ pub(crate) mod x86 {
             for g in 0..gpr {
                 let lo = g * group;
                 let len = (k - lo).min(group);
-                let d = group_dot_vnni::<4>(p.map(|q| q.add(lo)), xq.as_ptr().add(lo), len);
+                let d = group_dot_vnni::<4>(p.map(|q| q.add(lo)), xq.as_ptr().add(lo), len, 4 * k);
                 for j in 0..4 {
                     accf[j] = _mm512_fmadd_ps(
                         _mm512_cvtepi32_ps(d[j]),
@@ -271,7 +277,7 @@ pub(crate) mod x86 {
         for (g, o) in out.iter_mut().enumerate() {
             let lo = g * group;
             let len = (row.len() - lo).min(group);
-            let v = group_dot_vnni::<1>([row.as_ptr().add(lo)], xq.as_ptr().add(lo), len)[0];
+            let v = group_dot_vnni::<1>([row.as_ptr().add(lo)], xq.as_ptr().add(lo), len, 0)[0];
             *o = _mm512_reduce_add_epi32(v);
         }
     }

@@ -35,7 +35,14 @@ pub(crate) unsafe fn dense_outin<V: F32Vec, T: Elem>(
         let (p0, p1, p2, p3) = (p, p.add(k), p.add(2 * k), p.add(3 * k));
         let (mut a0, mut a1, mut a2, mut a3) = (V::zero(), V::zero(), V::zero(), V::zero());
         let mut i = 0;
+        // The next block of 4 rows starts 4k elements on: prefetch it at the same pace (rows are short
+        // streams, which the hardware prefetcher ramps up on too late).
+        let ahead = 4 * k;
         while i < kv {
+            V::prefetch(p0.wrapping_add(i + ahead));
+            V::prefetch(p1.wrapping_add(i + ahead));
+            V::prefetch(p2.wrapping_add(i + ahead));
+            V::prefetch(p3.wrapping_add(i + ahead));
             let xv = V::load(xp.add(i));
             a0 = V::fma(T::vload::<V>(p0.add(i)), xv, a0);
             a1 = V::fma(T::vload::<V>(p1.add(i)), xv, a1);
@@ -103,6 +110,8 @@ pub(crate) unsafe fn dense_inout<V: F32Vec, T: Elem, const NB: usize>(
         for &xi in x {
             let xv = V::splat(xi);
             for (j, a) in acc.iter_mut().enumerate() {
+                // Rows are `n` apart: prefetch the block 8 rows ahead.
+                V::prefetch(p.wrapping_add(j * V::W + 8 * n));
                 *a = V::fma(T::vload::<V>(p.add(j * V::W)), xv, *a);
             }
             p = p.add(n);
@@ -174,6 +183,7 @@ pub(crate) unsafe fn w8a32_rows<V: F32Vec>(
             while i < hv {
                 let xv = V::load(xp.add(i));
                 for j in 0..4 {
+                    V::prefetch(p[j].wrapping_add(i + 4 * k));
                     acc[j] = V::fma(V::load_i8(p[j].add(i)), xv, acc[j]);
                 }
                 i += V::W;

@@ -29,6 +29,11 @@ pub(crate) trait F32Vec: Copy {
     #[allow(dead_code)]
     unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
     unsafe fn reduce(v: Self::F) -> f32;
+    /// Hint that the cache line at `p` will be read soon (into L2). Never faults; `p` may be any address.
+    #[inline(always)]
+    fn prefetch<T>(p: *const T) {
+        let _ = p;
+    }
 }
 
 /// An element type of a dense matrix that a vector type can load and convert to f32.
@@ -202,6 +207,11 @@ mod x86 {
             let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
             _mm_cvtss_f32(s)
         }
+        #[inline(always)]
+        fn prefetch<T>(p: *const T) {
+            // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p as *const i8) }
+        }
     }
 
     /// AVX-512 F/BW/VL (+ the AVX2/FMA/F16C set), 16 lanes.
@@ -255,6 +265,11 @@ mod x86 {
         #[inline(always)]
         unsafe fn reduce(v: Self::F) -> f32 {
             _mm512_reduce_add_ps(v)
+        }
+        #[inline(always)]
+        fn prefetch<T>(p: *const T) {
+            // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p as *const i8) }
         }
     }
 }
