@@ -8,12 +8,12 @@ use half::{bf16, f16};
 use slimlm_kernels::{self as kernels, DenseRef, Elems, Int8Act, Int8Ref, Layout, MatRef};
 
 use crate::error::Result;
-use crate::tensor_file::{DType, TensorView};
+use crate::tensor_file::{DType, Mapped, TensorView};
 
 /// Bytes of a tensor: borrowed from the mapping, or (unaligned tensors only) an aligned copy.
 #[derive(Clone, Debug)]
 pub enum Bytes {
-    Mapped(TensorView),
+    Mapped(Mapped),
     Copied(Vec<u64>, usize),
 }
 
@@ -21,7 +21,7 @@ impl Bytes {
     /// Borrows `t` in place when it is aligned for `align`, else copies it into an aligned buffer.
     pub fn new(t: &TensorView, align: usize) -> Bytes {
         if t.is_aligned(align) {
-            Bytes::Mapped(t.clone())
+            Bytes::Mapped(t.mapped())
         } else {
             let b = t.bytes();
             let mut v = vec![0u64; b.len().div_ceil(8)];
@@ -50,7 +50,7 @@ impl Bytes {
 /// A 1-D f32 parameter (bias, LayerNorm): borrowed when stored as aligned F32, else converted once.
 #[derive(Clone, Debug)]
 pub enum Vector {
-    Mapped(TensorView),
+    Mapped(Mapped),
     Owned(Vec<f32>),
 }
 
@@ -60,7 +60,7 @@ impl Vector {
         t.expect_shape(&[len])?;
         t.expect_dtype(&[DType::F32, DType::F16, DType::BF16])?;
         Ok(match t.dtype {
-            DType::F32 if t.is_aligned(4) => Vector::Mapped(t.clone()),
+            DType::F32 if t.is_aligned(4) => Vector::Mapped(t.mapped()),
             DType::F32 => Vector::Owned(
                 t.bytes()
                     .chunks_exact(4)
@@ -136,10 +136,15 @@ impl Matrix {
     }
 
     /// An INT8 matrix: `values` I8 `[out, in]`, `scales` F32 `[out, groups]` with `groups` dividing `in`.
-///
-/// Values are expected in `[-127, 127]` (the compressor never writes -128); they are not scanned at load,
-/// which would read the whole file.
-    pub fn int8(values: &TensorView, scales: &TensorView, out_dim: usize, in_dim: usize) -> Result<Matrix> {
+    ///
+    /// Values are expected in `[-127, 127]` (the compressor never writes -128); they are not scanned at load,
+    /// which would read the whole file.
+    pub fn int8(
+        values: &TensorView,
+        scales: &TensorView,
+        out_dim: usize,
+        in_dim: usize,
+    ) -> Result<Matrix> {
         values.expect_dtype(&[DType::I8])?;
         values.expect_shape(&[out_dim, in_dim])?;
         scales.expect_dtype(&[DType::F32])?;
@@ -151,9 +156,7 @@ impl Matrix {
         }
         let groups = scales.shape[1];
         if in_dim % groups != 0 {
-            return Err(scales.error(format!(
-                "{groups} groups do not divide the {in_dim} inputs"
-            )));
+            return Err(scales.error(format!("{groups} groups do not divide the {in_dim} inputs")));
         }
         Ok(Matrix::Int8 {
             values: Bytes::new(values, 1),
@@ -167,9 +170,12 @@ impl Matrix {
     /// Output and input sizes.
     pub fn dims(&self) -> (usize, usize) {
         match self {
-            Matrix::Dense { out_dim, in_dim, .. } | Matrix::Int8 { out_dim, in_dim, .. } => {
-                (*out_dim, *in_dim)
+            Matrix::Dense {
+                out_dim, in_dim, ..
             }
+            | Matrix::Int8 {
+                out_dim, in_dim, ..
+            } => (*out_dim, *in_dim),
         }
     }
 
@@ -339,7 +345,11 @@ impl Linear {
                 LinearKind::LowRank { s: Some(s), .. } => 4 * s.as_slice().len(),
                 _ => 0,
             };
-        self.matrices().iter().map(|m| m.weight_bytes()).sum::<usize>() + vecs
+        self.matrices()
+            .iter()
+            .map(|m| m.weight_bytes())
+            .sum::<usize>()
+            + vecs
     }
 
     /// Bytes copied out of the mapping.
@@ -349,7 +359,11 @@ impl Linear {
                 LinearKind::LowRank { s: Some(s), .. } => s.copied_bytes(),
                 _ => 0,
             };
-        self.matrices().iter().map(|m| m.copied_bytes()).sum::<usize>() + vecs
+        self.matrices()
+            .iter()
+            .map(|m| m.copied_bytes())
+            .sum::<usize>()
+            + vecs
     }
 
     /// A short description: `f32`, `int8`, `lowrank r=64 int8`.
@@ -357,7 +371,12 @@ impl Linear {
         match &self.kind {
             LinearKind::Full(m) => m.storage_name().to_string(),
             LinearKind::LowRank { vh, u, .. } => {
-                format!("lowrank r={} {}/{}", vh.dims().0, vh.storage_name(), u.storage_name())
+                format!(
+                    "lowrank r={} {}/{}",
+                    vh.dims().0,
+                    vh.storage_name(),
+                    u.storage_name()
+                )
             }
         }
     }

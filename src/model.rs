@@ -22,6 +22,8 @@ pub struct Norm {
 }
 
 /// Query, key and value projections: one fused matrix (GPT-2) or three (GPT-Neo).
+// One per block, never moved on the hot path: the size difference of the variants is irrelevant.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Qkv {
     Fused(Linear),
@@ -118,7 +120,12 @@ impl Model {
         };
         let (d, v) = (config.d_model, config.vocab_size);
         let wte = w.matrix(&format!("{}wte.weight", w.prefix), Layout::OutIn, v, d)?;
-        let wpe = w.matrix(&format!("{}wpe.weight", w.prefix), Layout::OutIn, config.n_ctx, d)?;
+        let wpe = w.matrix(
+            &format!("{}wpe.weight", w.prefix),
+            Layout::OutIn,
+            config.n_ctx,
+            d,
+        )?;
         if matches!(wpe, Matrix::Int8 { .. }) {
             return Err(Error::Config {
                 path: dir.join("model.safetensors"),
@@ -208,7 +215,10 @@ impl Model {
             .blocks
             .iter()
             .map(|b| {
-                b.linears().iter().map(|(_, l)| l.weight_bytes()).sum::<usize>()
+                b.linears()
+                    .iter()
+                    .map(|(_, l)| l.weight_bytes())
+                    .sum::<usize>()
                     + norms(&b.ln1)
                     + norms(&b.ln2)
             })
@@ -227,7 +237,10 @@ impl Model {
                 .blocks
                 .iter()
                 .map(|b| {
-                    b.linears().iter().map(|(_, l)| l.copied_bytes()).sum::<usize>()
+                    b.linears()
+                        .iter()
+                        .map(|(_, l)| l.copied_bytes())
+                        .sum::<usize>()
                         + norms(&b.ln1)
                         + norms(&b.ln2)
                 })
@@ -255,7 +268,14 @@ impl Loader<'_> {
     }
 
     /// The linear layer `base` (`base.weight`, or `base.lowrank.{vh,s,u}`), with `base.bias` if `bias`.
-    fn linear(&self, base: &str, layout: Layout, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear> {
+    fn linear(
+        &self,
+        base: &str,
+        layout: Layout,
+        out_dim: usize,
+        in_dim: usize,
+        bias: bool,
+    ) -> Result<Linear> {
         let vh_name = format!("{base}.lowrank.vh");
         let kind = if let Some(vh) = self.store.get(&vh_name) {
             let rank = vh.shape.first().copied().unwrap_or(0);
@@ -276,7 +296,10 @@ impl Loader<'_> {
             LinearKind::Full(self.matrix(&format!("{base}.weight"), layout, out_dim, in_dim)?)
         };
         let bias = if bias {
-            Some(Vector::new(&self.store.require(&format!("{base}.bias"))?, out_dim)?)
+            Some(Vector::new(
+                &self.store.require(&format!("{base}.bias"))?,
+                out_dim,
+            )?)
         } else {
             None
         };
@@ -299,7 +322,13 @@ impl Loader<'_> {
             Arch::Gpt2 => Block {
                 spec,
                 ln1: self.norm(&format!("{h}.ln_1"))?,
-                qkv: Qkv::Fused(self.linear(&format!("{h}.attn.c_attn"), Layout::InOut, 3 * d, d, true)?),
+                qkv: Qkv::Fused(self.linear(
+                    &format!("{h}.attn.c_attn"),
+                    Layout::InOut,
+                    3 * d,
+                    d,
+                    true,
+                )?),
                 attn_out: self.linear(&format!("{h}.attn.c_proj"), Layout::InOut, d, d, true)?,
                 ln2: self.norm(&format!("{h}.ln_2"))?,
                 fc: self.linear(&format!("{h}.mlp.c_fc"), Layout::InOut, ff, d, true)?,

@@ -22,7 +22,13 @@ pub trait Observer {
     fn hidden(&mut self, _layer: usize, _pos0: usize, _xs: &[f32]) {}
     /// Output `tokens × out` of the linear layer `component` of block `layer`.
     fn linear(&mut self, _layer: usize, _component: &'static str, _ys: &[f32]) {}
+    /// Input `tokens × in` of the linear layer `component` of block `layer` (`attn_qkv` also for
+    /// GPT-Neo's separate q/k/v, which share their input).
+    fn linear_input(&mut self, _layer: usize, _component: &'static str, _xs: &[f32]) {}
 }
+
+/// Receives `(index, logits)` for every position of a prefill.
+type LogitSink<'a> = &'a mut dyn FnMut(usize, &[f32]);
 
 struct NoObserver;
 impl Observer for NoObserver {}
@@ -124,13 +130,21 @@ impl<'m> Session<'m> {
     }
 
     /// Like [`Session::prefill`], showing intermediate results to `observer`.
-    pub fn prefill_observed(&mut self, tokens: &[u32], observer: &mut dyn Observer) -> Result<&[f32]> {
+    pub fn prefill_observed(
+        &mut self,
+        tokens: &[u32],
+        observer: &mut dyn Observer,
+    ) -> Result<&[f32]> {
         self.run(tokens, observer, None)?;
         Ok(&self.logits)
     }
 
     /// Appends `tokens` and hands the logits after every one of them to `sink(index, logits)`, in order.
-    pub fn prefill_all(&mut self, tokens: &[u32], sink: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+    pub fn prefill_all(
+        &mut self,
+        tokens: &[u32],
+        sink: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
         self.run(tokens, &mut NoObserver, Some(sink))
     }
 
@@ -161,7 +175,7 @@ impl<'m> Session<'m> {
         &mut self,
         tokens: &[u32],
         obs: &mut dyn Observer,
-        mut sink: Option<&mut dyn FnMut(usize, &[f32])>,
+        mut sink: Option<LogitSink>,
     ) -> Result<()> {
         self.check_tokens(tokens)?;
         let chunk = PREFILL_CHUNK.min(self.model.config.n_ctx);
@@ -196,7 +210,12 @@ impl<'m> Session<'m> {
                 obs.hidden(l + 1, p0, &self.x[..n * d]);
             }
         }
-        layer_norm_rows(&m.ln_f, c.layer_norm_eps, &self.x[..n * d], &mut self.h[..n * d]);
+        layer_norm_rows(
+            &m.ln_f,
+            c.layer_norm_eps,
+            &self.x[..n * d],
+            &mut self.h[..n * d],
+        );
         obs.hidden(m.blocks.len(), p0, &self.h[..n * d]);
         self.pos += n;
         Ok(())
@@ -207,13 +226,15 @@ impl<'m> Session<'m> {
         let (d, ff, eps) = (c.d_model, c.d_ff, c.layer_norm_eps);
         layer_norm_rows(&b.ln1, eps, &self.x[..n * d], &mut self.h[..n * d]);
         let h = &self.h[..n * d];
+        obs.linear_input(l, "attn_qkv", h);
         match &b.qkv {
             Qkv::Fused(lin) => {
                 apply(lin, h, &mut self.qkv[..n * 3 * d], n);
                 obs.linear(l, "attn_qkv", &self.qkv[..n * 3 * d]);
             }
             Qkv::Split(lins) => {
-                for (j, (lin, name)) in lins.iter().zip(["attn_q", "attn_k", "attn_v"]).enumerate() {
+                for (j, (lin, name)) in lins.iter().zip(["attn_q", "attn_k", "attn_v"]).enumerate()
+                {
                     apply(lin, h, &mut self.tmp[..n * d], n);
                     obs.linear(l, name, &self.tmp[..n * d]);
                     for t in 0..n {
@@ -225,14 +246,17 @@ impl<'m> Session<'m> {
         }
         self.store_kv(l, n);
         self.attention(l, b, n);
+        obs.linear_input(l, "attn_out", &self.att[..n * d]);
         apply(&b.attn_out, &self.att[..n * d], &mut self.tmp[..n * d], n);
         obs.linear(l, "attn_out", &self.tmp[..n * d]);
         add_assign(&mut self.x[..n * d], &self.tmp[..n * d]);
 
         layer_norm_rows(&b.ln2, eps, &self.x[..n * d], &mut self.h[..n * d]);
+        obs.linear_input(l, "mlp_in", &self.h[..n * d]);
         apply(&b.fc, &self.h[..n * d], &mut self.ff[..n * ff], n);
         obs.linear(l, "mlp_in", &self.ff[..n * ff]);
         ops::gelu_new(&mut self.ff[..n * ff]);
+        obs.linear_input(l, "mlp_out", &self.ff[..n * ff]);
         apply(&b.proj, &self.ff[..n * ff], &mut self.tmp[..n * d], n);
         obs.linear(l, "mlp_out", &self.tmp[..n * d]);
         add_assign(&mut self.x[..n * d], &self.tmp[..n * d]);
@@ -249,7 +273,8 @@ impl<'m> Session<'m> {
             for h in 0..c.n_head {
                 let at = layer + (h * ctx + p) * hd;
                 self.k_cache[at..at + hd].copy_from_slice(&row[d + h * hd..d + (h + 1) * hd]);
-                self.v_cache[at..at + hd].copy_from_slice(&row[2 * d + h * hd..2 * d + (h + 1) * hd]);
+                self.v_cache[at..at + hd]
+                    .copy_from_slice(&row[2 * d + h * hd..2 * d + (h + 1) * hd]);
             }
         }
     }
@@ -269,7 +294,14 @@ impl<'m> Session<'m> {
                 let base = h * ctx * hd;
                 let keys = &kc[base + lo * hd..base + (p + 1) * hd];
                 let vals = &vc[base + lo * hd..base + (p + 1) * hd];
-                ops::attend(q, keys, vals, spec.attn_scale, scores, &mut out[h * hd..(h + 1) * hd]);
+                ops::attend(
+                    q,
+                    keys,
+                    vals,
+                    spec.attn_scale,
+                    scores,
+                    &mut out[h * hd..(h + 1) * hd],
+                );
             }
         };
         let att = &mut self.att[..n * d];

@@ -88,15 +88,20 @@ impl TensorFile {
             path: path.to_path_buf(),
             msg,
         };
-        let (header_len, meta) =
-            SafeTensors::read_metadata(&map).map_err(|e| format(describe_st_error(&e, map.len())))?;
+        let (header_len, meta) = SafeTensors::read_metadata(&map)
+            .map_err(|e| format(describe_st_error(&e, map.len())))?;
         let base = 8 + header_len;
         let mut tensors = HashMap::new();
         for (name, info) in meta.tensors() {
             let (s, e) = info.data_offsets;
             tensors.insert(
                 name,
-                (DType::from_st(info.dtype), info.shape.clone(), base + s, base + e),
+                (
+                    DType::from_st(info.dtype),
+                    info.shape.clone(),
+                    base + s,
+                    base + e,
+                ),
             );
         }
         Ok(TensorFile {
@@ -124,15 +129,17 @@ impl TensorFile {
 
     /// The tensor `name`, if present.
     pub fn get(&self, name: &str) -> Option<TensorView> {
-        self.tensors.get(name).map(|(dtype, shape, s, e)| TensorView {
-            name: name.to_string(),
-            path: self.path.clone(),
-            map: Arc::clone(&self.map),
-            dtype: *dtype,
-            shape: shape.clone(),
-            start: *s,
-            end: *e,
-        })
+        self.tensors
+            .get(name)
+            .map(|(dtype, shape, s, e)| TensorView {
+                name: name.to_string(),
+                path: self.path.clone(),
+                map: Arc::clone(&self.map),
+                dtype: *dtype,
+                shape: shape.clone(),
+                start: *s,
+                end: *e,
+            })
     }
 
     /// Size of the mapped file in bytes.
@@ -160,7 +167,9 @@ fn describe_st_error(e: &safetensors::SafeTensorError, file_len: usize) -> Strin
             format!("header length points past the end of the file ({file_len} bytes)")
         }
         E::MetadataIncompleteBuffer => {
-            format!("tensor data does not match the file size ({file_len} bytes): truncated or padded")
+            format!(
+                "tensor data does not match the file size ({file_len} bytes): truncated or padded"
+            )
         }
         other => other.to_string(),
     }
@@ -184,6 +193,15 @@ impl TensorView {
         &self.map[self.start..self.end]
     }
 
+    /// The mapping and the byte range, for holders that outlive this view.
+    pub(crate) fn mapped(&self) -> Mapped {
+        Mapped {
+            map: Arc::clone(&self.map),
+            start: self.start,
+            end: self.end,
+        }
+    }
+
     /// Number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
@@ -203,10 +221,7 @@ impl TensorView {
         if self.shape == shape {
             Ok(())
         } else {
-            Err(self.error(format!(
-                "expected shape {shape:?}, found {:?}",
-                self.shape
-            )))
+            Err(self.error(format!("expected shape {shape:?}, found {:?}", self.shape)))
         }
     }
 
@@ -227,6 +242,21 @@ impl TensorView {
     /// Whether the data starts at an address aligned for `align` bytes.
     pub fn is_aligned(&self, align: usize) -> bool {
         (self.bytes().as_ptr() as usize) % align == 0
+    }
+}
+
+/// A byte range of a mapping, kept alive by the `Arc`: how weights are held without copying.
+#[derive(Clone, Debug)]
+pub struct Mapped {
+    map: Arc<Mmap>,
+    start: usize,
+    end: usize,
+}
+
+impl Mapped {
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[self.start..self.end]
     }
 }
 
