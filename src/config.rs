@@ -89,7 +89,9 @@ impl Config {
             f.as_u64()
                 .filter(|&n| n > 0)
                 .map(|n| n as usize)
-                .ok_or(format!("field `{key}` must be a positive integer, found {f}"))
+                .ok_or(format!(
+                    "field `{key}` must be a positive integer, found {f}"
+                ))
         };
         let opt_usize = |key: &str| -> Result<Option<usize>, String> {
             match v.get(key) {
@@ -98,13 +100,17 @@ impl Config {
                     .as_u64()
                     .filter(|&n| n > 0)
                     .map(|n| Some(n as usize))
-                    .ok_or(format!("field `{key}` must be a positive integer or null, found {f}")),
+                    .ok_or(format!(
+                        "field `{key}` must be a positive integer or null, found {f}"
+                    )),
             }
         };
         let bool_or = |key: &str, default: bool| -> Result<bool, String> {
             match v.get(key) {
                 None | Some(Value::Null) => Ok(default),
-                Some(f) => f.as_bool().ok_or(format!("field `{key}` must be a boolean")),
+                Some(f) => f
+                    .as_bool()
+                    .ok_or(format!("field `{key}` must be a boolean")),
             }
         };
         let (vocab_size, n_ctx, d_model, n_head, n_layer, d_ff, eps_key) = match arch {
@@ -194,7 +200,9 @@ impl Config {
         };
         if let Some(e) = eos_token_id {
             if e as usize >= vocab_size {
-                return Err(format!("eos_token_id {e} is not below vocab_size {vocab_size}"));
+                return Err(format!(
+                    "eos_token_id {e} is not below vocab_size {vocab_size}"
+                ));
             }
         }
         Ok(Config {

@@ -44,7 +44,11 @@ impl<'m> Session<'m> {
     ///
     /// Errors when the prompt is empty, holds an id outside the vocabulary, or when the cache, the
     /// prompt and `max_tokens` do not fit in the context (nothing is silently truncated).
-    pub fn generate<'s>(&'s mut self, prompt: &[u32], opts: &GenerateOptions) -> Result<Generation<'s, 'm>> {
+    pub fn generate<'s>(
+        &'s mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+    ) -> Result<Generation<'s, 'm>> {
         opts.sampling.validate().map_err(Error::Input)?;
         let n_ctx = self.model().config.n_ctx;
         // The last generated token is never fed back, so `max_tokens - 1` positions follow the prompt.

@@ -42,7 +42,9 @@ pub fn perplexity(
         )));
     }
     if ids.len() < 2 {
-        return Err(Error::input("the text has fewer than 2 tokens: nothing to score"));
+        return Err(Error::input(
+            "the text has fewer than 2 tokens: nothing to score",
+        ));
     }
     let starts: Vec<usize> = window_starts(ids.len(), context, stride);
     let mut session = model.session();

@@ -79,7 +79,8 @@ impl Sampler {
                 if c.is_empty() {
                     return 0;
                 }
-                let by_logit = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+                let by_logit =
+                    |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
                 if top_k > 0 && top_k < c.len() {
                     c.select_nth_unstable_by(top_k - 1, by_logit);
                     c.truncate(top_k);

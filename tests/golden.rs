@@ -28,7 +28,12 @@ fn check_model(name: &str) {
     let tok = model.tokenizer();
     let (mut worst_logit, mut worst_lp, mut worst_hidden) = (0f32, 0f32, 0f32);
     for p in &g.prompts {
-        assert_eq!(tok.encode(&p.text).unwrap(), p.input_ids, "{name}/{}: token ids", p.name);
+        assert_eq!(
+            tok.encode(&p.text).unwrap(),
+            p.input_ids,
+            "{name}/{}: token ids",
+            p.name
+        );
 
         // All positions in one prefill: next-token log-probs and the last logits.
         let mut s = model.session();
@@ -42,8 +47,16 @@ fn check_model(name: &str) {
         .unwrap();
         let d_lp = max_abs_diff(&lps, &p.next_token_logprobs);
         let d_logit = max_abs_diff(s.last_logits_slice(), &p.last_logits);
-        assert!(d_lp <= 1e-3, "{name}/{}: next-token logprobs differ by {d_lp}", p.name);
-        assert!(d_logit <= 1e-3, "{name}/{}: last logits differ by {d_logit}", p.name);
+        assert!(
+            d_lp <= 1e-3,
+            "{name}/{}: next-token logprobs differ by {d_lp}",
+            p.name
+        );
+        assert!(
+            d_logit <= 1e-3,
+            "{name}/{}: last logits differ by {d_logit}",
+            p.name
+        );
 
         // Hidden states per layer, relative to each layer's scale.
         let mut obs = LastHidden {
@@ -55,7 +68,11 @@ fn check_model(name: &str) {
         for (l, (ours, theirs)) in obs.layers.iter().zip(&p.last_hidden_per_layer).enumerate() {
             let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
             let rel = max_abs_diff(ours, theirs) / scale;
-            assert!(rel <= 1e-3, "{name}/{}: hidden layer {l} differs by {rel} (relative)", p.name);
+            assert!(
+                rel <= 1e-3,
+                "{name}/{}: hidden layer {l} differs by {rel} (relative)",
+                p.name
+            );
             worst_hidden = worst_hidden.max(rel);
         }
 
@@ -65,7 +82,11 @@ fn check_model(name: &str) {
             ..Default::default()
         };
         let mut s = model.session();
-        let out: Vec<u32> = s.generate(ids, &opts).unwrap().map(Result::unwrap).collect();
+        let out: Vec<u32> = s
+            .generate(ids, &opts)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(out, p.greedy_ids, "{name}/{}: greedy continuation", p.name);
         worst_logit = worst_logit.max(d_logit);
         worst_lp = worst_lp.max(d_lp);
@@ -98,7 +119,11 @@ fn check_perplexity(name: &str) {
         let rel = (r.ppl / ppl - 1.0).abs();
         eprintln!("{name}/{key}: ppl {:.4} vs {ppl:.4} (rel {rel:.2e})", r.ppl);
         assert_eq!(r.tokens_scored, scored, "{name}/{key}: tokens scored");
-        assert!(rel <= 1e-3, "{name}/{key}: perplexity {} vs golden {ppl}", r.ppl);
+        assert!(
+            rel <= 1e-3,
+            "{name}/{key}: perplexity {} vs golden {ppl}",
+            r.ppl
+        );
     }
 }
 

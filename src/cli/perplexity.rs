@@ -31,8 +31,8 @@ pub struct Args {
 pub fn run(a: Args) -> CliResult {
     super::set_threads(a.threads)?;
     let model = Model::open(super::model_dir(a.model))?;
-    let text = std::fs::read_to_string(&a.text)
-        .map_err(|e| format!("{}: {e}", a.text.display()))?;
+    let text =
+        std::fs::read_to_string(&a.text).map_err(|e| format!("{}: {e}", a.text.display()))?;
     let ids = model.tokenizer().encode(&text)?;
     let show = !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let r = slimlm::perplexity(&model, &ids, a.context, a.stride, &mut |done, total| {
