@@ -22,8 +22,9 @@ const PAR_MIN_BYTES: usize = 256 * 1024;
 const ROW_ALIGN: usize = 64;
 /// `matmul` with fewer tokens than this runs the matvec kernels per token (packing would not pay off).
 const GEMM_MIN_TOKENS: usize = 4;
-/// K-block of the f32 GEMM (a packed `KC × NR` panel is 32 KiB with AVX-512).
-const GEMM_KC: usize = 256;
+/// K-block of the f32 GEMM (a packed `KC × NR` panel is 16 KiB with AVX-512, so it and the packed
+/// activations of one token block stay in L1).
+const GEMM_KC: usize = 128;
 /// Widest column block of one GEMM task.
 const GEMM_NC: usize = 256;
 /// Below this many multiply-adds a GEMM runs on the calling thread.
@@ -36,6 +37,7 @@ thread_local! {
     static PACK_U8: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static ACT_U8: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static ACT_SCALE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static ACT_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on at least `len` elements of a thread-local scratch vector that only ever grows.
@@ -63,6 +65,30 @@ fn with_scratch<T: Clone + Default + 'static, R>(
 struct Acts<'a> {
     x: &'a [f32],
     q: Option<(&'a [i8], f32)>,
+}
+
+/// [`reference::quantize_activations`] (per-token symmetric INT8, `scale = max|x| / 127`), bit for bit,
+/// vectorised on the given path. Returns the scale.
+///
+/// # Panics
+/// When `isa` is not supported by this CPU or the lengths differ.
+pub fn quantize_activations_with(isa: Isa, x: &[f32], q: &mut [i8]) -> f32 {
+    check_isa(isa);
+    quantize_with(isa, x, q)
+}
+
+fn quantize_with(isa: Isa, x: &[f32], q: &mut [i8]) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: callers pass a path checked by `check_isa`.
+        Isa::Avx512 => unsafe { kern::avx512::quantize_row(x, q) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { kern::avx2::quantize_row(x, q) },
+        Isa::Scalar => reference::quantize_activations(x, q),
+        // SAFETY: the portable path needs no CPU features.
+        _ => unsafe { kern::portable::quantize_row(x, q) },
+    }
 }
 
 fn check_isa(isa: Isa) {
@@ -93,7 +119,7 @@ pub fn matvec_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, x: &[f32], y: &mu
     let needs_q = matches!(w, MatRef::Int8(q) if q.act == Int8Act::Int8);
     if needs_q {
         with_scratch(&XQ, x.len(), |xq| {
-            let xs = reference::quantize_activations(x, xq);
+            let xs = quantize_with(isa, x, xq);
             matvec_split(
                 isa,
                 w,
@@ -395,6 +421,36 @@ fn gemm_f32(
     };
     let (nc, ncb, tc, ntb) = gemm_grid(tokens, n, mr, nr, tokens * k * n);
     let kc = GEMM_KC.min(k);
+    with_scratch(&ACT_F32, tokens.div_ceil(mr) * mr * k, |packed| {
+        kern::pack_acts(xs, k, mr, packed);
+        gemm_f32_tasks(
+            isa,
+            src,
+            k,
+            n,
+            tokens,
+            packed,
+            ys,
+            bias,
+            (nc, ncb, tc, ntb),
+            kc,
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_f32_tasks(
+    isa: Isa,
+    src: PackSrc,
+    k: usize,
+    n: usize,
+    tokens: usize,
+    xs: &[f32],
+    ys: &mut [f32],
+    bias: Option<&[f32]>,
+    (nc, ncb, tc, ntb): (usize, usize, usize, usize),
+    kc: usize,
+) {
     let out = OutPtr(ys.as_mut_ptr());
     let xp = xs.as_ptr() as usize;
     let task = |ti: usize| {
@@ -404,8 +460,9 @@ fn gemm_f32(
         let xs = xp as *const f32;
         with_scratch(&PACK_F32, kc * nc, |pack| match isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `isa` checked by the caller (`check_isa`); `xs`/`ys` hold `tokens × k`/`tokens × n`
-            // floats (asserted by `matmul_with`); this task alone writes block (t0..t1, n0..n1).
+            // SAFETY: `isa` checked by the caller (`check_isa`); `xs` holds the activations packed with
+            // this path's MR (`round_up(tokens, MR) × k`), `ys` `tokens × n` floats (asserted by
+            // `matmul_with`); this task alone writes block (t0..t1, n0..n1).
             Isa::Avx512 => unsafe {
                 kern::avx512::gemm_block(
                     src,
@@ -459,7 +516,7 @@ fn gemm_w8a8_vnni(q: &Int8Ref, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32],
         with_scratch(&ACT_SCALE, tokens, |xscale| {
             with_scratch(&XQ, k, |xq| {
                 for (t, x) in xs.chunks_exact(k).enumerate() {
-                    xscale[t] = reference::quantize_activations(x, xq);
+                    xscale[t] = quantize_with(Isa::Avx512, x, xq);
                     pack_act(&geo, xq, &mut act[t * geo.kp..(t + 1) * geo.kp]);
                 }
             });

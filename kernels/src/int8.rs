@@ -356,12 +356,18 @@ pub(crate) mod x86 {
             let row = &values[o * k..(o + 1) * k];
             for g in 0..geo.groups {
                 let src = &row[g * geo.group..g * geo.group + geo.len(g)];
-                let mut sum = 0i32;
-                for (e, &v) in src.iter().enumerate() {
+                // Whole quads move as one u32 (the usual case: groups and rows multiples of 4).
+                let quads = src.len() / 4;
+                let q0 = g * geo.gp / 4;
+                for (qi, c) in src.chunks_exact(4).enumerate() {
+                    let d = (q0 + qi) * Q_NR * 4 + j * 4;
+                    vals[d..d + 4].copy_from_slice(bytemuck::cast_slice(c));
+                }
+                for (e, &v) in src.iter().enumerate().skip(quads * 4) {
                     let kk = g * geo.gp + e;
                     vals[(kk / 4) * Q_NR * 4 + j * 4 + kk % 4] = v as u8;
-                    sum += v as i32;
                 }
+                let sum: i32 = src.iter().map(|&v| v as i32).sum();
                 let c = g * Q_NR + j;
                 corr[c * 4..c * 4 + 4].copy_from_slice(&(128 * sum).to_ne_bytes());
                 sc[c * 4..c * 4 + 4].copy_from_slice(&scales[o * geo.groups + g].to_ne_bytes());

@@ -207,6 +207,25 @@ pub(crate) unsafe fn w8a32_rows<V: F32Vec>(
     }
 }
 
+/// `reference::quantize_activations`, the same IEEE operations in the same order, written so that it
+/// vectorises once compiled with the wrapper's features (`round` half away from zero becomes an exact
+/// SSE4.1/AVX sequence instead of a libm call). Bit-identical to the reference.
+#[inline(always)]
+pub(crate) fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
+    assert_eq!(x.len(), q.len());
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if amax == 0.0 || !amax.is_finite() {
+        q.fill(0);
+        return 0.0;
+    }
+    let scale = amax / 127.0;
+    let inv = 127.0 / amax;
+    for (qi, &xi) in q.iter_mut().zip(x) {
+        *qi = (xi * inv).round().clamp(-127.0, 127.0) as i8;
+    }
+    scale
+}
+
 // ---------------------------------------------------------------------------------------------------
 // GEMM (prefill)
 // ---------------------------------------------------------------------------------------------------
@@ -246,7 +265,7 @@ unsafe fn pack_panel<V: F32Vec>(
     dst: &mut [f32],
 ) {
     #[inline(always)]
-    unsafe fn outin<T: Elem>(
+    unsafe fn outin<V: F32Vec, T: Elem>(
         w: &[T],
         k: usize,
         k0: usize,
@@ -258,7 +277,17 @@ unsafe fn pack_panel<V: F32Vec>(
     ) {
         for j in 0..cols {
             let row = &w[(o0 + j) * k + k0..(o0 + j) * k + k0 + kc];
-            for (kk, v) in row.iter().enumerate() {
+            let mut tmp = [0.0f32; 16];
+            let mut kk = 0;
+            // Convert a vector at a time (F16C / shifts), then scatter down the panel's column.
+            while kk + V::W <= kc {
+                V::store(tmp.as_mut_ptr(), T::vload::<V>(row.as_ptr().add(kk)));
+                for (e, &t) in tmp[..V::W].iter().enumerate() {
+                    dst[(kk + e) * nr + j] = t;
+                }
+                kk += V::W;
+            }
+            for (kk, v) in row.iter().enumerate().skip(kk) {
                 dst[kk * nr + j] = v.f32();
             }
         }
@@ -300,9 +329,9 @@ unsafe fn pack_panel<V: F32Vec>(
         }
     }
     match src {
-        PackSrc::OutInF32(w) => outin(w, k, k0, kc, o0, cols, nr, dst),
-        PackSrc::OutInF16(w) => outin(w, k, k0, kc, o0, cols, nr, dst),
-        PackSrc::OutInBF16(w) => outin(w, k, k0, kc, o0, cols, nr, dst),
+        PackSrc::OutInF32(w) => outin::<V, f32>(w, k, k0, kc, o0, cols, nr, dst),
+        PackSrc::OutInF16(w) => outin::<V, f16>(w, k, k0, kc, o0, cols, nr, dst),
+        PackSrc::OutInBF16(w) => outin::<V, bf16>(w, k, k0, kc, o0, cols, nr, dst),
         PackSrc::InOutF32(w) => inout::<V, f32>(w, n, k0, kc, o0, cols, nr, dst),
         PackSrc::InOutF16(w) => inout::<V, f16>(w, n, k0, kc, o0, cols, nr, dst),
         PackSrc::InOutBF16(w) => inout::<V, bf16>(w, n, k0, kc, o0, cols, nr, dst),
@@ -316,8 +345,50 @@ unsafe fn pack_panel<V: F32Vec>(
                 let o = o0 + j;
                 let row = &values[o * k + k0..o * k + k0 + kc];
                 let srow = &scales[o * gpr..(o + 1) * gpr];
-                for (kk, &v) in row.iter().enumerate() {
+                let mut tmp = [0.0f32; 16];
+                let mut kk = 0;
+                while kk + V::W <= kc {
+                    let (g0, g1) = ((k0 + kk) / group, (k0 + kk + V::W - 1) / group);
+                    if g0 == g1 {
+                        let v = V::mul(V::load_i8(row.as_ptr().add(kk)), V::splat(srow[g0]));
+                        V::store(tmp.as_mut_ptr(), v);
+                    } else {
+                        for (e, t) in tmp[..V::W].iter_mut().enumerate() {
+                            *t = row[kk + e] as f32 * srow[(k0 + kk + e) / group];
+                        }
+                    }
+                    for (e, &t) in tmp[..V::W].iter().enumerate() {
+                        dst[(kk + e) * nr + j] = t;
+                    }
+                    kk += V::W;
+                }
+                for (kk, &v) in row.iter().enumerate().skip(kk) {
                     dst[kk * nr + j] = v as f32 * srow[(k0 + kk) / group];
+                }
+            }
+        }
+    }
+}
+
+/// Packs token blocks of `mr` rows of `xs` (`tokens × k`) so that a block's `k` steps are `mr` contiguous
+/// floats (rows past the end are zero): `dst[(t / mr)·k·mr + kk·mr + t % mr] = xs[t·k + kk]`.
+pub(crate) fn pack_acts(xs: &[f32], k: usize, mr: usize, dst: &mut [f32]) {
+    let tokens = xs.len() / k;
+    assert!(dst.len() >= tokens.div_ceil(mr) * mr * k);
+    for (tb, block) in dst
+        .chunks_exact_mut(k * mr)
+        .take(tokens.div_ceil(mr))
+        .enumerate()
+    {
+        for r in 0..mr {
+            let t = tb * mr + r;
+            if t < tokens {
+                for (kk, &v) in xs[t * k..(t + 1) * k].iter().enumerate() {
+                    block[kk * mr + r] = v;
+                }
+            } else {
+                for kk in 0..k {
+                    block[kk * mr + r] = 0.0;
                 }
             }
         }
@@ -326,7 +397,8 @@ unsafe fn pack_panel<V: F32Vec>(
 
 /// `MR`-token × `NV·W`-output micro-kernel over a packed panel: `C[r, c] (+)= Σ_kk A[r, kk]·B[kk, c]`.
 ///
-/// `a` points at token `r = 0`, column `k0` of the activations (row stride `lda`); `b` is the packed
+/// `a` points at the packed activations of this token block at `k0` (token `r`, step `kk` at
+/// `a[kk·ka + r]`); `b` is the packed
 /// `kc × (NV·W)` panel; `c` the output tile (row stride `ldc`), of which `cols` columns are stored.
 /// `init` is a bias tile of `NV·W` floats used when not accumulating.
 ///
@@ -337,7 +409,7 @@ unsafe fn pack_panel<V: F32Vec>(
 unsafe fn micro<V: F32Vec, const R: usize, const NV: usize>(
     kc: usize,
     a: *const f32,
-    lda: usize,
+    ka: usize,
     b: *const f32,
     c: *mut f32,
     ldc: usize,
@@ -358,7 +430,7 @@ unsafe fn micro<V: F32Vec, const R: usize, const NV: usize>(
     for kk in 0..kc {
         let bv: [V::F; NV] = std::array::from_fn(|v| V::load(bp.add(v * V::W)));
         for (r, row) in acc.iter_mut().enumerate() {
-            let av = V::splat(*a.add(r * lda + kk));
+            let av = V::splat(*a.add(kk * ka + r));
             for v in 0..NV {
                 row[v] = V::fma(av, bv[v], row[v]);
             }
@@ -397,11 +469,12 @@ unsafe fn micro<V: F32Vec, const R: usize, const NV: usize>(
 
 /// Output block of the GEMM: tokens `t0 .. t1`, outputs `n0 .. n1`, all of `k`.
 ///
-/// `ys` is the whole `tokens × n` output (row stride `n`), written only inside the block; `pack` is
-/// scratch of at least `kc_max · round_up(n1 - n0, NV·W)` floats.
+/// `xs` are the activations packed by [`pack_acts`] with `MR`; `ys` is the whole `tokens × n` output
+/// (row stride `n`), written only inside the block; `pack` is scratch of at least
+/// `kc_max · round_up(n1 - n0, NV·W)` floats.
 ///
 /// # Safety
-/// `V`'s instructions must be available; `xs` holds `t1 · k` floats, `ys` `t1 · n`, `bias` (if any) `n`;
+/// `V`'s instructions must be available; `xs` holds `round_up(t1, MR) · k` floats, `ys` `t1 · n`, `bias` `n`;
 /// no other thread writes this block of `ys` concurrently.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -443,7 +516,7 @@ pub(crate) unsafe fn gemm_f32_block<V: F32Vec, const MR: usize, const NV: usize>
         let mut t = t0;
         while t < t1 {
             let rows = (t1 - t).min(MR);
-            let a = xs.add(t * k + k0);
+            let a = xs.add(t * k + k0 * MR);
             for p in 0..panels {
                 let o = n0 + p * nr;
                 let cols = (n1 - o).min(nr);
@@ -460,13 +533,13 @@ pub(crate) unsafe fn gemm_f32_block<V: F32Vec, const MR: usize, const NV: usize>
                 macro_rules! go {
                     ($($r:literal)*) => {
                         match rows {
-                            $($r => micro::<V, $r, NV>(kc, a, k, bp, c, n, cols, accumulate, init),)*
+                            $($r => micro::<V, $r, NV>(kc, a, MR, bp, c, n, cols, accumulate, init),)*
                             _ => unreachable!(),
                         }
                     };
                 }
                 if rows == MR {
-                    micro::<V, MR, NV>(kc, a, k, bp, c, n, cols, accumulate, init);
+                    micro::<V, MR, NV>(kc, a, MR, bp, c, n, cols, accumulate, init);
                 } else {
                     go!(1 2 3 4 5 6 7);
                 }
@@ -520,6 +593,13 @@ macro_rules! instantiate {
                 y: &mut [f32],
             ) {
                 super::w8a32_rows::<$V>(values, scales, k, group, x, o0, y)
+            }
+
+            /// # Safety
+            /// The CPU must support this instruction set.
+            #[$feat]
+            pub(crate) unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
+                super::quantize_row(x, q)
             }
 
             /// # Safety

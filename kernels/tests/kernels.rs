@@ -11,7 +11,7 @@
 use half::{bf16, f16};
 use slimlm_kernels::{
     int8_group_dots_with, lowrank_matmul_with, lowrank_matvec_with, matmul_with, matvec_with,
-    reference, DenseRef, Elems, Int8Act, Int8Ref, Isa, Layout, MatRef,
+    quantize_activations_with, reference, DenseRef, Elems, Int8Act, Int8Ref, Isa, Layout, MatRef,
 };
 
 /// xorshift64* — tiny, deterministic.
@@ -545,6 +545,40 @@ fn slimlm_kernels_values() {
         match resolve(Some(isa.name())) {
             Ok(got) => assert!(isa.supported() && got == isa),
             Err(e) => assert!(!isa.supported() && e.contains("does not support"), "{e}"),
+        }
+    }
+}
+
+#[test]
+fn quantize_bit_exact() {
+    let mut rng = Rng(23);
+    for &k in &[1usize, 7, 31, 33, 767, 769, 2048] {
+        let mut x = rng.vec(k, 5.0);
+        // Ties of round-half-away-from-zero: x·(127/amax) = ±n.5 exactly.
+        x[0] = 127.0;
+        if k > 3 {
+            x[1] = 0.5;
+            x[2] = -2.5;
+            x[3] = 1e-30;
+        }
+        for case in 0..3 {
+            let x: Vec<f32> = match case {
+                0 => x.clone(),
+                1 => vec![0.0; k],
+                _ => x.iter().map(|v| v * 1e4).collect(),
+            };
+            let mut want = vec![0i8; k];
+            let ws = reference::quantize_activations(&x, &mut want);
+            for isa in isas() {
+                let mut got = vec![0i8; k];
+                let gs = quantize_activations_with(isa, &x, &mut got);
+                assert_eq!(
+                    gs.to_bits(),
+                    ws.to_bits(),
+                    "scale k={k} case {case} {isa:?}"
+                );
+                assert_eq!(got, want, "q k={k} case {case} {isa:?}");
+            }
         }
     }
 }
