@@ -29,6 +29,8 @@ pub enum Error {
     Input(String),
     #[error("kernels: {0}")]
     Kernels(String),
+    #[error("compression plan: {0}")]
+    Plan(String),
 }
 
 impl Error {

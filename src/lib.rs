@@ -15,6 +15,7 @@
 //! # Ok::<(), slimlm::Error>(())
 //! ```
 
+pub mod compress;
 pub mod config;
 pub mod error;
 pub mod generate;

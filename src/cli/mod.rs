@@ -1,6 +1,8 @@
 //! Command-line front end: argument parsing and output; the work is done by the library.
 
+mod compress;
 mod generate;
+mod inspect;
 mod perplexity;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +24,10 @@ enum Command {
     Generate(generate::Args),
     /// Perplexity of a text file (sliding windows, the goldens' rule).
     Perplexity(perplexity::Args),
+    /// Compress a model (INT8, F16, low-rank factors) into a new model directory.
+    Compress(compress::Args),
+    /// Show a model's compression plan, bytes per component and layer, and ratio.
+    Inspect(inspect::Args),
 }
 
 /// The model bundled with slimlm, used when `--model` is not given.
@@ -62,6 +68,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Perplexity(a) => perplexity::run(a),
+        Command::Compress(a) => compress::run(a),
+        Command::Inspect(a) => inspect::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

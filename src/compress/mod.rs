@@ -1,0 +1,614 @@
+//! The compressor: a model directory in, a compressed model directory out (INT8, F16, low-rank factors),
+//! in the format [`crate::Model::open`] reads through the same memory-mapped path.
+//!
+//! ```no_run
+//! use slimlm::compress::{compress, Options, Plan, Spec, MethodName, FactorDtype};
+//! let spec = Spec { method: Some(MethodName::Lowrank), rank: Some(64), factors: Some(FactorDtype::Int8), ..Spec::default() };
+//! let emb = Spec { method: Some(MethodName::Int8), ..Spec::default() };
+//! let report = compress("models/ref-gpt2".as_ref(), "/tmp/gpt2-r64".as_ref(),
+//!     &Plan::uniform(spec, emb), &Options::default(), &mut |_, _, _| {})?;
+//! println!("{} → {} bytes", report.source_bytes, report.file_bytes);
+//! # Ok::<(), slimlm::Error>(())
+//! ```
+//!
+//! Names written: `P.weight` (+ `P.weight_scale` for INT8, `[out, in]`), or `P.lowrank.{u,vh}` (+ `_scale`,
+//! + `P.lowrank.s`), biases and LayerNorms F32, `__pad__.N` alignment fillers, and `__metadata__` with
+//! [`META_FORMAT`], [`META_PLAN`], [`META_MATRICES`], [`META_SOURCE_BYTES`].
+
+pub mod plan;
+pub mod quantize;
+pub mod svd;
+pub mod writer;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use serde::Serialize;
+use slimlm_kernels::Layout;
+
+pub use plan::{Component, FactorDtype, Method, MethodName, Override, Plan, RankRule, SFold, Spec, SvdKind};
+use writer::OutTensor;
+
+use crate::config::{Arch, Config};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::session::Observer;
+use crate::tensor_file::{DType, TensorStore, TensorView};
+
+/// Format version written to [`META_FORMAT`].
+pub const FORMAT_VERSION: &str = "1";
+/// Metadata key: format version.
+pub const META_FORMAT: &str = "slimlm.format_version";
+/// Metadata key: the plan, as JSON.
+pub const META_PLAN: &str = "slimlm.plan";
+/// Metadata key: what was done to each matrix, as JSON (`name → description`).
+pub const META_MATRICES: &str = "slimlm.matrices";
+/// Metadata key: bytes of the source model's safetensors file(s).
+pub const META_SOURCE_BYTES: &str = "slimlm.source_bytes";
+
+/// Options beside the plan.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Replace an existing output directory.
+    pub overwrite: bool,
+    /// Calibration text for activation-aware SVD.
+    pub calibration: Vec<String>,
+    /// At most this many calibration tokens are run.
+    pub calibration_tokens: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            overwrite: false,
+            calibration: Vec::new(),
+            calibration_tokens: 8192,
+        }
+    }
+}
+
+/// What happened to one matrix.
+#[derive(Clone, Debug, Serialize)]
+pub struct MatrixReport {
+    /// Base tensor name (`transformer.h.0.attn.c_attn`, `transformer.wte`).
+    pub name: String,
+    pub layer: Option<usize>,
+    pub component: Component,
+    /// `[out, in]`.
+    pub shape: [usize; 2],
+    /// How it is stored (`int8 g64`, `lowrank r=64 int8`, `f32`).
+    pub stored: String,
+    /// Bytes written for it (weights, scales, factors; not the bias).
+    pub bytes: usize,
+    /// Bytes it had in the source.
+    pub source_bytes: usize,
+    /// ‖W − Ŵ‖_F / ‖W‖_F.
+    pub rel_error: f64,
+    /// Why the plan was not followed (a global rank that would not save memory).
+    pub note: Option<String>,
+}
+
+/// The result of [`compress`].
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub matrices: Vec<MatrixReport>,
+    /// Size of the written `model.safetensors`.
+    pub file_bytes: usize,
+    /// Size of the source safetensors file(s).
+    pub source_bytes: usize,
+}
+
+/// One linear layer of the source model, by name.
+#[derive(Clone, Debug)]
+pub struct LinearSite {
+    pub layer: usize,
+    pub component: Component,
+    pub base: String,
+    pub layout: Layout,
+    pub out_dim: usize,
+    pub in_dim: usize,
+    pub bias: bool,
+}
+
+/// The linear layers of `config`'s architecture, with `prefix` (`transformer.` or empty).
+pub fn linear_sites(config: &Config, prefix: &str) -> Vec<LinearSite> {
+    let (d, ff) = (config.d_model, config.d_ff);
+    let mut v = Vec::new();
+    for layer in 0..config.n_layer() {
+        let h = format!("{prefix}h.{layer}");
+        let site = |component, base: String, layout, out_dim, in_dim, bias| LinearSite {
+            layer,
+            component,
+            base,
+            layout,
+            out_dim,
+            in_dim,
+            bias,
+        };
+        match config.arch {
+            Arch::Gpt2 => {
+                let l = Layout::InOut;
+                v.push(site(Component::AttnQkv, format!("{h}.attn.c_attn"), l, 3 * d, d, true));
+                v.push(site(Component::AttnOut, format!("{h}.attn.c_proj"), l, d, d, true));
+                v.push(site(Component::MlpIn, format!("{h}.mlp.c_fc"), l, ff, d, true));
+                v.push(site(Component::MlpOut, format!("{h}.mlp.c_proj"), l, d, ff, true));
+            }
+            Arch::GptNeo => {
+                let (l, a) = (Layout::OutIn, format!("{h}.attn.attention"));
+                for p in ["q_proj", "k_proj", "v_proj"] {
+                    v.push(site(Component::AttnQkv, format!("{a}.{p}"), l, d, d, false));
+                }
+                v.push(site(Component::AttnOut, format!("{a}.out_proj"), l, d, d, true));
+                v.push(site(Component::MlpIn, format!("{h}.mlp.c_fc"), l, ff, d, true));
+                v.push(site(Component::MlpOut, format!("{h}.mlp.c_proj"), l, d, ff, true));
+            }
+        }
+    }
+    v
+}
+
+/// The values of a float tensor as f32 (row-major as stored).
+pub fn tensor_f32(t: &TensorView) -> Result<Vec<f32>> {
+    let b = t.bytes();
+    Ok(match t.dtype {
+        DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DType::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DType::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        d => return Err(t.error(format!("expected a float tensor, found {}", d.name()))),
+    })
+}
+
+/// A weight as a row-major `[out, in]` f32 matrix, transposing `[in, out]` storage.
+fn weight_out_in(t: &TensorView, layout: Layout, out_dim: usize, in_dim: usize) -> Result<Vec<f32>> {
+    let v = tensor_f32(t)?;
+    Ok(match layout {
+        Layout::OutIn => {
+            t.expect_shape(&[out_dim, in_dim])?;
+            v
+        }
+        Layout::InOut => {
+            t.expect_shape(&[in_dim, out_dim])?;
+            let mut w = vec![0f32; v.len()];
+            for i in 0..in_dim {
+                for o in 0..out_dim {
+                    w[o * in_dim + i] = v[i * out_dim + o];
+                }
+            }
+            w
+        }
+    })
+}
+
+fn rel_error(w: &[f32], approx: &[f32]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for (a, b) in w.iter().zip(approx) {
+        num += ((a - b) as f64).powi(2);
+        den += (*a as f64).powi(2);
+    }
+    if den == 0.0 {
+        0.0
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Per-channel mean |x| of each linear input, keyed by `(layer, component name)`.
+struct Calibration {
+    stats: HashMap<(usize, Component), Vec<f64>>,
+}
+
+struct Collector<'c> {
+    config: &'c Config,
+    sums: HashMap<(usize, Component), (Vec<f64>, usize)>,
+}
+
+impl Observer for Collector<'_> {
+    fn linear_input(&mut self, layer: usize, component: &'static str, xs: &[f32]) {
+        let Ok(c) = Component::parse(component) else { return };
+        let width = if c == Component::MlpOut { self.config.d_ff } else { self.config.d_model };
+        let e = self.sums.entry((layer, c)).or_insert_with(|| (vec![0.0; width], 0));
+        for row in xs.chunks_exact(width) {
+            for (s, x) in e.0.iter_mut().zip(row) {
+                *s += x.abs() as f64;
+            }
+            e.1 += 1;
+        }
+    }
+}
+
+fn calibrate(model: &Model, texts: &[String], max_tokens: usize, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Calibration> {
+    let mut ids = Vec::new();
+    for t in texts {
+        ids.extend(model.tokenizer().encode(t)?);
+    }
+    ids.truncate(max_tokens);
+    if ids.len() < 2 {
+        return Err(Error::input("activation-aware SVD needs calibration text (--calibration FILE)"));
+    }
+    let window = model.config.n_ctx.min(256);
+    let mut col = Collector {
+        config: &model.config,
+        sums: HashMap::new(),
+    };
+    let mut session = model.session();
+    let chunks: Vec<&[u32]> = ids.chunks(window).collect();
+    for (i, w) in chunks.iter().enumerate() {
+        session.reset();
+        session.prefill_observed(w, &mut col)?;
+        progress(i + 1, chunks.len(), "calibration");
+    }
+    Ok(Calibration {
+        stats: col
+            .sums
+            .into_iter()
+            .map(|(k, (s, n))| (k, s.into_iter().map(|v| v / n.max(1) as f64).collect()))
+            .collect(),
+    })
+}
+
+/// Everything produced for one matrix.
+struct Produced {
+    tensors: Vec<OutTensor>,
+    stored: String,
+    rel_error: f64,
+    note: Option<String>,
+}
+
+fn int8_tensors(name: &str, w: &[f32], rows: usize, cols: usize, group: Option<usize>) -> Result<(Vec<OutTensor>, Vec<f32>)> {
+    let q = quantize::quantize_rows(w, rows, cols, group)?;
+    let g = q.groups();
+    let deq = q.dequantize();
+    Ok((
+        vec![
+            OutTensor::i8(name, vec![rows, cols], &q.values),
+            OutTensor::f32(format!("{name}_scale"), vec![rows, g], &q.scales),
+        ],
+        deq,
+    ))
+}
+
+/// A factor in its storage; returns the tensors and the values as stored (dequantized).
+fn factor_tensors(name: &str, v: &[f32], rows: usize, cols: usize, dtype: FactorDtype, group: Option<usize>) -> Result<(Vec<OutTensor>, Vec<f32>)> {
+    Ok(match dtype {
+        FactorDtype::F32 => (vec![OutTensor::f32(name, vec![rows, cols], v)], v.to_vec()),
+        FactorDtype::F16 => {
+            let back = v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+            (vec![OutTensor::f16(name, vec![rows, cols], v)], back)
+        }
+        FactorDtype::Int8 => {
+            // The group must divide the row length (the rank for U); fall back to whole rows otherwise.
+            let g = group.filter(|g| cols % g == 0);
+            int8_tensors(name, v, rows, cols, g)?
+        }
+    })
+}
+
+/// A dense matrix in the source layout, as F16 (or copied as is).
+fn dense_tensor(t: &TensorView, f16: bool) -> Result<OutTensor> {
+    if f16 {
+        Ok(OutTensor::f16(t.name.clone(), t.shape.clone(), &tensor_f32(t)?))
+    } else {
+        Ok(OutTensor {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            data: t.bytes().to_vec(),
+        })
+    }
+}
+
+struct Ctx<'a> {
+    plan: &'a plan::Resolved,
+    calib: Option<&'a Calibration>,
+}
+
+fn compress_linear(ctx: &Ctx, site: &LinearSite, t: &TensorView) -> Result<Produced> {
+    let (m, n) = (site.out_dim, site.in_dim);
+    let method = ctx.plan.method(Some(site.layer), site.component);
+    let what = || format!("{} (layer {}, {})", site.base, site.layer, site.component);
+    let dense = |method: Method, note: Option<String>| -> Result<Produced> {
+        match method {
+            Method::Keep | Method::F16 => {
+                let f16 = method == Method::F16;
+                let out = dense_tensor(t, f16)?;
+                let rel = if f16 {
+                    let w = tensor_f32(t)?;
+                    let back: Vec<f32> = w.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+                    rel_error(&w, &back)
+                } else {
+                    0.0
+                };
+                Ok(Produced {
+                    tensors: vec![out],
+                    stored: if f16 { "f16".into() } else { t.dtype.name().to_lowercase() },
+                    rel_error: rel,
+                    note,
+                })
+            }
+            Method::Int8 { group } => {
+                let w = weight_out_in(t, site.layout, m, n)?;
+                let (ts, deq) = int8_tensors(&format!("{}.weight", site.base), &w, m, n, group)
+                    .map_err(|e| Error::Plan(format!("{}: {e}", what())))?;
+                Ok(Produced {
+                    tensors: ts,
+                    stored: Method::Int8 { group }.describe(),
+                    rel_error: rel_error(&w, &deq),
+                    note,
+                })
+            }
+            Method::LowRank { .. } => unreachable!("dense() is called with dense methods only"),
+        }
+    };
+    let Method::LowRank { rank, factors, group, explicit } = method else {
+        return dense(method, None);
+    };
+    let w = weight_out_in(t, site.layout, m, n)?;
+    let scales = match ctx.plan.plan.svd {
+        SvdKind::Plain => None,
+        SvdKind::Activation => {
+            let stats = ctx
+                .calib
+                .and_then(|c| c.stats.get(&(site.layer, site.component)))
+                .ok_or_else(|| Error::Plan(format!("{}: no calibration statistics", what())))?;
+            Some(svd::activation_scales(stats, ctx.plan.plan.alpha.unwrap_or(0.5)))
+        }
+    };
+    if let RankRule::Fixed(r) = rank {
+        // Checked before the SVD: no work for a plan that is wrong.
+        if explicit && r > m.min(n) {
+            return Err(Error::Plan(format!("{}: rank {r} exceeds min({m}, {n}) = {}", what(), m.min(n))));
+        }
+    }
+    let d = svd::svd(&w, m, n, scales.as_deref());
+    let r = svd::choose_rank(rank, &d.s, m, n);
+    if r > m.min(n) || !svd::saves(m, n, r) {
+        let why = if r > m.min(n) {
+            format!("rank {r} exceeds min({m}, {n}) = {}", m.min(n))
+        } else {
+            format!(
+                "rank {r} would not save memory: {} factor parameters ≥ {} dense",
+                svd::lowrank_params(m, n, r),
+                m * n
+            )
+        };
+        if explicit {
+            return Err(Error::Plan(format!("{}: {why}", what())));
+        }
+        let fallback = match factors {
+            FactorDtype::F32 => Method::Keep,
+            FactorDtype::F16 => Method::F16,
+            FactorDtype::Int8 => Method::Int8 { group: group.filter(|g| n % g == 0) },
+        };
+        return dense(fallback, Some(format!("{why}; left dense ({})", fallback.describe())));
+    }
+    let fold = ctx.plan.s_fold(factors);
+    let (u, vh, s) = svd::factors(&d, r, fold);
+    let base = &site.base;
+    let (mut ts, vh_back) = factor_tensors(&format!("{base}.lowrank.vh"), &vh, r, n, factors, group)?;
+    let (ut, u_back) = factor_tensors(&format!("{base}.lowrank.u"), &u, m, r, factors, group)?;
+    ts.extend(ut);
+    if let Some(s) = &s {
+        ts.push(OutTensor::f32(format!("{base}.lowrank.s"), vec![r], s));
+    }
+    let approx = svd::reconstruct(&u_back, &vh_back, s.as_deref(), m, n, r);
+    Ok(Produced {
+        tensors: ts,
+        stored: format!("lowrank r={r} {}", factors.name()),
+        rel_error: rel_error(&w, &approx),
+        note: None,
+    })
+}
+
+/// The embedding method's output for a `[rows, d]` table (`wte`, or an untied `lm_head`).
+fn compress_embedding(method: Method, t: &TensorView) -> Result<Produced> {
+    let (rows, cols) = match t.shape[..] {
+        [r, c] => (r, c),
+        _ => return Err(t.error(format!("expected a 2-D embedding, found shape {:?}", t.shape))),
+    };
+    match method {
+        Method::Keep | Method::F16 => {
+            let f16 = method == Method::F16;
+            let rel = if f16 {
+                let w = tensor_f32(t)?;
+                let back: Vec<f32> = w.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+                rel_error(&w, &back)
+            } else {
+                0.0
+            };
+            Ok(Produced {
+                tensors: vec![dense_tensor(t, f16)?],
+                stored: if f16 { "f16".into() } else { t.dtype.name().to_lowercase() },
+                rel_error: rel,
+                note: None,
+            })
+        }
+        Method::Int8 { group } => {
+            let w = tensor_f32(t)?;
+            let (ts, deq) = int8_tensors(&t.name, &w, rows, cols, group)
+                .map_err(|e| Error::Plan(format!("embeddings: {e}")))?;
+            Ok(Produced {
+                tensors: ts,
+                stored: method.describe(),
+                rel_error: rel_error(&w, &deq),
+                note: None,
+            })
+        }
+        Method::LowRank { .. } => Err(Error::Plan("low-rank embeddings are not supported".into())),
+    }
+}
+
+/// Whether the tensors of `store` were written by the compressor (or hold compressed weights).
+pub fn is_compressed(store: &TensorStore) -> bool {
+    store.metadata().contains_key(META_FORMAT)
+        || store.names().any(|n| n.contains(".lowrank.") || n.ends_with("_scale"))
+}
+
+/// Compresses the model directory `src` into `dst` by `plan`; `progress(done, total, stage)` is called as
+/// work completes. The output is written atomically; nothing is left at `dst` on error.
+pub fn compress(
+    src: &Path,
+    dst: &Path,
+    plan: &Plan,
+    opts: &Options,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<Report> {
+    let model = Model::open(src)?;
+    let config = &model.config;
+    let store = model.store();
+    if is_compressed(store) {
+        return Err(Error::input(format!(
+            "{}: the model is already compressed; compress from the original weights",
+            src.display()
+        )));
+    }
+    let resolved = plan.validate(config.n_layer())?;
+    let calib = if resolved.needs_calibration(config.n_layer()) {
+        Some(calibrate(&model, &opts.calibration, opts.calibration_tokens, progress)?)
+    } else {
+        None
+    };
+    let prefix = if store.contains("transformer.wte.weight") { "transformer." } else { "" };
+    let sites = linear_sites(config, prefix);
+    let ctx = Ctx {
+        plan: &resolved,
+        calib: calib.as_ref(),
+    };
+    let mut out: Vec<OutTensor> = Vec::new();
+    let mut consumed: HashSet<String> = HashSet::new();
+    let mut reports = Vec::new();
+    let total = sites.len() + 1;
+
+    // Embeddings (and an untied LM head): the embeddings method; wpe: at most F16.
+    let emb_method = resolved.method(None, Component::Embeddings);
+    let mut tables = vec![format!("{prefix}wte.weight")];
+    if !config.tie_word_embeddings && store.contains("lm_head.weight") {
+        tables.push("lm_head.weight".into());
+    }
+    for name in &tables {
+        let t = store.require(name)?;
+        let p = compress_embedding(emb_method, &t)?;
+        reports.push(MatrixReport {
+            name: name.trim_end_matches(".weight").to_string(),
+            layer: None,
+            component: Component::Embeddings,
+            shape: [t.shape[0], t.shape[1]],
+            stored: p.stored,
+            bytes: p.tensors.iter().map(|t| t.data.len()).sum(),
+            source_bytes: t.bytes().len(),
+            rel_error: p.rel_error,
+            note: None,
+        });
+        consumed.insert(name.clone());
+        out.extend(p.tensors);
+    }
+    let wpe = store.require(&format!("{prefix}wpe.weight"))?;
+    out.push(dense_tensor(&wpe, emb_method != Method::Keep)?);
+    consumed.insert(wpe.name.clone());
+    progress(1, total, "embeddings");
+
+    for (i, site) in sites.iter().enumerate() {
+        let t = store.require(&format!("{}.weight", site.base))?;
+        let p = compress_linear(&ctx, site, &t)?;
+        reports.push(MatrixReport {
+            name: site.base.clone(),
+            layer: Some(site.layer),
+            component: site.component,
+            shape: [site.out_dim, site.in_dim],
+            stored: p.stored,
+            bytes: p.tensors.iter().map(|t| t.data.len()).sum(),
+            source_bytes: t.bytes().len(),
+            rel_error: p.rel_error,
+            note: p.note,
+        });
+        consumed.insert(t.name.clone());
+        out.extend(p.tensors);
+        progress(i + 2, total, "matrices");
+    }
+
+    // Everything else: 1-D vectors as F32; GPT-2's attention-mask buffers dropped; the rest copied.
+    let mut rest: Vec<&str> = store.names().filter(|n| !consumed.contains(*n)).collect();
+    rest.sort_unstable();
+    for name in rest {
+        if name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") {
+            continue;
+        }
+        let t = store.require(name)?;
+        if t.shape.len() == 1 && matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) {
+            out.push(OutTensor::f32(name, t.shape.clone(), &tensor_f32(&t)?));
+        } else {
+            out.push(dense_tensor(&t, false)?);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let source_bytes = store.file_bytes();
+    let matrices: BTreeMap<&str, &str> = reports.iter().map(|r| (r.name.as_str(), r.stored.as_str())).collect();
+    let mut md = BTreeMap::new();
+    md.insert("format".to_string(), "pt".to_string());
+    md.insert(META_FORMAT.to_string(), FORMAT_VERSION.to_string());
+    md.insert(META_PLAN.to_string(), plan.to_json());
+    md.insert(META_MATRICES.to_string(), serde_json::to_string(&matrices).unwrap_or_default());
+    md.insert(META_SOURCE_BYTES.to_string(), source_bytes.to_string());
+    let bytes = writer::serialize(&out, &md)?;
+    drop(out);
+    let file_bytes = bytes.len();
+    progress(total, total, "writing");
+    writer::write_dir_atomically(dst, opts.overwrite, |tmp| {
+        copy_side_files(src, tmp)?;
+        writer::write_synced(&tmp.join("model.safetensors"), &bytes)
+    })?;
+    Ok(Report {
+        matrices: reports,
+        file_bytes,
+        source_bytes,
+    })
+}
+
+/// Copies config, tokenizer and other plain files of `src` (not weights, not subdirectories) into `dst`.
+fn copy_side_files(src: &Path, dst: &Path) -> Result<()> {
+    let rd = std::fs::read_dir(src).map_err(|e| Error::io(src, e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(src, e))?;
+        let p = entry.path();
+        let name = entry.file_name();
+        let n = name.to_string_lossy();
+        if !p.is_file() || n.ends_with(".safetensors") || n == "model.safetensors.index.json" || n.starts_with('.') {
+            continue;
+        }
+        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+        writer::write_synced(&dst.join(&name), &bytes)?;
+    }
+    Ok(())
+}
+
+/// Which part of a model a tensor name belongs to: `(layer, part)`, part being a component name or
+/// `norms`, `positions`, `padding`, `other`.
+pub fn classify(name: &str) -> (Option<usize>, &'static str) {
+    if name.starts_with(writer::PAD_PREFIX) {
+        return (None, "padding");
+    }
+    let layer = name
+        .split('.')
+        .collect::<Vec<_>>()
+        .windows(2)
+        .find(|w| w[0] == "h")
+        .and_then(|w| w[1].parse::<usize>().ok());
+    let part = if name.contains("wte.") || name.starts_with("lm_head.") {
+        "embeddings"
+    } else if name.contains("wpe.") {
+        "positions"
+    } else if name.contains(".ln_") || name.contains("ln_f.") {
+        "norms"
+    } else if name.contains(".attn.c_attn.") || [".q_proj.", ".k_proj.", ".v_proj."].iter().any(|p| name.contains(p)) {
+        "attn_qkv"
+    } else if name.contains(".attn.c_proj.") || name.contains(".out_proj.") {
+        "attn_out"
+    } else if name.contains(".mlp.c_fc.") {
+        "mlp_in"
+    } else if name.contains(".mlp.c_proj.") {
+        "mlp_out"
+    } else {
+        "other"
+    };
+    (layer, part)
+}

@@ -1,0 +1,537 @@
+//! Compression plans: what to do with each matrix, parsed from TOML/JSON or built from CLI options,
+//! validated before any work starts.
+//!
+//! The file format (TOML shown; JSON has the same fields):
+//!
+//! ```toml
+//! svd = "activation"        # or "plain" (default); "activation" needs calibration text
+//! alpha = 0.5               # activation-aware scaling exponent
+//! s_fold = "vh"             # where singular values go: "vh", "sqrt" (√S into both), "separate"
+//!
+//! [default]                 # every linear layer not named below
+//! method = "lowrank"        # keep | f16 | int8 | lowrank
+//! rank = 64                 # or energy = 0.9, or budget = 0.5 (fraction of the dense parameters)
+//! factors = "int8"          # f32 | f16 | int8
+//!
+//! [components.embeddings]   # attn_qkv, attn_out, mlp_in, mlp_out, embeddings
+//! method = "int8"
+//!
+//! [[overrides]]             # later entries win
+//! layers = [0, 5]           # omitted: every layer
+//! components = ["mlp_out"]  # omitted: every linear component
+//! method = "keep"
+//! ```
+//!
+//! A rank from `[default]` is *global*: a matrix where it would not save parameters is left dense (in
+//! the factors' storage) and reported. A rank in `components` or `overrides` is *explicit*: the same
+//! situation is an error.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A part of the model a plan addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Component {
+    /// Query/key/value projections (GPT-2 `c_attn`, GPT-Neo `q_proj`, `k_proj`, `v_proj`).
+    AttnQkv,
+    /// Attention output projection.
+    AttnOut,
+    /// First MLP matrix (`c_fc`).
+    MlpIn,
+    /// Second MLP matrix (`c_proj`).
+    MlpOut,
+    /// Token embedding (also the tied LM head); position embeddings follow it (F16 at most).
+    Embeddings,
+}
+
+impl Component {
+    /// Every component, in model order.
+    pub const ALL: [Component; 5] = [
+        Component::AttnQkv,
+        Component::AttnOut,
+        Component::MlpIn,
+        Component::MlpOut,
+        Component::Embeddings,
+    ];
+
+    /// The name used in plans and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::AttnQkv => "attn_qkv",
+            Component::AttnOut => "attn_out",
+            Component::MlpIn => "mlp_in",
+            Component::MlpOut => "mlp_out",
+            Component::Embeddings => "embeddings",
+        }
+    }
+
+    /// Parses a component name (a few aliases accepted: `qkv`, `wte`, `lm_head`, ...).
+    pub fn parse(s: &str) -> Result<Component> {
+        Ok(match s {
+            "attn_qkv" | "qkv" | "attention_qkv" => Component::AttnQkv,
+            "attn_out" | "attention_output" | "attn_output" => Component::AttnOut,
+            "mlp_in" | "fc" => Component::MlpIn,
+            "mlp_out" => Component::MlpOut,
+            "embeddings" | "embedding" | "wte" | "lm_head" => Component::Embeddings,
+            _ => {
+                return Err(Error::Plan(format!(
+                    "unknown component `{s}` (expected one of attn_qkv, attn_out, mlp_in, mlp_out, embeddings)"
+                )))
+            }
+        })
+    }
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What to do with one matrix, as written in a plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodName {
+    Keep,
+    F16,
+    Int8,
+    Lowrank,
+}
+
+/// Storage of low-rank factors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FactorDtype {
+    F32,
+    F16,
+    Int8,
+}
+
+impl FactorDtype {
+    /// Parses `f32`, `f16` or `int8`.
+    pub fn parse(s: &str) -> Result<FactorDtype> {
+        match s {
+            "f32" => Ok(FactorDtype::F32),
+            "f16" => Ok(FactorDtype::F16),
+            "int8" | "i8" => Ok(FactorDtype::Int8),
+            _ => Err(Error::Plan(format!("unknown factor storage `{s}` (expected f32, f16 or int8)"))),
+        }
+    }
+
+    /// `f32`, `f16` or `int8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FactorDtype::F32 => "f32",
+            FactorDtype::F16 => "f16",
+            FactorDtype::Int8 => "int8",
+        }
+    }
+}
+
+/// One method with its parameters, as written in a plan (validated by [`Plan::validate`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub method: Option<MethodName>,
+    /// INT8 group size (values per scale along the input); omitted: one scale per row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<usize>,
+    /// Low rank: a fixed rank.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rank: Option<usize>,
+    /// Low rank: the smallest rank keeping this fraction of the squared singular values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub energy: Option<f64>,
+    /// Low rank: the largest rank whose factors hold at most this fraction of the dense parameters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<f64>,
+    /// Low rank: factor storage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub factors: Option<FactorDtype>,
+}
+
+/// A per-layer override.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Override {
+    /// Layers it applies to (omitted: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<usize>>,
+    /// Components it applies to (omitted: every linear component).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<Vec<String>>,
+    pub method: Option<MethodName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rank: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub energy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub factors: Option<FactorDtype>,
+}
+
+impl Override {
+    fn spec(&self) -> Spec {
+        Spec {
+            method: self.method,
+            group: self.group,
+            rank: self.rank,
+            energy: self.energy,
+            budget: self.budget,
+            factors: self.factors,
+        }
+    }
+}
+
+/// Which SVD the low-rank factors come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SvdKind {
+    /// Truncated SVD of the weight.
+    #[default]
+    Plain,
+    /// ASVD: input channels scaled by activation statistics before the SVD, scaling folded back into Vh.
+    Activation,
+}
+
+/// Where the singular values go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SFold {
+    /// `Vh ← S·Vh` (no `s` tensor).
+    #[default]
+    Vh,
+    /// `U ← U·√S`, `Vh ← √S·Vh`.
+    Sqrt,
+    /// Stored as the F32 vector `lowrank.s`.
+    Separate,
+}
+
+/// A compression plan.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    #[serde(default)]
+    pub svd: SvdKind,
+    /// ASVD exponent: input channel `j` is scaled by `mean|x_j|^alpha`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// Where singular values go; omitted: `vh` for f32/f16 factors, `vh` for INT8 (see docs/compression.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s_fold: Option<SFold>,
+    /// Every linear layer not named in `components` or `overrides` (omitted: keep).
+    #[serde(default)]
+    pub default: Spec,
+    /// Per component.
+    #[serde(default)]
+    pub components: BTreeMap<String, Spec>,
+    /// Per layer (and component); later entries win.
+    #[serde(default)]
+    pub overrides: Vec<Override>,
+}
+
+/// How a rank is chosen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RankRule {
+    Fixed(usize),
+    Energy(f64),
+    Budget(f64),
+}
+
+/// A validated method for one matrix.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Method {
+    /// Stored as in the source.
+    Keep,
+    /// F16 in the source layout.
+    F16,
+    /// INT8 `[out, in]`, `group` inputs per scale (`None`: a whole row).
+    Int8 { group: Option<usize> },
+    /// `U·S·Vh`; `explicit` ranks are errors where they would not save memory, global ones fall back.
+    LowRank {
+        rank: RankRule,
+        factors: FactorDtype,
+        group: Option<usize>,
+        explicit: bool,
+    },
+}
+
+impl Method {
+    /// A short description (`int8 g64`, `lowrank r=64 int8`).
+    pub fn describe(&self) -> String {
+        match self {
+            Method::Keep => "keep".into(),
+            Method::F16 => "f16".into(),
+            Method::Int8 { group: None } => "int8".into(),
+            Method::Int8 { group: Some(g) } => format!("int8 g{g}"),
+            Method::LowRank { rank, factors, .. } => {
+                let r = match rank {
+                    RankRule::Fixed(r) => format!("r={r}"),
+                    RankRule::Energy(e) => format!("energy={e}"),
+                    RankRule::Budget(b) => format!("budget={b}"),
+                };
+                format!("lowrank {r} {}", factors.name())
+            }
+        }
+    }
+}
+
+fn spec_to_method(spec: &Spec, what: &str, explicit: bool) -> Result<Method> {
+    let bad = |msg: String| Error::Plan(format!("{what}: {msg}"));
+    let method = spec.method.ok_or_else(|| bad("no `method` (keep, f16, int8 or lowrank)".into()))?;
+    if spec.group == Some(0) {
+        return Err(bad("group size 0".into()));
+    }
+    let lowrank_fields = spec.rank.is_some() || spec.energy.is_some() || spec.budget.is_some() || spec.factors.is_some();
+    match method {
+        MethodName::Keep | MethodName::F16 | MethodName::Int8 => {
+            if lowrank_fields {
+                return Err(bad(format!(
+                    "rank/energy/budget/factors only apply to method lowrank, not {method:?}"
+                )));
+            }
+            if spec.group.is_some() && method != MethodName::Int8 {
+                return Err(bad("`group` applies to int8 (or lowrank int8 factors) only".into()));
+            }
+            Ok(match method {
+                MethodName::Keep => Method::Keep,
+                MethodName::F16 => Method::F16,
+                _ => Method::Int8 { group: spec.group },
+            })
+        }
+        MethodName::Lowrank => {
+            let rules = [spec.rank.is_some(), spec.energy.is_some(), spec.budget.is_some()];
+            let n = rules.iter().filter(|&&b| b).count();
+            if n != 1 {
+                return Err(bad("lowrank needs exactly one of `rank`, `energy`, `budget`".into()));
+            }
+            let rank = if let Some(r) = spec.rank {
+                if r == 0 {
+                    return Err(bad("rank 0 (a rank must be at least 1)".into()));
+                }
+                RankRule::Fixed(r)
+            } else if let Some(e) = spec.energy {
+                if !(e > 0.0 && e <= 1.0) {
+                    return Err(bad(format!("energy {e} is not in (0, 1]")));
+                }
+                RankRule::Energy(e)
+            } else {
+                let b = spec.budget.unwrap_or(0.0);
+                if !(b > 0.0 && b < 1.0) {
+                    return Err(bad(format!("budget {b} is not in (0, 1)")));
+                }
+                RankRule::Budget(b)
+            };
+            let factors = spec.factors.unwrap_or(FactorDtype::F32);
+            if spec.group.is_some() && factors != FactorDtype::Int8 {
+                return Err(bad("`group` applies to int8 factors only".into()));
+            }
+            Ok(Method::LowRank {
+                rank,
+                factors,
+                group: spec.group,
+                explicit,
+            })
+        }
+    }
+}
+
+/// A plan checked and resolved: a method for every (layer, component).
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub plan: Plan,
+    default: Method,
+    components: BTreeMap<Component, Method>,
+    overrides: Vec<(Option<Vec<usize>>, Vec<Component>, Method)>,
+}
+
+impl Plan {
+    /// Parses a plan file: `.json` as JSON, anything else as TOML.
+    pub fn from_file(path: &std::path::Path) -> Result<Plan> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let plan = if is_json {
+            Plan::from_json(&text)
+        } else {
+            Plan::from_toml(&text)
+        };
+        plan.map_err(|e| match e {
+            Error::Plan(m) => Error::Plan(format!("{}: {m}", path.display())),
+            e => e,
+        })
+    }
+
+    /// Parses a TOML plan.
+    pub fn from_toml(text: &str) -> Result<Plan> {
+        toml::from_str(text).map_err(|e| Error::Plan(format!("not a valid TOML plan: {e}")))
+    }
+
+    /// Parses a JSON plan.
+    pub fn from_json(text: &str) -> Result<Plan> {
+        serde_json::from_str(text).map_err(|e| Error::Plan(format!("not a valid JSON plan: {e}")))
+    }
+
+    /// The plan as JSON (stored in the compressed file's metadata).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// A plan doing `spec` to every linear layer and `embeddings` to the embeddings.
+    pub fn uniform(spec: Spec, embeddings: Spec) -> Plan {
+        let mut p = Plan {
+            default: spec,
+            ..Plan::default()
+        };
+        p.components.insert("embeddings".into(), embeddings);
+        p
+    }
+
+    /// Checks every entry (methods, ranks, component names, layer numbers against `n_layer`).
+    pub fn validate(&self, n_layer: usize) -> Result<Resolved> {
+        if let Some(a) = self.alpha {
+            if !(a > 0.0 && a <= 2.0) {
+                return Err(Error::Plan(format!("alpha {a} is not in (0, 2]")));
+            }
+        }
+        let default = if self.default.method.is_none() && self.default == Spec::default() {
+            Method::Keep
+        } else {
+            spec_to_method(&self.default, "[default]", false)?
+        };
+        if let Method::LowRank { .. } = default {
+            // fine; embeddings are not covered by the default
+        }
+        let mut components = BTreeMap::new();
+        for (name, spec) in &self.components {
+            let c = Component::parse(name)?;
+            let m = spec_to_method(spec, &format!("[components.{name}]"), true)?;
+            if c == Component::Embeddings && matches!(m, Method::LowRank { .. }) {
+                return Err(Error::Plan(
+                    "[components.embeddings]: low-rank embeddings are not supported (use keep, f16 or int8)".into(),
+                ));
+            }
+            components.insert(c, m);
+        }
+        let mut overrides = Vec::new();
+        for (i, o) in self.overrides.iter().enumerate() {
+            let what = format!("overrides[{i}]");
+            if let Some(ls) = &o.layers {
+                if let Some(&bad) = ls.iter().find(|&&l| l >= n_layer) {
+                    return Err(Error::Plan(format!(
+                        "{what}: layer {bad} does not exist (the model has {n_layer} layers, 0..{})",
+                        n_layer.saturating_sub(1)
+                    )));
+                }
+            }
+            let comps = match &o.components {
+                None => vec![Component::AttnQkv, Component::AttnOut, Component::MlpIn, Component::MlpOut],
+                Some(cs) => cs.iter().map(|c| Component::parse(c)).collect::<Result<Vec<_>>>()?,
+            };
+            if comps.contains(&Component::Embeddings) {
+                return Err(Error::Plan(format!(
+                    "{what}: embeddings are not per layer; set them in [components.embeddings]"
+                )));
+            }
+            overrides.push((o.layers.clone(), comps, spec_to_method(&o.spec(), &what, true)?));
+        }
+        Ok(Resolved {
+            plan: self.clone(),
+            default,
+            components,
+            overrides,
+        })
+    }
+}
+
+impl Resolved {
+    /// The method for `component` of `layer` (`None` for the embeddings).
+    pub fn method(&self, layer: Option<usize>, component: Component) -> Method {
+        if component == Component::Embeddings {
+            return self.components.get(&component).copied().unwrap_or(Method::Keep);
+        }
+        let mut m = self.components.get(&component).copied().unwrap_or(self.default);
+        for (layers, comps, om) in &self.overrides {
+            let layer_ok = match (layers, layer) {
+                (None, _) => true,
+                (Some(ls), Some(l)) => ls.contains(&l),
+                (Some(_), None) => false,
+            };
+            if layer_ok && comps.contains(&component) {
+                m = *om;
+            }
+        }
+        m
+    }
+
+    /// Where singular values go for factors stored as `factors`.
+    pub fn s_fold(&self, _factors: FactorDtype) -> SFold {
+        self.plan.s_fold.unwrap_or(SFold::Vh)
+    }
+
+    /// Whether any matrix is low rank with activation-aware SVD (which needs calibration text).
+    pub fn needs_calibration(&self, n_layer: usize) -> bool {
+        self.plan.svd == SvdKind::Activation
+            && (0..n_layer).any(|l| {
+                Component::ALL[..4]
+                    .iter()
+                    .any(|&c| matches!(self.method(Some(l), c), Method::LowRank { .. }))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_plan_resolves_with_overrides() {
+        let p = Plan::from_toml(
+            r#"
+            svd = "plain"
+            [default]
+            method = "lowrank"
+            rank = 64
+            factors = "int8"
+            [components.embeddings]
+            method = "int8"
+            [components.attn_qkv]
+            method = "f16"
+            [[overrides]]
+            layers = [0]
+            components = ["mlp_out"]
+            method = "keep"
+            "#,
+        )
+        .unwrap();
+        let r = p.validate(6).unwrap();
+        assert_eq!(r.method(Some(0), Component::MlpOut), Method::Keep);
+        assert_eq!(r.method(Some(1), Component::AttnQkv), Method::F16);
+        assert!(matches!(
+            r.method(Some(1), Component::MlpOut),
+            Method::LowRank { explicit: false, .. }
+        ));
+        assert_eq!(r.method(None, Component::Embeddings), Method::Int8 { group: None });
+        let back = Plan::from_json(&p.to_json()).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn bad_plans_are_clear_errors() {
+        let err = |t: &str| Plan::from_toml(t).and_then(|p| p.validate(6).map(|_| ())).unwrap_err().to_string();
+        assert!(err("[default]\nmethod = \"lowrank\"\nrank = 0").contains("rank 0"));
+        assert!(err("[components.attn_qq]\nmethod = \"int8\"").contains("unknown component `attn_qq`"));
+        assert!(err("[default]\nmethod = \"zip\"").contains("not a valid TOML plan"));
+        assert!(err("[default]\nmethod = \"int8\"\nranks = 3").contains("not a valid TOML plan"));
+        assert!(err("[[overrides]]\nlayers = [9]\nmethod = \"keep\"").contains("layer 9 does not exist"));
+        assert!(err("[components.embeddings]\nmethod = \"lowrank\"\nrank = 8").contains("not supported"));
+        assert!(err("[default]\nmethod = \"lowrank\"\nrank = 8\nenergy = 0.5").contains("exactly one"));
+    }
+}
