@@ -582,3 +582,135 @@ fn quantize_bit_exact() {
         }
     }
 }
+
+mod ops_tests {
+    use super::*;
+    use slimlm_kernels::ops::{attend_with, gelu_new_with, layer_norm_with, softmax_with};
+
+    #[test]
+    fn layer_norm_all_paths() {
+        let mut rng = Rng(31);
+        for &n in &[1usize, 7, 33, 768, 769, 2048] {
+            for &(offset, spread) in &[(0.0f32, 1.0f32), (100.0, 0.5), (0.0, 1e4), (-3.0, 1e-3)] {
+                let x: Vec<f32> = rng.vec(n, spread).into_iter().map(|v| v + offset).collect();
+                let g = rng.vec(n, 2.0);
+                let b = rng.vec(n, 1.0);
+                let mut want = vec![0.0; n];
+                reference::layer_norm(&x, &g, &b, 1e-5, &mut want);
+                for isa in isas() {
+                    let mut got = vec![f32::NAN; n];
+                    layer_norm_with(isa, &x, &g, &b, 1e-5, &mut got);
+                    // Same f64 statistics as the reference, summed in another order: 1e-6 relative.
+                    let mag: Vec<f32> = want
+                        .iter()
+                        .zip(&b)
+                        .map(|(w, bb)| w.abs() + bb.abs())
+                        .collect();
+                    assert_close(
+                        &format!("layer_norm n={n} off={offset} {isa:?}"),
+                        &got,
+                        &want,
+                        &mag,
+                        1e-6,
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_new_all_paths() {
+        let mut rng = Rng(37);
+        let mut x = rng.vec(4099, 8.0);
+        x.extend([
+            0.0, -0.0, 1e-30, -1e-30, 1e4, -1e4, 30.0, -30.0, 9.0, -9.0, 1e-3, -1e-3,
+        ]);
+        let mut want = x.clone();
+        reference::gelu_new(&mut want);
+        for isa in isas() {
+            let mut got = x.clone();
+            gelu_new_with(isa, &mut got);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                // vs the reference: 1e-6 relative + 1e-9 absolute. (In the negative tail the reference's
+                // own `1 + tanh(u)` cancels in f64 — ~1e-4 relative at x = −6.4 — so relative alone is
+                // not a fair test there.)
+                assert!(
+                    (g - w).abs() <= 1e-6 * w.abs() + 1e-9,
+                    "gelu {isa:?} x={} got {g} want {w}",
+                    x[i]
+                );
+                // vs an accurate f64 evaluation of the same function, x·σ(2u): 1e-6 relative
+                // (+1e-30 absolute: the fast path stops at e^88, giving ~−1e-37 instead of −0 for x ≪ 0).
+                let z = x[i] as f64;
+                let exact = (z
+                    / (1.0 + (-2.0 * 0.797_884_560_802_865_4 * (z + 0.044715 * z * z * z)).exp()))
+                    as f32;
+                // (Not for Isa::Scalar, which *is* the reference, cancellation included.)
+                let tol = if isa == Isa::Scalar {
+                    f32::INFINITY
+                } else {
+                    1e-6 * exact.abs() + 1e-30
+                };
+                assert!(
+                    (g - exact).abs() <= tol,
+                    "gelu {isa:?} x={} got {g} exact {exact}",
+                    x[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_all_paths() {
+        let mut rng = Rng(41);
+        for &n in &[1usize, 7, 16, 33, 1024, 2049] {
+            for &spread in &[1.0f32, 10.0, 80.0] {
+                let x = rng.vec(n, spread);
+                let mut want = x.clone();
+                reference::softmax(&mut want);
+                for isa in isas() {
+                    let mut got = x.clone();
+                    softmax_with(isa, &mut got);
+                    let sum: f32 = got.iter().sum();
+                    assert!((sum - 1.0).abs() < 1e-5, "softmax sum {sum}");
+                    // 2e-6 relative per probability (exp ≤ 2 ulp, f32 sum), 1e-37 absolute (tiny values).
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(
+                            (g - w).abs() <= 2e-6 * w + 1e-37,
+                            "softmax n={n} {isa:?}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn attend_all_paths() {
+        let mut rng = Rng(43);
+        for &d in &[1usize, 7, 64, 80] {
+            for &n in &[1usize, 2, 7, 100, 513] {
+                let q = rng.vec(d, 2.0);
+                let keys = rng.vec(n * d, 2.0);
+                let values = rng.vec(n * d, 3.0);
+                let scale = 1.0 / (d as f32).sqrt();
+                let mut want = vec![0.0; d];
+                reference::attend(&q, &keys, &values, scale, &mut want);
+                // Magnitude: max |v| (a convex combination of the values), tolerance 1e-5 of it.
+                let vmax = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                for isa in isas() {
+                    let mut scores = vec![0.0; n + 3];
+                    let mut got = vec![f32::NAN; d];
+                    attend_with(isa, &q, &keys, &values, scale, &mut scores, &mut got);
+                    assert_close(
+                        &format!("attend d={d} n={n} {isa:?}"),
+                        &got,
+                        &want,
+                        &[vmax],
+                        1e-5,
+                    );
+                }
+            }
+        }
+    }
+}
