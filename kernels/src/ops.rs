@@ -107,7 +107,7 @@ pub fn attend_with(
 ) {
     let d = q.len();
     assert!(
-        d > 0 && keys.len() % d == 0 && values.len() == keys.len() && out.len() == d,
+        d > 0 && keys.len().is_multiple_of(d) && values.len() == keys.len() && out.len() == d,
         "attend: lengths"
     );
     assert!(
