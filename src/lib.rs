@@ -24,6 +24,7 @@ pub mod model;
 pub mod perplexity;
 pub mod sampler;
 pub mod session;
+pub mod synth;
 pub mod tensor_file;
 pub mod tokenizer;
 

@@ -89,6 +89,11 @@ impl<'m> Session<'m> {
         self.pos = 0;
     }
 
+    /// Forgets every token after the first `position` (e.g. to retry from a prefix).
+    pub fn rewind(&mut self, position: usize) {
+        self.pos = self.pos.min(position);
+    }
+
     /// Bytes of the KV cache.
     pub fn kv_cache_bytes(&self) -> usize {
         4 * (self.k_cache.len() + self.v_cache.len())

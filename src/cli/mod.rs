@@ -1,9 +1,11 @@
 //! Command-line front end: argument parsing and output; the work is done by the library.
 
+mod bench;
 mod compress;
 mod generate;
 mod inspect;
 mod perplexity;
+mod synth;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,6 +26,11 @@ enum Command {
     Generate(generate::Args),
     /// Perplexity of a text file (sliding windows, the goldens' rule).
     Perplexity(perplexity::Args),
+    /// Write a random-initialised model with the shapes of GPT-2 124M/355M or GPT-Neo 125M/1.3B.
+    Synth(synth::Args),
+    /// Benchmarks that need a fresh process (memory).
+    #[command(subcommand)]
+    Bench(bench::Bench),
     /// Compress a model (INT8, F16, low-rank factors) into a new model directory.
     Compress(compress::Args),
     /// Show a model's compression plan, bytes per component and layer, and ratio.
@@ -68,6 +75,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Perplexity(a) => perplexity::run(a),
+        Command::Synth(a) => synth::run(a),
+        Command::Bench(b) => bench::run(b),
         Command::Compress(a) => compress::run(a),
         Command::Inspect(a) => inspect::run(a),
     };
