@@ -1,8 +1,8 @@
 //! Generic SIMD kernels over [`F32Vec`], instantiated per instruction set by the wrappers at the bottom.
 //!
 //! * `dense_outin`: `[out, in]` storage, dot products; 4 rows share every load of `x`.
-//! * `dense_inout`: `[in, out]` storage, axpy; a register block of `NB` vectors of outputs stays in
-//!   registers while the inputs stream past.
+//! * `dense_inout`: `[in, out]` storage, axpy over column blocks of `y` kept in L1, four input rows
+//!   per pass, every weight row read as one contiguous run.
 //! * `w8a32_rows`: INT8 rows dequantized in registers (i8→f32, FMA with `x`, one scale FMA per group).
 //! * `gemm_f32_block`: the packed GEMM driver + register-blocked micro-kernel (`MR` tokens × `NV` vectors
 //!   of outputs) used by prefill for every storage type (weights are converted to f32 while packing).
@@ -88,60 +88,73 @@ pub(crate) unsafe fn dense_outin<V: F32Vec, T: Elem>(
 
 /// Columns `o0 .. o0 + y.len()` of `[in, out]` weights (`n` outputs per row): `y[c] = Σ_i x[i]·w[i·n + o0 + c]`.
 ///
+/// Streams the matrix row by row: for a column block of at most `CB` outputs (kept in L1), four input
+/// rows at a time are FMA'd into `y` (one load/store of `y` per four weight vectors), so every weight
+/// row is read as one long contiguous run. The sum per output runs in input order, like the reference.
+///
 /// # Safety
 /// `V`'s instructions must be available; `w.len() ≥ x.len()·n`, `o0 + y.len() ≤ n` (checked).
 #[inline(always)]
-pub(crate) unsafe fn dense_inout<V: F32Vec, T: Elem, const NB: usize>(
+pub(crate) unsafe fn dense_inout<V: F32Vec, T: Elem>(
     w: &[T],
     n: usize,
     x: &[f32],
     o0: usize,
     y: &mut [f32],
 ) {
+    /// Outputs per column block: 8 KiB of `y`.
+    const CB: usize = 2048;
     assert!(o0 + y.len() <= n && w.len() >= x.len() * n);
     let k = x.len();
     let base = w.as_ptr().add(o0);
     let yp = y.as_mut_ptr();
-    let mut c = 0;
-    // Full register blocks of NB vectors.
-    while c + NB * V::W <= y.len() {
-        let mut acc = [V::zero(); NB];
-        let mut p = base.add(c);
-        for &xi in x {
-            let xv = V::splat(xi);
-            for (j, a) in acc.iter_mut().enumerate() {
-                // Rows are `n` apart: prefetch the block 8 rows ahead.
-                V::prefetch(p.wrapping_add(j * V::W + 8 * n));
-                *a = V::fma(T::vload::<V>(p.add(j * V::W)), xv, *a);
+    y.fill(0.0);
+    let mut cb = 0;
+    while cb < y.len() {
+        let cw = (y.len() - cb).min(CB);
+        let cv = cw / V::W * V::W;
+        let mut i = 0;
+        while i < k {
+            let rows = (k - i).min(4);
+            let p: [*const T; 4] =
+                std::array::from_fn(|r| base.add((i + r.min(rows - 1)) * n + cb));
+            let ahead = 4 * n;
+            if rows == 4 {
+                let xv = [
+                    V::splat(x[i]),
+                    V::splat(x[i + 1]),
+                    V::splat(x[i + 2]),
+                    V::splat(x[i + 3]),
+                ];
+                let mut c = 0;
+                while c < cv {
+                    let mut acc = V::load(yp.add(cb + c));
+                    for r in 0..4 {
+                        V::prefetch(p[r].wrapping_add(c + ahead));
+                        acc = V::fma(T::vload::<V>(p[r].add(c)), xv[r], acc);
+                    }
+                    V::store(yp.add(cb + c), acc);
+                    c += V::W;
+                }
+            } else {
+                for r in 0..rows {
+                    let xv = V::splat(x[i + r]);
+                    let mut c = 0;
+                    while c < cv {
+                        let acc = V::fma(T::vload::<V>(p[r].add(c)), xv, V::load(yp.add(cb + c)));
+                        V::store(yp.add(cb + c), acc);
+                        c += V::W;
+                    }
+                }
             }
-            p = p.add(n);
-        }
-        for (j, a) in acc.iter().enumerate() {
-            V::store(yp.add(c + j * V::W), *a);
-        }
-        c += NB * V::W;
-    }
-    // Single vectors.
-    while c + V::W <= y.len() {
-        let mut a = V::zero();
-        let mut p = base.add(c);
-        for &xi in x {
-            a = V::fma(T::vload::<V>(p), V::splat(xi), a);
-            p = p.add(n);
-        }
-        V::store(yp.add(c), a);
-        c += V::W;
-    }
-    // Scalar tail columns.
-    if c < y.len() {
-        let tail = &mut y[c..];
-        tail.fill(0.0);
-        for i in 0..k {
-            let p = base.add(i * n + c);
-            for (t, yo) in tail.iter_mut().enumerate() {
-                *yo += (*p.add(t)).f32() * x[i];
+            for r in 0..rows {
+                for c in cv..cw {
+                    *yp.add(cb + c) += (*p[r].add(c)).f32() * x[i + r];
+                }
             }
+            i += rows;
         }
+        cb += cw;
     }
 }
 
@@ -556,7 +569,7 @@ pub(crate) unsafe fn gemm_f32_block<V: F32Vec, const MR: usize, const NV: usize>
 
 /// Generates the entry points of one instruction set: every generic kernel above compiled with `$feat`.
 macro_rules! instantiate {
-    ($(#[$m:meta])* $name:ident, $V:ty, #[$feat:meta], NB = $nb:literal, MR = $mr:literal, NV = $nv:literal) => {
+    ($(#[$m:meta])* $name:ident, $V:ty, #[$feat:meta], MR = $mr:literal, NV = $nv:literal) => {
         $(#[$m])*
         pub(crate) mod $name {
             use super::*;
@@ -577,7 +590,7 @@ macro_rules! instantiate {
             /// The CPU must support this instruction set.
             #[$feat]
             pub(crate) unsafe fn dense_inout<T: Elem>(w: &[T], n: usize, x: &[f32], o0: usize, y: &mut [f32]) {
-                super::dense_inout::<$V, T, $nb>(w, n, x, o0, y)
+                super::dense_inout::<$V, T>(w, n, x, o0, y)
             }
 
             /// # Safety
@@ -626,15 +639,15 @@ macro_rules! instantiate {
 
 instantiate!(
     /// Portable `wide` path (no target features needed).
-    portable, crate::simd::Wide, #[inline(never)], NB = 4, MR = 4, NV = 2
+    portable, crate::simd::Wide, #[inline(never)], MR = 4, NV = 2
 );
 #[cfg(target_arch = "x86_64")]
 instantiate!(
     /// AVX2 + FMA + F16C.
-    avx2, crate::simd::V256, #[target_feature(enable = "avx2,fma,f16c")], NB = 8, MR = 6, NV = 2
+    avx2, crate::simd::V256, #[target_feature(enable = "avx2,fma,f16c")], MR = 6, NV = 2
 );
 #[cfg(target_arch = "x86_64")]
 instantiate!(
     /// AVX-512 F/BW/VL.
-    avx512, crate::simd::V512, #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")], NB = 16, MR = 8, NV = 2
+    avx512, crate::simd::V512, #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")], MR = 8, NV = 2
 );
