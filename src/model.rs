@@ -98,6 +98,12 @@ impl Model {
         }
         let config = Config::from_dir(dir)?;
         let store = TensorStore::open_dir(dir)?;
+        Model::from_store(dir, config, store)
+    }
+
+    /// A model over tensors already opened (mapped, or held in memory by [`TensorStore::from_file`]);
+    /// `dir` supplies the tokenizer and names the model.
+    pub fn from_store(dir: &Path, config: Config, store: TensorStore) -> Result<Model> {
         let tokenizer = Tokenizer::from_dir(dir)?;
         if tokenizer.vocab_size() > config.vocab_size {
             return Err(Error::Config {

@@ -67,11 +67,35 @@ impl DType {
     }
 }
 
+/// The bytes of a safetensors file: a read-only mapping, or (for models built in memory, e.g. by a
+/// compression sweep) an owned, 64-byte-aligned buffer.
+#[derive(Debug)]
+pub enum Backing {
+    Mapped(Mmap),
+    Owned(Vec<Align64>, usize),
+}
+
+/// 64 bytes, 64-byte aligned: the unit of owned backing buffers, so tensors aligned in the file are
+/// aligned in memory too.
+#[derive(Clone, Copy, Debug, bytemuck::Zeroable, bytemuck::Pod)]
+#[repr(C, align(64))]
+pub struct Align64([u8; 64]);
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Mapped(m) => m,
+            Backing::Owned(v, n) => &bytemuck::cast_slice::<Align64, u8>(v)[..*n],
+        }
+    }
+}
+
 /// One memory-mapped safetensors file.
 #[derive(Debug)]
 pub struct TensorFile {
     path: PathBuf,
-    map: Arc<Mmap>,
+    map: Arc<Backing>,
     tensors: HashMap<String, (DType, Vec<usize>, usize, usize)>,
     metadata: HashMap<String, String>,
 }
@@ -84,6 +108,18 @@ impl TensorFile {
         // being truncated or rewritten while mapped, the contract of every mmap-based loader (safetensors,
         // llama.cpp); slimlm itself writes models atomically to a new file and renames it into place.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        TensorFile::from_backing(path, Backing::Mapped(map))
+    }
+
+    /// A file held in memory (`path` only names it in messages). The bytes are copied once into an
+    /// aligned buffer.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
+        let mut v = vec![Align64([0; 64]); bytes.len().div_ceil(64)];
+        bytemuck::cast_slice_mut::<Align64, u8>(&mut v)[..bytes.len()].copy_from_slice(bytes);
+        TensorFile::from_backing(path, Backing::Owned(v, bytes.len()))
+    }
+
+    fn from_backing(path: &Path, map: Backing) -> Result<TensorFile> {
         let format = |msg: String| Error::Format {
             path: path.to_path_buf(),
             msg,
@@ -180,7 +216,7 @@ fn describe_st_error(e: &safetensors::SafeTensorError, file_len: usize) -> Strin
 pub struct TensorView {
     pub name: String,
     pub path: PathBuf,
-    map: Arc<Mmap>,
+    map: Arc<Backing>,
     pub dtype: DType,
     pub shape: Vec<usize>,
     start: usize,
@@ -248,7 +284,7 @@ impl TensorView {
 /// A byte range of a mapping, kept alive by the `Arc`: how weights are held without copying.
 #[derive(Clone, Debug)]
 pub struct Mapped {
-    map: Arc<Mmap>,
+    map: Arc<Backing>,
     start: usize,
     end: usize,
 }
@@ -330,6 +366,16 @@ impl TensorStore {
             index,
             primary: paths[0].clone(),
         })
+    }
+
+    /// A store of one file (e.g. one built in memory with [`TensorFile::from_bytes`]).
+    pub fn from_file(file: TensorFile) -> TensorStore {
+        let index = file.names().map(|n| (n.to_string(), 0)).collect();
+        TensorStore {
+            primary: file.path().to_path_buf(),
+            files: vec![file],
+            index,
+        }
     }
 
     /// The tensor `name`, if present.

@@ -252,3 +252,21 @@ fn bad_tokens_and_prompts() {
         .to_string()
         .contains("context overflow"));
 }
+
+#[test]
+fn in_memory_model_matches_the_mapped_one() {
+    use slimlm::tensor_file::{TensorFile, TensorStore};
+    let dir = common::ref_model("ref-gptneo");
+    let mapped = Model::open(&dir).unwrap();
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let file = TensorFile::from_bytes(&dir.join("model.safetensors"), &bytes).unwrap();
+    let config = slimlm::Config::from_dir(&dir).unwrap();
+    let owned = Model::from_store(&dir, config, TensorStore::from_file(file)).unwrap();
+    let ids = [464u32, 3290, 11, 318, 257];
+    let a = mapped.session().prefill(&ids).unwrap().to_vec();
+    let b = owned.session().prefill(&ids).unwrap().to_vec();
+    assert!(a == b, "logits differ");
+    // Damaged bytes are refused the same way as a damaged file.
+    let e = TensorFile::from_bytes(&dir.join("x"), &bytes[..bytes.len() - 1]).unwrap_err();
+    assert!(e.to_string().contains("truncated"), "{e}");
+}
