@@ -287,7 +287,7 @@ pub(crate) mod x86 {
     /// Outputs per W8A8 GEMM panel (two zmm of i32 lanes).
     pub(crate) const Q_NR: usize = 32;
     /// Tokens per W8A8 GEMM micro-tile.
-    pub(crate) const Q_MR: usize = 4;
+    pub(crate) const Q_MR: usize = 6;
 
     /// Geometry of the group-padded K axis: every group is padded to a multiple of 4 bytes.
     #[derive(Clone, Copy)]
@@ -473,6 +473,8 @@ pub(crate) mod x86 {
                 let xsr = &xscale[t..t + rows];
                 let c = ys.add(t * n + o);
                 match rows {
+                    6 => micro_vnni::<6>(geo, a, geo.kp, xsr, panel.as_ptr(), b, c, n, cols),
+                    5 => micro_vnni::<5>(geo, a, geo.kp, xsr, panel.as_ptr(), b, c, n, cols),
                     4 => micro_vnni::<4>(geo, a, geo.kp, xsr, panel.as_ptr(), b, c, n, cols),
                     3 => micro_vnni::<3>(geo, a, geo.kp, xsr, panel.as_ptr(), b, c, n, cols),
                     2 => micro_vnni::<2>(geo, a, geo.kp, xsr, panel.as_ptr(), b, c, n, cols),
