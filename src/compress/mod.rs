@@ -453,6 +453,24 @@ pub fn compress(
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Report> {
     let model = Model::open(src)?;
+    let (bytes, report) = compress_model(&model, plan, opts, progress)?;
+    writer::write_dir_atomically(dst, opts.overwrite, |tmp| {
+        copy_side_files(src, tmp)?;
+        writer::write_synced(&tmp.join("model.safetensors"), &bytes)
+    })?;
+    Ok(report)
+}
+
+/// Compresses `model` by `plan` in memory: the bytes of the `model.safetensors` that [`compress`] writes,
+/// and the report. Open them with [`crate::tensor_file::TensorFile::from_bytes`] to evaluate a compressed
+/// model without writing it to disk.
+pub fn compress_model(
+    model: &Model,
+    plan: &Plan,
+    opts: &Options,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<(Vec<u8>, Report)> {
+    let src = model.dir();
     let config = &model.config;
     let store = model.store();
     if is_compressed(store) {
@@ -463,7 +481,7 @@ pub fn compress(
     }
     let resolved = plan.validate(config.n_layer())?;
     let calib = if resolved.needs_calibration(config.n_layer()) {
-        Some(calibrate(&model, &opts.calibration, opts.calibration_tokens, progress)?)
+        Some(calibrate(model, &opts.calibration, opts.calibration_tokens, progress)?)
     } else {
         None
     };
@@ -553,15 +571,12 @@ pub fn compress(
     drop(out);
     let file_bytes = bytes.len();
     progress(total, total, "writing");
-    writer::write_dir_atomically(dst, opts.overwrite, |tmp| {
-        copy_side_files(src, tmp)?;
-        writer::write_synced(&tmp.join("model.safetensors"), &bytes)
-    })?;
-    Ok(Report {
+    let report = Report {
         matrices: reports,
         file_bytes,
         source_bytes,
-    })
+    };
+    Ok((bytes, report))
 }
 
 /// Copies config, tokenizer and other plain files of `src` (not weights, not subdirectories) into `dst`.
