@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use slimlm::compress::{self, Component, FactorDtype, MethodName, Override, Plan, SFold, Spec, SvdKind};
+use slimlm::compress::{
+    self, Component, FactorDtype, MethodName, Override, Plan, SFold, Spec, SvdKind,
+};
 
 use super::CliResult;
 
@@ -99,7 +101,8 @@ fn spec(method: MethodName) -> Spec {
 }
 
 fn build_plan(a: &Args) -> Result<Plan, Box<dyn std::error::Error>> {
-    let lowrank_opts = a.rank.is_some() || a.energy.is_some() || a.budget.is_some() || a.factors.is_some();
+    let lowrank_opts =
+        a.rank.is_some() || a.energy.is_some() || a.budget.is_some() || a.factors.is_some();
     let mut plan = match (&a.plan, a.mode) {
         (Some(p), _) => {
             if lowrank_opts || a.group.is_some() {
@@ -136,6 +139,7 @@ fn build_plan(a: &Args) -> Result<Plan, Box<dyn std::error::Error>> {
                 budget: a.budget,
                 factors: Some(factors.unwrap_or(FactorDtype::F32)),
                 group: a.group,
+                force: None,
             };
             Plan::uniform(s, spec(MethodName::Keep))
         }
@@ -146,12 +150,18 @@ fn build_plan(a: &Args) -> Result<Plan, Box<dyn std::error::Error>> {
             EmbeddingsArg::F16 => MethodName::F16,
             EmbeddingsArg::Int8 => MethodName::Int8,
         };
-        let group = if m == MethodName::Int8 && matches!(a.mode, Some(Mode::Int8)) { a.group } else { None };
-        plan.components.insert("embeddings".into(), Spec { group, ..spec(m) });
+        let group = if m == MethodName::Int8 && matches!(a.mode, Some(Mode::Int8)) {
+            a.group
+        } else {
+            None
+        };
+        plan.components
+            .insert("embeddings".into(), Spec { group, ..spec(m) });
     }
     for c in &a.skip {
         let c = Component::parse(c)?;
-        plan.components.insert(c.name().into(), spec(MethodName::Keep));
+        plan.components
+            .insert(c.name().into(), spec(MethodName::Keep));
         // A skip wins over per-layer overrides of the plan file too.
         if c != Component::Embeddings {
             plan.overrides.push(Override {
@@ -217,7 +227,10 @@ pub fn run(a: Args) -> CliResult {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("{:<44} {:>12} {:<22} {:>10} {:>9}", "matrix", "shape", "stored", "bytes", "rel.err");
+    println!(
+        "{:<44} {:>12} {:<22} {:>10} {:>9}",
+        "matrix", "shape", "stored", "bytes", "rel.err"
+    );
     for m in &report.matrices {
         println!(
             "{:<44} {:>12} {:<22} {:>10} {:>9.5}",
@@ -233,7 +246,9 @@ pub fn run(a: Args) -> CliResult {
     }
     let left = report.matrices.iter().filter(|m| m.note.is_some()).count();
     if left > 0 {
-        println!("{left} matrices left dense where the global rank would not save memory (see notes)");
+        println!(
+            "{left} matrices left dense where the global rank would not save memory (see notes)"
+        );
     }
     println!(
         "{} → {}: {} → {} bytes (ratio {:.3})",

@@ -40,7 +40,8 @@ pub fn run(a: Args) -> CliResult {
     }
     let file_bytes = store.file_bytes();
     let source_bytes: Option<usize> = md.get(META_SOURCE_BYTES).and_then(|s| s.parse().ok());
-    let plan: Option<serde_json::Value> = md.get(META_PLAN).and_then(|s| serde_json::from_str(s).ok());
+    let plan: Option<serde_json::Value> =
+        md.get(META_PLAN).and_then(|s| serde_json::from_str(s).ok());
     let storage: Vec<(String, String)> = model
         .linears()
         .iter()
@@ -85,7 +86,10 @@ pub fn run(a: Args) -> CliResult {
     }
     println!("{:>12}", "total");
     let row = |label: String, l: Option<usize>| {
-        let vals: Vec<usize> = PARTS.iter().map(|p| bytes.get(&(l, *p)).copied().unwrap_or(0)).collect();
+        let vals: Vec<usize> = PARTS
+            .iter()
+            .map(|p| bytes.get(&(l, *p)).copied().unwrap_or(0))
+            .collect();
         print!("{label:<12}");
         for v in &vals {
             print!("{v:>11}");

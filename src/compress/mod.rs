@@ -11,9 +11,9 @@
 //! # Ok::<(), slimlm::Error>(())
 //! ```
 //!
-//! Names written: `P.weight` (+ `P.weight_scale` for INT8, `[out, in]`), or `P.lowrank.{u,vh}` (+ `_scale`,
-//! + `P.lowrank.s`), biases and LayerNorms F32, `__pad__.N` alignment fillers, and `__metadata__` with
-//! [`META_FORMAT`], [`META_PLAN`], [`META_MATRICES`], [`META_SOURCE_BYTES`].
+//! Names written: `P.weight` (with `P.weight_scale` for INT8, `[out, in]`), or `P.lowrank.{u,vh}` (with
+//! `_scale` for INT8, and `P.lowrank.s`), biases and LayerNorms F32, `__pad__.N` alignment fillers, and
+//! `__metadata__` with [`META_FORMAT`], [`META_PLAN`], [`META_MATRICES`], [`META_SOURCE_BYTES`].
 
 pub mod plan;
 pub mod quantize;
@@ -26,7 +26,9 @@ use std::path::Path;
 use serde::Serialize;
 use slimlm_kernels::Layout;
 
-pub use plan::{Component, FactorDtype, Method, MethodName, Override, Plan, RankRule, SFold, Spec, SvdKind};
+pub use plan::{
+    Component, FactorDtype, Method, MethodName, Override, Plan, RankRule, SFold, Spec, SvdKind,
+};
 use writer::OutTensor;
 
 use crate::config::{Arch, Config};
@@ -53,7 +55,7 @@ pub struct Options {
     pub overwrite: bool,
     /// Calibration text for activation-aware SVD.
     pub calibration: Vec<String>,
-    /// At most this many calibration tokens are run.
+    /// At most this many calibration tokens are run (an equal share from each text).
     pub calibration_tokens: usize,
 }
 
@@ -84,6 +86,9 @@ pub struct MatrixReport {
     pub source_bytes: usize,
     /// ‖W − Ŵ‖_F / ‖W‖_F.
     pub rel_error: f64,
+    /// Low-rank factors stored in F16/INT8: ‖Ŵ_stored − Ŵ_f32‖_F / ‖Ŵ_f32‖_F, the error of storing the
+    /// factors alone (truncation excluded).
+    pub factor_error: Option<f64>,
     /// Why the plan was not followed (a global rank that would not save memory).
     pub note: Option<String>,
 }
@@ -128,19 +133,68 @@ pub fn linear_sites(config: &Config, prefix: &str) -> Vec<LinearSite> {
         match config.arch {
             Arch::Gpt2 => {
                 let l = Layout::InOut;
-                v.push(site(Component::AttnQkv, format!("{h}.attn.c_attn"), l, 3 * d, d, true));
-                v.push(site(Component::AttnOut, format!("{h}.attn.c_proj"), l, d, d, true));
-                v.push(site(Component::MlpIn, format!("{h}.mlp.c_fc"), l, ff, d, true));
-                v.push(site(Component::MlpOut, format!("{h}.mlp.c_proj"), l, d, ff, true));
+                v.push(site(
+                    Component::AttnQkv,
+                    format!("{h}.attn.c_attn"),
+                    l,
+                    3 * d,
+                    d,
+                    true,
+                ));
+                v.push(site(
+                    Component::AttnOut,
+                    format!("{h}.attn.c_proj"),
+                    l,
+                    d,
+                    d,
+                    true,
+                ));
+                v.push(site(
+                    Component::MlpIn,
+                    format!("{h}.mlp.c_fc"),
+                    l,
+                    ff,
+                    d,
+                    true,
+                ));
+                v.push(site(
+                    Component::MlpOut,
+                    format!("{h}.mlp.c_proj"),
+                    l,
+                    d,
+                    ff,
+                    true,
+                ));
             }
             Arch::GptNeo => {
                 let (l, a) = (Layout::OutIn, format!("{h}.attn.attention"));
                 for p in ["q_proj", "k_proj", "v_proj"] {
                     v.push(site(Component::AttnQkv, format!("{a}.{p}"), l, d, d, false));
                 }
-                v.push(site(Component::AttnOut, format!("{a}.out_proj"), l, d, d, true));
-                v.push(site(Component::MlpIn, format!("{h}.mlp.c_fc"), l, ff, d, true));
-                v.push(site(Component::MlpOut, format!("{h}.mlp.c_proj"), l, d, ff, true));
+                v.push(site(
+                    Component::AttnOut,
+                    format!("{a}.out_proj"),
+                    l,
+                    d,
+                    d,
+                    true,
+                ));
+                v.push(site(
+                    Component::MlpIn,
+                    format!("{h}.mlp.c_fc"),
+                    l,
+                    ff,
+                    d,
+                    true,
+                ));
+                v.push(site(
+                    Component::MlpOut,
+                    format!("{h}.mlp.c_proj"),
+                    l,
+                    d,
+                    ff,
+                    true,
+                ));
             }
         }
     }
@@ -151,15 +205,29 @@ pub fn linear_sites(config: &Config, prefix: &str) -> Vec<LinearSite> {
 pub fn tensor_f32(t: &TensorView) -> Result<Vec<f32>> {
     let b = t.bytes();
     Ok(match t.dtype {
-        DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        DType::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        DType::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DType::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F16 => b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => b
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
         d => return Err(t.error(format!("expected a float tensor, found {}", d.name()))),
     })
 }
 
 /// A weight as a row-major `[out, in]` f32 matrix, transposing `[in, out]` storage.
-fn weight_out_in(t: &TensorView, layout: Layout, out_dim: usize, in_dim: usize) -> Result<Vec<f32>> {
+fn weight_out_in(
+    t: &TensorView,
+    layout: Layout,
+    out_dim: usize,
+    in_dim: usize,
+) -> Result<Vec<f32>> {
     let v = tensor_f32(t)?;
     Ok(match layout {
         Layout::OutIn => {
@@ -204,9 +272,18 @@ struct Collector<'c> {
 
 impl Observer for Collector<'_> {
     fn linear_input(&mut self, layer: usize, component: &'static str, xs: &[f32]) {
-        let Ok(c) = Component::parse(component) else { return };
-        let width = if c == Component::MlpOut { self.config.d_ff } else { self.config.d_model };
-        let e = self.sums.entry((layer, c)).or_insert_with(|| (vec![0.0; width], 0));
+        let Ok(c) = Component::parse(component) else {
+            return;
+        };
+        let width = if c == Component::MlpOut {
+            self.config.d_ff
+        } else {
+            self.config.d_model
+        };
+        let e = self
+            .sums
+            .entry((layer, c))
+            .or_insert_with(|| (vec![0.0; width], 0));
         for row in xs.chunks_exact(width) {
             for (s, x) in e.0.iter_mut().zip(row) {
                 *s += x.abs() as f64;
@@ -216,14 +293,24 @@ impl Observer for Collector<'_> {
     }
 }
 
-fn calibrate(model: &Model, texts: &[String], max_tokens: usize, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Calibration> {
+fn calibrate(
+    model: &Model,
+    texts: &[String],
+    max_tokens: usize,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<Calibration> {
+    // Every text contributes up to an equal share of the tokens (several languages, one budget).
+    let share = max_tokens / texts.len().max(1);
     let mut ids = Vec::new();
     for t in texts {
-        ids.extend(model.tokenizer().encode(t)?);
+        let mut t_ids = model.tokenizer().encode(t)?;
+        t_ids.truncate(share);
+        ids.extend(t_ids);
     }
-    ids.truncate(max_tokens);
     if ids.len() < 2 {
-        return Err(Error::input("activation-aware SVD needs calibration text (--calibration FILE)"));
+        return Err(Error::input(
+            "activation-aware SVD needs calibration text (--calibration FILE)",
+        ));
     }
     let window = model.config.n_ctx.min(256);
     let mut col = Collector {
@@ -251,10 +338,17 @@ struct Produced {
     tensors: Vec<OutTensor>,
     stored: String,
     rel_error: f64,
+    factor_error: Option<f64>,
     note: Option<String>,
 }
 
-fn int8_tensors(name: &str, w: &[f32], rows: usize, cols: usize, group: Option<usize>) -> Result<(Vec<OutTensor>, Vec<f32>)> {
+fn int8_tensors(
+    name: &str,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    group: Option<usize>,
+) -> Result<(Vec<OutTensor>, Vec<f32>)> {
     let q = quantize::quantize_rows(w, rows, cols, group)?;
     let g = q.groups();
     let deq = q.dequantize();
@@ -268,7 +362,14 @@ fn int8_tensors(name: &str, w: &[f32], rows: usize, cols: usize, group: Option<u
 }
 
 /// A factor in its storage; returns the tensors and the values as stored (dequantized).
-fn factor_tensors(name: &str, v: &[f32], rows: usize, cols: usize, dtype: FactorDtype, group: Option<usize>) -> Result<(Vec<OutTensor>, Vec<f32>)> {
+fn factor_tensors(
+    name: &str,
+    v: &[f32],
+    rows: usize,
+    cols: usize,
+    dtype: FactorDtype,
+    group: Option<usize>,
+) -> Result<(Vec<OutTensor>, Vec<f32>)> {
     Ok(match dtype {
         FactorDtype::F32 => (vec![OutTensor::f32(name, vec![rows, cols], v)], v.to_vec()),
         FactorDtype::F16 => {
@@ -286,7 +387,11 @@ fn factor_tensors(name: &str, v: &[f32], rows: usize, cols: usize, dtype: Factor
 /// A dense matrix in the source layout, as F16 (or copied as is).
 fn dense_tensor(t: &TensorView, f16: bool) -> Result<OutTensor> {
     if f16 {
-        Ok(OutTensor::f16(t.name.clone(), t.shape.clone(), &tensor_f32(t)?))
+        Ok(OutTensor::f16(
+            t.name.clone(),
+            t.shape.clone(),
+            &tensor_f32(t)?,
+        ))
     } else {
         Ok(OutTensor {
             name: t.name.clone(),
@@ -313,15 +418,21 @@ fn compress_linear(ctx: &Ctx, site: &LinearSite, t: &TensorView) -> Result<Produ
                 let out = dense_tensor(t, f16)?;
                 let rel = if f16 {
                     let w = tensor_f32(t)?;
-                    let back: Vec<f32> = w.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+                    let back: Vec<f32> =
+                        w.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
                     rel_error(&w, &back)
                 } else {
                     0.0
                 };
                 Ok(Produced {
                     tensors: vec![out],
-                    stored: if f16 { "f16".into() } else { t.dtype.name().to_lowercase() },
+                    stored: if f16 {
+                        "f16".into()
+                    } else {
+                        t.dtype.name().to_lowercase()
+                    },
                     rel_error: rel,
+                    factor_error: None,
                     note,
                 })
             }
@@ -333,13 +444,21 @@ fn compress_linear(ctx: &Ctx, site: &LinearSite, t: &TensorView) -> Result<Produ
                     tensors: ts,
                     stored: Method::Int8 { group }.describe(),
                     rel_error: rel_error(&w, &deq),
+                    factor_error: None,
                     note,
                 })
             }
             Method::LowRank { .. } => unreachable!("dense() is called with dense methods only"),
         }
     };
-    let Method::LowRank { rank, factors, group, explicit } = method else {
+    let Method::LowRank {
+        rank,
+        factors,
+        group,
+        explicit,
+        force,
+    } = method
+    else {
         return dense(method, None);
     };
     let w = weight_out_in(t, site.layout, m, n)?;
@@ -350,18 +469,25 @@ fn compress_linear(ctx: &Ctx, site: &LinearSite, t: &TensorView) -> Result<Produ
                 .calib
                 .and_then(|c| c.stats.get(&(site.layer, site.component)))
                 .ok_or_else(|| Error::Plan(format!("{}: no calibration statistics", what())))?;
-            Some(svd::activation_scales(stats, ctx.plan.plan.alpha.unwrap_or(0.5)))
+            Some(svd::activation_scales(
+                stats,
+                ctx.plan.plan.alpha.unwrap_or(0.5),
+            ))
         }
     };
     if let RankRule::Fixed(r) = rank {
         // Checked before the SVD: no work for a plan that is wrong.
         if explicit && r > m.min(n) {
-            return Err(Error::Plan(format!("{}: rank {r} exceeds min({m}, {n}) = {}", what(), m.min(n))));
+            return Err(Error::Plan(format!(
+                "{}: rank {r} exceeds min({m}, {n}) = {}",
+                what(),
+                m.min(n)
+            )));
         }
     }
     let d = svd::svd(&w, m, n, scales.as_deref());
     let r = svd::choose_rank(rank, &d.s, m, n);
-    if r > m.min(n) || !svd::saves(m, n, r) {
+    if r > m.min(n) || !(force || svd::saves(m, n, r)) {
         let why = if r > m.min(n) {
             format!("rank {r} exceeds min({m}, {n}) = {}", m.min(n))
         } else {
@@ -377,24 +503,33 @@ fn compress_linear(ctx: &Ctx, site: &LinearSite, t: &TensorView) -> Result<Produ
         let fallback = match factors {
             FactorDtype::F32 => Method::Keep,
             FactorDtype::F16 => Method::F16,
-            FactorDtype::Int8 => Method::Int8 { group: group.filter(|g| n % g == 0) },
+            FactorDtype::Int8 => Method::Int8 {
+                group: group.filter(|g| n % g == 0),
+            },
         };
-        return dense(fallback, Some(format!("{why}; left dense ({})", fallback.describe())));
+        return dense(
+            fallback,
+            Some(format!("{why}; left dense ({})", fallback.describe())),
+        );
     }
     let fold = ctx.plan.s_fold(factors);
     let (u, vh, s) = svd::factors(&d, r, fold);
     let base = &site.base;
-    let (mut ts, vh_back) = factor_tensors(&format!("{base}.lowrank.vh"), &vh, r, n, factors, group)?;
+    let (mut ts, vh_back) =
+        factor_tensors(&format!("{base}.lowrank.vh"), &vh, r, n, factors, group)?;
     let (ut, u_back) = factor_tensors(&format!("{base}.lowrank.u"), &u, m, r, factors, group)?;
     ts.extend(ut);
     if let Some(s) = &s {
         ts.push(OutTensor::f32(format!("{base}.lowrank.s"), vec![r], s));
     }
     let approx = svd::reconstruct(&u_back, &vh_back, s.as_deref(), m, n, r);
+    let factor_error = (factors != FactorDtype::F32)
+        .then(|| rel_error(&svd::reconstruct(&u, &vh, s.as_deref(), m, n, r), &approx));
     Ok(Produced {
         tensors: ts,
         stored: format!("lowrank r={r} {}", factors.name()),
         rel_error: rel_error(&w, &approx),
+        factor_error,
         note: None,
     })
 }
@@ -403,7 +538,12 @@ fn compress_linear(ctx: &Ctx, site: &LinearSite, t: &TensorView) -> Result<Produ
 fn compress_embedding(method: Method, t: &TensorView) -> Result<Produced> {
     let (rows, cols) = match t.shape[..] {
         [r, c] => (r, c),
-        _ => return Err(t.error(format!("expected a 2-D embedding, found shape {:?}", t.shape))),
+        _ => {
+            return Err(t.error(format!(
+                "expected a 2-D embedding, found shape {:?}",
+                t.shape
+            )))
+        }
     };
     match method {
         Method::Keep | Method::F16 => {
@@ -417,8 +557,13 @@ fn compress_embedding(method: Method, t: &TensorView) -> Result<Produced> {
             };
             Ok(Produced {
                 tensors: vec![dense_tensor(t, f16)?],
-                stored: if f16 { "f16".into() } else { t.dtype.name().to_lowercase() },
+                stored: if f16 {
+                    "f16".into()
+                } else {
+                    t.dtype.name().to_lowercase()
+                },
                 rel_error: rel,
+                factor_error: None,
                 note: None,
             })
         }
@@ -430,6 +575,7 @@ fn compress_embedding(method: Method, t: &TensorView) -> Result<Produced> {
                 tensors: ts,
                 stored: method.describe(),
                 rel_error: rel_error(&w, &deq),
+                factor_error: None,
                 note: None,
             })
         }
@@ -440,7 +586,9 @@ fn compress_embedding(method: Method, t: &TensorView) -> Result<Produced> {
 /// Whether the tensors of `store` were written by the compressor (or hold compressed weights).
 pub fn is_compressed(store: &TensorStore) -> bool {
     store.metadata().contains_key(META_FORMAT)
-        || store.names().any(|n| n.contains(".lowrank.") || n.ends_with("_scale"))
+        || store
+            .names()
+            .any(|n| n.contains(".lowrank.") || n.ends_with("_scale"))
 }
 
 /// Compresses the model directory `src` into `dst` by `plan`; `progress(done, total, stage)` is called as
@@ -481,11 +629,20 @@ pub fn compress_model(
     }
     let resolved = plan.validate(config.n_layer())?;
     let calib = if resolved.needs_calibration(config.n_layer()) {
-        Some(calibrate(model, &opts.calibration, opts.calibration_tokens, progress)?)
+        Some(calibrate(
+            model,
+            &opts.calibration,
+            opts.calibration_tokens,
+            progress,
+        )?)
     } else {
         None
     };
-    let prefix = if store.contains("transformer.wte.weight") { "transformer." } else { "" };
+    let prefix = if store.contains("transformer.wte.weight") {
+        "transformer."
+    } else {
+        ""
+    };
     let sites = linear_sites(config, prefix);
     let ctx = Ctx {
         plan: &resolved,
@@ -514,6 +671,7 @@ pub fn compress_model(
             bytes: p.tensors.iter().map(|t| t.data.len()).sum(),
             source_bytes: t.bytes().len(),
             rel_error: p.rel_error,
+            factor_error: None,
             note: None,
         });
         consumed.insert(name.clone());
@@ -536,6 +694,7 @@ pub fn compress_model(
             bytes: p.tensors.iter().map(|t| t.data.len()).sum(),
             source_bytes: t.bytes().len(),
             rel_error: p.rel_error,
+            factor_error: p.factor_error,
             note: p.note,
         });
         consumed.insert(t.name.clone());
@@ -560,12 +719,18 @@ pub fn compress_model(
     out.sort_by(|a, b| a.name.cmp(&b.name));
 
     let source_bytes = store.file_bytes();
-    let matrices: BTreeMap<&str, &str> = reports.iter().map(|r| (r.name.as_str(), r.stored.as_str())).collect();
+    let matrices: BTreeMap<&str, &str> = reports
+        .iter()
+        .map(|r| (r.name.as_str(), r.stored.as_str()))
+        .collect();
     let mut md = BTreeMap::new();
     md.insert("format".to_string(), "pt".to_string());
     md.insert(META_FORMAT.to_string(), FORMAT_VERSION.to_string());
     md.insert(META_PLAN.to_string(), plan.to_json());
-    md.insert(META_MATRICES.to_string(), serde_json::to_string(&matrices).unwrap_or_default());
+    md.insert(
+        META_MATRICES.to_string(),
+        serde_json::to_string(&matrices).unwrap_or_default(),
+    );
     md.insert(META_SOURCE_BYTES.to_string(), source_bytes.to_string());
     let bytes = writer::serialize(&out, &md)?;
     drop(out);
@@ -587,7 +752,11 @@ fn copy_side_files(src: &Path, dst: &Path) -> Result<()> {
         let p = entry.path();
         let name = entry.file_name();
         let n = name.to_string_lossy();
-        if !p.is_file() || n.ends_with(".safetensors") || n == "model.safetensors.index.json" || n.starts_with('.') {
+        if !p.is_file()
+            || n.ends_with(".safetensors")
+            || n == "model.safetensors.index.json"
+            || n.starts_with('.')
+        {
             continue;
         }
         let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
@@ -614,7 +783,11 @@ pub fn classify(name: &str) -> (Option<usize>, &'static str) {
         "positions"
     } else if name.contains(".ln_") || name.contains("ln_f.") {
         "norms"
-    } else if name.contains(".attn.c_attn.") || [".q_proj.", ".k_proj.", ".v_proj."].iter().any(|p| name.contains(p)) {
+    } else if name.contains(".attn.c_attn.")
+        || [".q_proj.", ".k_proj.", ".v_proj."]
+            .iter()
+            .any(|p| name.contains(p))
+    {
         "attn_qkv"
     } else if name.contains(".attn.c_proj.") || name.contains(".out_proj.") {
         "attn_out"

@@ -6,7 +6,8 @@
 //! ```toml
 //! svd = "activation"        # or "plain" (default); "activation" needs calibration text
 //! alpha = 0.5               # activation-aware scaling exponent
-//! s_fold = "vh"             # where singular values go: "vh", "sqrt" (√S into both), "separate"
+//! s_fold = "sqrt"           # where singular values go: "vh", "sqrt" (√S into both), "separate";
+//!                       # omitted: sqrt for int8 factors, vh for f32/f16
 //!
 //! [default]                 # every linear layer not named below
 //! method = "lowrank"        # keep | f16 | int8 | lowrank
@@ -119,7 +120,9 @@ impl FactorDtype {
             "f32" => Ok(FactorDtype::F32),
             "f16" => Ok(FactorDtype::F16),
             "int8" | "i8" => Ok(FactorDtype::Int8),
-            _ => Err(Error::Plan(format!("unknown factor storage `{s}` (expected f32, f16 or int8)"))),
+            _ => Err(Error::Plan(format!(
+                "unknown factor storage `{s}` (expected f32, f16 or int8)"
+            ))),
         }
     }
 
@@ -153,6 +156,10 @@ pub struct Spec {
     /// Low rank: factor storage.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub factors: Option<FactorDtype>,
+    /// Low rank: store factors even where they hold more parameters than the dense matrix (experiments,
+    /// tests); a rank above min(out, in) stays an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub force: Option<bool>,
 }
 
 /// A per-layer override.
@@ -176,6 +183,8 @@ pub struct Override {
     pub budget: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub factors: Option<FactorDtype>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub force: Option<bool>,
 }
 
 impl Override {
@@ -187,6 +196,7 @@ impl Override {
             energy: self.energy,
             budget: self.budget,
             factors: self.factors,
+            force: self.force,
         }
     }
 }
@@ -224,7 +234,7 @@ pub struct Plan {
     /// ASVD exponent: input channel `j` is scaled by `mean|x_j|^alpha`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpha: Option<f64>,
-    /// Where singular values go; omitted: `vh` for f32/f16 factors, `vh` for INT8 (see docs/compression.md).
+    /// Where singular values go; omitted: `vh` for f32/f16 factors, `sqrt` for INT8 (see docs/compression.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s_fold: Option<SFold>,
     /// Every linear layer not named in `components` or `overrides` (omitted: keep).
@@ -255,12 +265,14 @@ pub enum Method {
     F16,
     /// INT8 `[out, in]`, `group` inputs per scale (`None`: a whole row).
     Int8 { group: Option<usize> },
-    /// `U·S·Vh`; `explicit` ranks are errors where they would not save memory, global ones fall back.
+    /// `U·S·Vh`; `explicit` ranks are errors where they would not save memory, global ones fall back;
+    /// `force` stores the factors anyway.
     LowRank {
         rank: RankRule,
         factors: FactorDtype,
         group: Option<usize>,
         explicit: bool,
+        force: bool,
     },
 }
 
@@ -286,20 +298,28 @@ impl Method {
 
 fn spec_to_method(spec: &Spec, what: &str, explicit: bool) -> Result<Method> {
     let bad = |msg: String| Error::Plan(format!("{what}: {msg}"));
-    let method = spec.method.ok_or_else(|| bad("no `method` (keep, f16, int8 or lowrank)".into()))?;
+    let method = spec
+        .method
+        .ok_or_else(|| bad("no `method` (keep, f16, int8 or lowrank)".into()))?;
     if spec.group == Some(0) {
         return Err(bad("group size 0".into()));
     }
-    let lowrank_fields = spec.rank.is_some() || spec.energy.is_some() || spec.budget.is_some() || spec.factors.is_some();
+    let lowrank_fields = spec.rank.is_some()
+        || spec.energy.is_some()
+        || spec.budget.is_some()
+        || spec.factors.is_some()
+        || spec.force.is_some();
     match method {
         MethodName::Keep | MethodName::F16 | MethodName::Int8 => {
             if lowrank_fields {
                 return Err(bad(format!(
-                    "rank/energy/budget/factors only apply to method lowrank, not {method:?}"
+                    "rank/energy/budget/factors/force only apply to method lowrank, not {method:?}"
                 )));
             }
             if spec.group.is_some() && method != MethodName::Int8 {
-                return Err(bad("`group` applies to int8 (or lowrank int8 factors) only".into()));
+                return Err(bad(
+                    "`group` applies to int8 (or lowrank int8 factors) only".into(),
+                ));
             }
             Ok(match method {
                 MethodName::Keep => Method::Keep,
@@ -308,10 +328,16 @@ fn spec_to_method(spec: &Spec, what: &str, explicit: bool) -> Result<Method> {
             })
         }
         MethodName::Lowrank => {
-            let rules = [spec.rank.is_some(), spec.energy.is_some(), spec.budget.is_some()];
+            let rules = [
+                spec.rank.is_some(),
+                spec.energy.is_some(),
+                spec.budget.is_some(),
+            ];
             let n = rules.iter().filter(|&&b| b).count();
             if n != 1 {
-                return Err(bad("lowrank needs exactly one of `rank`, `energy`, `budget`".into()));
+                return Err(bad(
+                    "lowrank needs exactly one of `rank`, `energy`, `budget`".into(),
+                ));
             }
             let rank = if let Some(r) = spec.rank {
                 if r == 0 {
@@ -339,6 +365,7 @@ fn spec_to_method(spec: &Spec, what: &str, explicit: bool) -> Result<Method> {
                 factors,
                 group: spec.group,
                 explicit,
+                force: spec.force.unwrap_or(false),
             })
         }
     }
@@ -357,7 +384,9 @@ impl Plan {
     /// Parses a plan file: `.json` as JSON, anything else as TOML.
     pub fn from_file(path: &std::path::Path) -> Result<Plan> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let is_json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
         let plan = if is_json {
             Plan::from_json(&text)
         } else {
@@ -432,15 +461,27 @@ impl Plan {
                 }
             }
             let comps = match &o.components {
-                None => vec![Component::AttnQkv, Component::AttnOut, Component::MlpIn, Component::MlpOut],
-                Some(cs) => cs.iter().map(|c| Component::parse(c)).collect::<Result<Vec<_>>>()?,
+                None => vec![
+                    Component::AttnQkv,
+                    Component::AttnOut,
+                    Component::MlpIn,
+                    Component::MlpOut,
+                ],
+                Some(cs) => cs
+                    .iter()
+                    .map(|c| Component::parse(c))
+                    .collect::<Result<Vec<_>>>()?,
             };
             if comps.contains(&Component::Embeddings) {
                 return Err(Error::Plan(format!(
                     "{what}: embeddings are not per layer; set them in [components.embeddings]"
                 )));
             }
-            overrides.push((o.layers.clone(), comps, spec_to_method(&o.spec(), &what, true)?));
+            overrides.push((
+                o.layers.clone(),
+                comps,
+                spec_to_method(&o.spec(), &what, true)?,
+            ));
         }
         Ok(Resolved {
             plan: self.clone(),
@@ -455,9 +496,17 @@ impl Resolved {
     /// The method for `component` of `layer` (`None` for the embeddings).
     pub fn method(&self, layer: Option<usize>, component: Component) -> Method {
         if component == Component::Embeddings {
-            return self.components.get(&component).copied().unwrap_or(Method::Keep);
+            return self
+                .components
+                .get(&component)
+                .copied()
+                .unwrap_or(Method::Keep);
         }
-        let mut m = self.components.get(&component).copied().unwrap_or(self.default);
+        let mut m = self
+            .components
+            .get(&component)
+            .copied()
+            .unwrap_or(self.default);
         for (layers, comps, om) in &self.overrides {
             let layer_ok = match (layers, layer) {
                 (None, _) => true,
@@ -472,8 +521,12 @@ impl Resolved {
     }
 
     /// Where singular values go for factors stored as `factors`.
-    pub fn s_fold(&self, _factors: FactorDtype) -> SFold {
-        self.plan.s_fold.unwrap_or(SFold::Vh)
+    pub fn s_fold(&self, factors: FactorDtype) -> SFold {
+        // √S into both factors quantizes slightly better (docs/compression.md); for f32/f16 it is moot.
+        self.plan.s_fold.unwrap_or(match factors {
+            FactorDtype::Int8 => SFold::Sqrt,
+            FactorDtype::F32 | FactorDtype::F16 => SFold::Vh,
+        })
     }
 
     /// Whether any matrix is low rank with activation-aware SVD (which needs calibration text).
@@ -516,22 +569,41 @@ mod tests {
         assert_eq!(r.method(Some(1), Component::AttnQkv), Method::F16);
         assert!(matches!(
             r.method(Some(1), Component::MlpOut),
-            Method::LowRank { explicit: false, .. }
+            Method::LowRank {
+                explicit: false,
+                ..
+            }
         ));
-        assert_eq!(r.method(None, Component::Embeddings), Method::Int8 { group: None });
+        assert_eq!(
+            r.method(None, Component::Embeddings),
+            Method::Int8 { group: None }
+        );
         let back = Plan::from_json(&p.to_json()).unwrap();
         assert_eq!(back, p);
     }
 
     #[test]
     fn bad_plans_are_clear_errors() {
-        let err = |t: &str| Plan::from_toml(t).and_then(|p| p.validate(6).map(|_| ())).unwrap_err().to_string();
+        let err = |t: &str| {
+            Plan::from_toml(t)
+                .and_then(|p| p.validate(6).map(|_| ()))
+                .unwrap_err()
+                .to_string()
+        };
         assert!(err("[default]\nmethod = \"lowrank\"\nrank = 0").contains("rank 0"));
-        assert!(err("[components.attn_qq]\nmethod = \"int8\"").contains("unknown component `attn_qq`"));
+        assert!(
+            err("[components.attn_qq]\nmethod = \"int8\"").contains("unknown component `attn_qq`")
+        );
         assert!(err("[default]\nmethod = \"zip\"").contains("not a valid TOML plan"));
         assert!(err("[default]\nmethod = \"int8\"\nranks = 3").contains("not a valid TOML plan"));
-        assert!(err("[[overrides]]\nlayers = [9]\nmethod = \"keep\"").contains("layer 9 does not exist"));
-        assert!(err("[components.embeddings]\nmethod = \"lowrank\"\nrank = 8").contains("not supported"));
-        assert!(err("[default]\nmethod = \"lowrank\"\nrank = 8\nenergy = 0.5").contains("exactly one"));
+        assert!(err("[[overrides]]\nlayers = [9]\nmethod = \"keep\"")
+            .contains("layer 9 does not exist"));
+        assert!(
+            err("[components.embeddings]\nmethod = \"lowrank\"\nrank = 8")
+                .contains("not supported")
+        );
+        assert!(
+            err("[default]\nmethod = \"lowrank\"\nrank = 8\nenergy = 0.5").contains("exactly one")
+        );
     }
 }

@@ -48,7 +48,12 @@ pub fn quantize_group(x: &[f32], q: &mut [i8]) -> f32 {
 }
 
 /// Quantizes the row-major `rows × cols` matrix `w` with `group` values per scale (`None`: whole rows).
-pub fn quantize_rows(w: &[f32], rows: usize, cols: usize, group: Option<usize>) -> Result<Quantized> {
+pub fn quantize_rows(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    group: Option<usize>,
+) -> Result<Quantized> {
     let group = group.unwrap_or(cols);
     if group == 0 || cols % group != 0 {
         return Err(Error::Plan(format!(
@@ -62,7 +67,9 @@ pub fn quantize_rows(w: &[f32], rows: usize, cols: usize, group: Option<usize>) 
         )));
     }
     if let Some(bad) = w.iter().find(|v| !v.is_finite()) {
-        return Err(Error::input(format!("cannot quantize a matrix holding {bad}")));
+        return Err(Error::input(format!(
+            "cannot quantize a matrix holding {bad}"
+        )));
     }
     let mut values = vec![0i8; rows * cols];
     let scales = w
@@ -85,7 +92,9 @@ mod tests {
 
     #[test]
     fn round_trip_error_is_within_half_a_step() {
-        let w: Vec<f32> = (0..64).map(|i| ((i * 37 % 29) as f32 - 14.0) / 7.0).collect();
+        let w: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 29) as f32 - 14.0) / 7.0)
+            .collect();
         let q = quantize_rows(&w, 4, 16, Some(8)).unwrap();
         assert_eq!(q.scales.len(), 8);
         assert!(q.values.iter().all(|&v| v != -128));

@@ -110,7 +110,14 @@ pub fn factors(svd: &Svd, r: usize, fold: SFold) -> (Vec<f32>, Vec<f32>, Option<
 }
 
 /// `U·diag(s)·Vh` as a row-major `m × n` matrix (for measurements and tests).
-pub fn reconstruct(u: &[f32], vh: &[f32], s: Option<&[f32]>, m: usize, n: usize, r: usize) -> Vec<f32> {
+pub fn reconstruct(
+    u: &[f32],
+    vh: &[f32],
+    s: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    r: usize,
+) -> Vec<f32> {
     let mut w = vec![0f32; m * n];
     for i in 0..m {
         for c in 0..r {
@@ -130,7 +137,9 @@ mod tests {
     #[test]
     fn full_rank_reconstructs_and_scaling_folds_back() {
         let (m, n) = (7, 5);
-        let w: Vec<f32> = (0..m * n).map(|i| ((i * 31 % 17) as f32 - 8.0) / 3.0).collect();
+        let w: Vec<f32> = (0..m * n)
+            .map(|i| ((i * 31 % 17) as f32 - 8.0) / 3.0)
+            .collect();
         for scale in [None, Some(vec![0.5, 2.0, 1.0, 3.0, 0.1])] {
             let d = svd(&w, m, n, scale.as_deref());
             assert!(d.s.windows(2).all(|p| p[0] >= p[1]));
@@ -142,8 +151,17 @@ mod tests {
                 }
             }
         }
-        assert_eq!(choose_rank(RankRule::Energy(1.0), &[3.0, 2.0, 1.0], 3, 3), 3);
-        assert_eq!(choose_rank(RankRule::Energy(0.5), &[3.0, 2.0, 1.0], 3, 3), 1);
-        assert_eq!(choose_rank(RankRule::Budget(0.5), &[1.0; 256], 256, 1024), 102);
+        assert_eq!(
+            choose_rank(RankRule::Energy(1.0), &[3.0, 2.0, 1.0], 3, 3),
+            3
+        );
+        assert_eq!(
+            choose_rank(RankRule::Energy(0.5), &[3.0, 2.0, 1.0], 3, 3),
+            1
+        );
+        assert_eq!(
+            choose_rank(RankRule::Budget(0.5), &[1.0; 256], 256, 1024),
+            102
+        );
     }
 }

@@ -64,7 +64,10 @@ impl OutTensor {
 pub fn serialize(tensors: &[OutTensor], metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        header.insert("__metadata__".into(), serde_json::to_value(metadata).unwrap_or_default());
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(metadata).unwrap_or_default(),
+        );
     }
     // (offset, bytes) of each piece of the data section, padding included.
     let mut pieces: Vec<(usize, &[u8])> = Vec::new();
@@ -102,7 +105,9 @@ pub fn serialize(tensors: &[OutTensor], metadata: &BTreeMap<String, String>) -> 
         pieces.push((pos, &t.data));
         pos += t.data.len();
     }
-    let mut json = serde_json::to_string(&header).map_err(|e| Error::input(e.to_string()))?.into_bytes();
+    let mut json = serde_json::to_string(&header)
+        .map_err(|e| Error::input(e.to_string()))?
+        .into_bytes();
     while (8 + json.len()) % ALIGN != 0 {
         json.push(b' ');
     }
@@ -124,7 +129,9 @@ pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let f = File::create(path).map_err(io(path))?;
     let mut w = BufWriter::new(f);
     w.write_all(bytes).map_err(io(path))?;
-    let f = w.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
+    let f = w
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?;
     f.sync_all().map_err(io(path))
 }
 
