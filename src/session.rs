@@ -99,6 +99,12 @@ impl<'m> Session<'m> {
         4 * (self.k_cache.len() + self.v_cache.len())
     }
 
+    /// Bytes of the KV cache that hold the tokens so far (the rest is allocated but never touched).
+    pub fn kv_cache_used_bytes(&self) -> usize {
+        let c = &self.model.config;
+        2 * 4 * c.n_layer() * c.d_model * self.pos
+    }
+
     /// Bytes of all buffers the session owns (KV cache, activations, logits).
     pub fn state_bytes(&self) -> usize {
         4 * [
