@@ -18,6 +18,7 @@
 pub mod compress;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod linear;
 pub mod model;

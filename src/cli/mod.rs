@@ -2,6 +2,7 @@
 
 mod bench;
 mod compress;
+mod eval;
 mod generate;
 mod inspect;
 mod perplexity;
@@ -35,6 +36,9 @@ enum Command {
     Compress(compress::Args),
     /// Show a model's compression plan, bytes per component and layer, and ratio.
     Inspect(inspect::Args),
+    /// Quality analysis of compressed models: compare, disparity, sweep, sensitivity.
+    #[command(subcommand)]
+    Eval(eval::Eval),
 }
 
 /// The model bundled with slimlm, used when `--model` is not given.
@@ -79,6 +83,7 @@ pub fn main() -> ExitCode {
         Command::Bench(b) => bench::run(b),
         Command::Compress(a) => compress::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Eval(e) => eval::run(e),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

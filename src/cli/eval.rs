@@ -1,0 +1,621 @@
+//! `slimlm eval`: quality analysis of compressed models (compare, disparity, sweep, sensitivity).
+
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use slimlm::compress::{Plan, Spec};
+use slimlm::eval::{
+    self, compare, corpus, disparity, sensitivity, svg, sweep, EvalOptions, LangIds, Languages,
+};
+use slimlm::Model;
+
+use super::CliResult;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+#[derive(clap::Subcommand)]
+pub enum Eval {
+    /// Per layer: cosine similarity of hidden states and linear outputs; KL and top-1 of the logits.
+    Compare(CompareArgs),
+    /// Perplexity per language (UDHR), degradation and its disparity across languages.
+    Disparity(DisparityArgs),
+    /// Size against perplexity per language over ranks, energies or INT8 group sizes (built in memory).
+    Sweep(SweepArgs),
+    /// Per-unit sensitivity and a protection plan within a size budget (for `slimlm compress --plan`).
+    Sensitivity(SensitivityArgs),
+}
+
+/// The model to compare with the reference: a directory, or one built in memory.
+#[derive(clap::Args)]
+pub struct CandidateArgs {
+    /// Compressed model directory.
+    #[arg(long, conflicts_with_all = ["plan", "method"], required_unless_present_any = ["plan", "method"])]
+    candidate: Option<PathBuf>,
+    /// Build the candidate in memory from the reference by this plan file (TOML or JSON).
+    #[arg(long, conflicts_with = "method")]
+    plan: Option<PathBuf>,
+    /// Build the candidate in memory by a uniform method: int8, int8:g64, f16, lowrank:r64:int8, ...
+    #[arg(long)]
+    method: Option<String>,
+    /// Embeddings with --method.
+    #[arg(long, default_value = "int8", requires = "method")]
+    embeddings: String,
+}
+
+/// Which texts, how they are scored.
+#[derive(clap::Args)]
+pub struct CorpusArgs {
+    /// UDHR corpus directory, `<lang>.txt` one paragraph per line (default: ../shared/corpora/udhr).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// `default` (eng,deu_1996,fra,spa,rus,cmn_hans,jpn,arb,hin), `all`, or a comma-separated list.
+    #[arg(long, default_value = "default")]
+    languages: String,
+    /// Keep the first N lines of each text.
+    #[arg(long)]
+    max_lines: Option<usize>,
+    /// Keep the first N tokens of each text.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 256)]
+    context: usize,
+    /// Distance between window starts.
+    #[arg(long, default_value_t = 256)]
+    stride: usize,
+}
+
+#[derive(clap::Args)]
+pub struct Common {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    /// The dense reference model directory.
+    #[arg(long)]
+    reference: PathBuf,
+    #[command(flatten)]
+    candidate: CandidateArgs,
+    /// UTF-8 text to run.
+    #[arg(long)]
+    text: PathBuf,
+    /// Tokens per window (windows do not overlap; each is seen alone).
+    #[arg(long, default_value_t = 256)]
+    context: usize,
+    /// Keep the first N tokens of the text.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct DisparityArgs {
+    /// The dense reference model directory.
+    #[arg(long)]
+    reference: PathBuf,
+    #[command(flatten)]
+    candidate: CandidateArgs,
+    #[command(flatten)]
+    corpus: CorpusArgs,
+    /// Write a bar chart of the degradation per language (SVG).
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct SweepArgs {
+    /// The dense model to compress. Default: the bundled models/ref-gpt2.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Methods, comma-separated (int8, int8:g64, f16, lowrank:r64:int8, lowrank:e0.9:f16, ...).
+    #[arg(long)]
+    points: Option<String>,
+    /// Low-rank ranks, comma-separated (factors: --factors).
+    #[arg(long)]
+    ranks: Option<String>,
+    /// Low-rank energy thresholds in (0, 1], comma-separated.
+    #[arg(long)]
+    energies: Option<String>,
+    /// INT8 group sizes, comma-separated (`row`: one scale per row).
+    #[arg(long)]
+    int8_groups: Option<String>,
+    /// Factor storage of --ranks/--energies points: f32, f16 or int8.
+    #[arg(long, default_value = "int8")]
+    factors: String,
+    /// Embeddings at every point.
+    #[arg(long, default_value = "int8")]
+    embeddings: String,
+    #[command(flatten)]
+    corpus: CorpusArgs,
+    /// Write the quality–size chart (SVG).
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct SensitivityArgs {
+    /// The dense model to analyse. Default: the bundled models/ref-gpt2.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The compression whose sensitivity is measured.
+    #[arg(long, default_value = "lowrank:r32:int8")]
+    base: String,
+    /// The higher precision of protected units (keep, f16, int8, int8:gN).
+    #[arg(long, default_value = "int8")]
+    protect: String,
+    /// Embeddings in the plan.
+    #[arg(long, default_value = "int8")]
+    embeddings: String,
+    /// Unit compressed at a time: layer, component or layer-component.
+    #[arg(long, default_value = "layer")]
+    unit: String,
+    /// Largest model.safetensors of the plan, in MB (default: base size + 1/4 of protecting everything).
+    #[arg(long)]
+    budget_mb: Option<f64>,
+    /// Write the protection plan (TOML; JSON if the name ends in .json).
+    #[arg(long)]
+    plan_out: Option<PathBuf>,
+    /// Write a bar chart of the units' sensitivity (SVG).
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Write a bar chart of base, plan and uniform degradation per language (SVG).
+    #[arg(long)]
+    comparison_svg: Option<PathBuf>,
+    #[command(flatten)]
+    corpus: CorpusArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+fn bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>28} [{bar:40}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn update(bar: &ProgressBar) -> impl FnMut(usize, usize, &str) + '_ {
+    |done, total, stage| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(stage.to_string());
+    }
+}
+
+fn open(dir: &Path, what: &str) -> Res<Model> {
+    Model::open(dir).map_err(|e| format!("{what}: {e}").into())
+}
+
+fn candidate(reference: &Model, a: &CandidateArgs, bar: &ProgressBar) -> Res<Model> {
+    if let Some(dir) = &a.candidate {
+        return open(dir, "candidate");
+    }
+    let plan = match (&a.plan, &a.method) {
+        (Some(p), _) => Plan::from_file(p)?,
+        (None, Some(m)) => eval::parse_spec_plan(m, &a.embeddings)?,
+        (None, None) => return Err("give --candidate DIR, --plan FILE or --method M".into()),
+    };
+    let (model, _) = eval::build_compressed(reference, &plan, &mut update(bar))?;
+    Ok(model)
+}
+
+fn eval_options(c: &CorpusArgs) -> EvalOptions {
+    EvalOptions {
+        context: c.context,
+        stride: c.stride,
+    }
+}
+
+/// The corpus texts, tokenized in full (`max_tokens` is applied by the caller).
+fn texts(model: &Model, c: &CorpusArgs) -> Res<Vec<LangIds>> {
+    let dir = match &c.corpus {
+        Some(d) => d.clone(),
+        None => corpus::default_corpus_dir().ok_or_else(|| {
+            format!(
+                "no UDHR corpus at {}; {}",
+                corpus::DEFAULT_CORPUS,
+                corpus::HOW_TO_GET
+            )
+        })?,
+    };
+    let langs = Languages::parse(&c.languages)?;
+    let texts = corpus::load(&dir, &langs, c.max_lines)?;
+    Ok(corpus::tokenize(model, &texts, None)?)
+}
+
+fn truncate(texts: &[LangIds], max_tokens: Option<usize>) -> Res<Vec<LangIds>> {
+    if let Some(n) = max_tokens {
+        if n < 2 {
+            return Err(format!("--max-tokens must be at least 2, got {n}").into());
+        }
+    }
+    Ok(texts
+        .iter()
+        .map(|t| LangIds {
+            lang: t.lang.clone(),
+            ids: t.ids[..max_tokens.unwrap_or(usize::MAX).min(t.ids.len())].to_vec(),
+        })
+        .collect())
+}
+
+fn write_svg(path: &Path, svg: &str) -> Res<()> {
+    std::fs::write(path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+fn pct(v: f64) -> String {
+    format!("{:+.2}%", 100.0 * v)
+}
+
+pub fn run(e: Eval) -> CliResult {
+    match e {
+        Eval::Compare(a) => run_compare(a),
+        Eval::Disparity(a) => run_disparity(a),
+        Eval::Sweep(a) => run_sweep(a),
+        Eval::Sensitivity(a) => run_sensitivity(a),
+    }
+}
+
+fn run_compare(a: CompareArgs) -> CliResult {
+    super::set_threads(a.common.threads)?;
+    let reference = open(&a.reference, "reference")?;
+    let bar = bar();
+    let cand = candidate(&reference, &a.candidate, &bar)?;
+    let text =
+        std::fs::read_to_string(&a.text).map_err(|e| format!("{}: {e}", a.text.display()))?;
+    let mut ids = reference.tokenizer().encode(&text)?;
+    if let Some(n) = a.max_tokens {
+        if n == 0 {
+            return Err("--max-tokens must be at least 1".into());
+        }
+        ids.truncate(n);
+    }
+    let r = compare::compare(&reference, &cand, &ids, a.context, &mut update(&bar));
+    bar.finish_and_clear();
+    let r = r?;
+    if a.common.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let mut comps: Vec<&str> = Vec::new();
+    for s in &r.linears {
+        if !comps.contains(&s.component.as_str()) {
+            comps.push(&s.component);
+        }
+    }
+    print!("{:<6} {:>10}", "layer", "hidden");
+    for c in &comps {
+        print!(" {c:>10}");
+    }
+    println!("   (mean cosine similarity over {} tokens)", r.tokens);
+    for h in &r.hidden {
+        print!("{:<6} {:>10.6}", h.layer, h.cosine);
+        for c in &comps {
+            match r
+                .linears
+                .iter()
+                .find(|s| s.layer == h.layer && s.component == *c)
+            {
+                Some(s) => print!(" {:>10.6}", s.cosine),
+                None => print!(" {:>10}", ""),
+            }
+        }
+        println!();
+    }
+    println!(
+        "logits: KL(reference ‖ candidate) mean {:.6} nats, max {:.6}; top-1 agreement {:.2}% over {} positions",
+        r.logits.kl_mean,
+        r.logits.kl_max,
+        100.0 * r.logits.top1_agreement,
+        r.logits.positions
+    );
+    Ok(())
+}
+
+fn print_languages(langs: &[disparity::LangResult]) {
+    println!(
+        "{:<10} {:>8} {:>14} {:>14} {:>12}",
+        "lang", "tokens", "reference ppl", "candidate ppl", "degradation"
+    );
+    for l in langs {
+        println!(
+            "{:<10} {:>8} {:>14.3} {:>14.3} {:>12}",
+            l.lang,
+            l.tokens,
+            l.reference_ppl,
+            l.candidate_ppl,
+            pct(l.degradation)
+        );
+    }
+}
+
+fn print_disparity(d: &disparity::Disparity) {
+    println!(
+        "disparity: worst {} {}, best {} {}; ratio {}, ppl ratio {:.4}, spread {:.2} pts; mean degradation {}",
+        d.worst_lang,
+        pct(d.worst),
+        d.best_lang,
+        pct(d.best),
+        d.ratio.map_or("n/a (best ≤ 0)".to_string(), |r| format!("{r:.2}")),
+        d.ppl_ratio,
+        100.0 * d.spread,
+        pct(d.mean_degradation)
+    );
+}
+
+fn run_disparity(a: DisparityArgs) -> CliResult {
+    super::set_threads(a.common.threads)?;
+    let reference = open(&a.reference, "reference")?;
+    let ids = truncate(&texts(&reference, &a.corpus)?, a.corpus.max_tokens)?;
+    let bar = bar();
+    let cand = candidate(&reference, &a.candidate, &bar)?;
+    let r = disparity::disparity(
+        &reference,
+        &cand,
+        &ids,
+        &eval_options(&a.corpus),
+        &mut update(&bar),
+    );
+    bar.finish_and_clear();
+    let r = r?;
+    if let Some(p) = &a.svg {
+        let cats: Vec<String> = r.languages.iter().map(|l| l.lang.clone()).collect();
+        let vals: Vec<f64> = r.languages.iter().map(|l| 100.0 * l.degradation).collect();
+        let title = format!(
+            "Perplexity degradation per language: {}",
+            cand.dir().display()
+        );
+        write_svg(
+            p,
+            &svg::bar_chart(
+                &title,
+                "degradation (%)",
+                &cats,
+                &[("degradation".into(), vals)],
+            ),
+        )?;
+    }
+    if a.common.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    print_languages(&r.languages);
+    print_disparity(&r.disparity);
+    Ok(())
+}
+
+fn split_list(s: &str) -> Vec<&str> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn sweep_specs(a: &SweepArgs) -> Res<Vec<Spec>> {
+    let mut specs = Vec::new();
+    if let Some(p) = &a.points {
+        for s in split_list(p) {
+            specs.push(eval::parse_spec(s)?);
+        }
+    }
+    if let Some(r) = &a.ranks {
+        for s in split_list(r) {
+            specs.push(eval::parse_spec(&format!("lowrank:r{s}:{}", a.factors))?);
+        }
+    }
+    if let Some(e) = &a.energies {
+        for s in split_list(e) {
+            specs.push(eval::parse_spec(&format!("lowrank:e{s}:{}", a.factors))?);
+        }
+    }
+    if let Some(g) = &a.int8_groups {
+        for s in split_list(g) {
+            let spec = if s == "row" {
+                "int8".to_string()
+            } else {
+                format!("int8:g{s}")
+            };
+            specs.push(eval::parse_spec(&spec)?);
+        }
+    }
+    if specs.is_empty() {
+        return Err(
+            "give the sweep points: --points, --ranks, --energies and/or --int8-groups".into(),
+        );
+    }
+    Ok(specs)
+}
+
+fn run_sweep(a: SweepArgs) -> CliResult {
+    super::set_threads(a.common.threads)?;
+    let specs = sweep_specs(&a)?;
+    let embeddings = eval::parse_spec(&a.embeddings)?;
+    let reference = open(&super::model_dir(a.model.clone()), "model")?;
+    let ids = truncate(&texts(&reference, &a.corpus)?, a.corpus.max_tokens)?;
+    let points = sweep::uniform_points(&specs, &embeddings);
+    let bar = bar();
+    let r = sweep::sweep(
+        &reference,
+        &points,
+        &ids,
+        &eval_options(&a.corpus),
+        &mut update(&bar),
+    );
+    bar.finish_and_clear();
+    let r = r?;
+    if let Some(p) = &a.svg {
+        let title = format!("Quality vs size: {}", reference.dir().display());
+        write_svg(p, &sweep::chart(&r, &title))?;
+    }
+    if a.common.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    print!("{:<22} {:>8} {:>6} {:>9}", "point", "MB", "ratio", "mean");
+    if let Some(p) = r.points.first() {
+        for l in &p.languages {
+            print!(" {:>9}", l.lang);
+        }
+    }
+    println!(" {:>9}", "ppl ratio");
+    for p in &r.points {
+        print!(
+            "{:<22} {:>8.2} {:>6.3} {:>9}",
+            p.label,
+            p.file_bytes as f64 / 1e6,
+            p.size_ratio,
+            pct(p.disparity.mean_degradation)
+        );
+        for l in &p.languages {
+            print!(" {:>9}", pct(l.degradation));
+        }
+        println!(" {:>9.4}", p.disparity.ppl_ratio);
+    }
+    println!(
+        "reference: {:.2} MB; degradation = candidate ppl / reference ppl − 1",
+        r.reference_bytes as f64 / 1e6
+    );
+    Ok(())
+}
+
+fn run_sensitivity(a: SensitivityArgs) -> CliResult {
+    super::set_threads(a.common.threads)?;
+    let sopts = sensitivity::SensitivityOptions {
+        base: eval::parse_spec(&a.base)?,
+        protect: eval::parse_spec(&a.protect)?,
+        embeddings: eval::parse_spec(&a.embeddings)?,
+        granularity: sensitivity::Granularity::parse(&a.unit)?,
+        budget_bytes: match a.budget_mb {
+            Some(mb) if !(mb > 0.0 && mb.is_finite()) => {
+                return Err(format!("--budget-mb must be a positive size, got {mb}").into())
+            }
+            mb => mb.map(|mb| (mb * 1e6) as usize),
+        },
+    };
+    let reference = open(&super::model_dir(a.model.clone()), "model")?;
+    let full = texts(&reference, &a.corpus)?;
+    let ranking = truncate(&full, a.corpus.max_tokens)?;
+    // With --max-tokens N the plan is judged on the next N tokens of each text, held out from the ranking.
+    let holdout: Option<Vec<LangIds>> = match a.corpus.max_tokens {
+        None => None,
+        Some(n) => {
+            let h: Vec<LangIds> = full
+                .iter()
+                .map(|t| LangIds {
+                    lang: t.lang.clone(),
+                    ids: t.ids[n.min(t.ids.len())..(2 * n).min(t.ids.len())].to_vec(),
+                })
+                .collect();
+            if h.iter().all(|t| t.ids.len() >= 2) {
+                Some(h)
+            } else {
+                eprintln!("note: a text is shorter than 2 × --max-tokens; the plan is judged on the ranking text");
+                None
+            }
+        }
+    };
+    let bar = bar();
+    let r = sensitivity::sensitivity(
+        &reference,
+        &ranking,
+        holdout.as_deref(),
+        &eval_options(&a.corpus),
+        &sopts,
+        &mut update(&bar),
+    );
+    bar.finish_and_clear();
+    let r = r?;
+    if let Some(p) = &a.plan_out {
+        let is_json = p
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let text = if is_json {
+            serde_json::to_string_pretty(&r.plan)?
+        } else {
+            toml::to_string(&r.plan)?
+        };
+        std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+        eprintln!("wrote {}", p.display());
+    }
+    let name = reference.dir().display().to_string();
+    if let Some(p) = &a.svg {
+        let title = format!(
+            "Sensitivity to {} per {} ({name}; * protected)",
+            r.base, a.unit
+        );
+        write_svg(p, &sensitivity::units_chart(&r, &title))?;
+    }
+    if let Some(p) = &a.comparison_svg {
+        let title = format!("Protection plan vs uniform ({name})");
+        write_svg(p, &sensitivity::comparison_chart(&r, &title))?;
+    }
+    if a.common.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "{:<4} {:<22} {:>10} {:>10} {:>10} {:>11} {:>9}",
+        "rank", "unit", "mean", "worst", "worst lang", "extra KB", "protected"
+    );
+    for (i, u) in r.units.iter().enumerate() {
+        let worst = u
+            .languages
+            .iter()
+            .max_by(|a, b| a.degradation.total_cmp(&b.degradation));
+        println!(
+            "{:<4} {:<22} {:>10} {:>10} {:>10} {:>11.1} {:>9}",
+            i + 1,
+            u.unit,
+            pct(u.mean_degradation),
+            pct(u.max_degradation),
+            worst.map_or("", |w| w.lang.as_str()),
+            u.extra_bytes as f64 / 1e3,
+            if u.protected { "yes" } else { "" }
+        );
+    }
+    println!(
+        "sizes: uniform {} {:.3} MB, all protected {:.3} MB, budget {:.3} MB",
+        r.base,
+        r.base_bytes as f64 / 1e6,
+        r.protect_all_bytes as f64 / 1e6,
+        r.budget_bytes as f64 / 1e6
+    );
+    let c = &r.comparison;
+    println!(
+        "judged on {} text:",
+        if c.held_out {
+            "held-out"
+        } else {
+            "the ranking"
+        }
+    );
+    let mut evals = vec![&c.base, &c.plan];
+    evals.extend(c.uniform.as_ref());
+    for e in evals {
+        println!(
+            "  {:<34} {:>8.3} MB  mean degradation {:>9}  worst {} {}",
+            e.label,
+            e.file_bytes as f64 / 1e6,
+            pct(e.disparity.mean_degradation),
+            e.disparity.worst_lang,
+            pct(e.disparity.worst)
+        );
+    }
+    Ok(())
+}

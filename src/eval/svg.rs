@@ -1,0 +1,301 @@
+//! Hand-written SVG charts: grouped bars and lines, with axes, ticks and a legend. No dependencies.
+
+use std::fmt::Write;
+
+/// Colours of the series, in order (Tableau 10).
+pub const PALETTE: [&str; 10] = [
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+    "#9c755f", "#bab0ac",
+];
+
+const W: f64 = 760.0;
+const H: f64 = 420.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 170.0;
+const TOP: f64 = 40.0;
+const BOTTOM: f64 = 90.0;
+
+/// A named series of values.
+#[derive(Clone, Debug)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// About 5 round tick values covering `[lo, hi]`.
+pub fn ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let (lo, hi) = if hi > lo {
+        (lo, hi)
+    } else {
+        (lo - 1.0, lo + 1.0)
+    };
+    let raw = (hi - lo) / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    let mut t = (lo / step).floor() * step;
+    let mut v = Vec::new();
+    while t <= hi + step * 1e-9 {
+        v.push(if t.abs() < step * 1e-9 { 0.0 } else { t });
+        t += step;
+    }
+    v
+}
+
+fn fmt_tick(v: f64) -> String {
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.into()
+    }
+}
+
+struct Frame {
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+}
+
+impl Frame {
+    fn px(&self, x: f64) -> f64 {
+        LEFT + (x - self.x0) / (self.x1 - self.x0) * (W - LEFT - RIGHT)
+    }
+    fn py(&self, y: f64) -> f64 {
+        H - BOTTOM - (y - self.y0) / (self.y1 - self.y0) * (H - TOP - BOTTOM)
+    }
+}
+
+fn header(out: &mut String, title: &str) {
+    let _ = write!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">
+<rect width="{W}" height="{H}" fill="white"/>
+<text x="{}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{}</text>
+"#,
+        W / 2.0,
+        esc(title)
+    );
+}
+
+fn y_axis(out: &mut String, f: &Frame, yt: &[f64], label: &str) {
+    for &t in yt {
+        let y = f.py(t);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            W - RIGHT,
+            LEFT - 6.0,
+            y + 4.0,
+            fmt_tick(t)
+        );
+    }
+    let _ = writeln!(
+        out,
+        r##"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{:.1}" stroke="#333"/><text transform="translate(18,{:.1}) rotate(-90)" text-anchor="middle">{}</text>"##,
+        H - BOTTOM,
+        (TOP + H - BOTTOM) / 2.0,
+        esc(label)
+    );
+    if f.y0 < 0.0 && f.y1 > 0.0 {
+        let y = f.py(0.0);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#333"/>"##,
+            W - RIGHT
+        );
+    }
+}
+
+fn legend(out: &mut String, names: &[&str]) {
+    for (i, n) in names.iter().enumerate() {
+        let y = TOP + 8.0 + 18.0 * i as f64;
+        let x = W - RIGHT + 14.0;
+        let _ = writeln!(
+            out,
+            r#"<rect x="{x}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{}" y="{:.1}">{}</text>"#,
+            y - 10.0,
+            PALETTE[i % PALETTE.len()],
+            x + 18.0,
+            y,
+            esc(n)
+        );
+    }
+}
+
+fn range(vals: impl Iterator<Item = f64>, include_zero: bool) -> (f64, f64) {
+    let (mut lo, mut hi) = if include_zero {
+        (0.0, 0.0)
+    } else {
+        (f64::INFINITY, f64::NEG_INFINITY)
+    };
+    for v in vals.filter(|v| v.is_finite()) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if !lo.is_finite() || !hi.is_finite() {
+        return (0.0, 1.0);
+    }
+    if hi - lo < 1e-12 {
+        return (lo - 0.5, hi + 0.5);
+    }
+    let pad = (hi - lo) * 0.05;
+    (
+        if include_zero && lo >= 0.0 {
+            0.0
+        } else {
+            lo - pad
+        },
+        hi + pad,
+    )
+}
+
+/// Grouped bars: one group per category, one bar per series (`values[series][category]`).
+pub fn bar_chart(
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    series: &[(String, Vec<f64>)],
+) -> String {
+    let mut out = String::new();
+    header(&mut out, title);
+    let (lo, hi) = range(series.iter().flat_map(|(_, v)| v.iter().copied()), true);
+    let yt = ticks(lo, hi);
+    let f = Frame {
+        x0: 0.0,
+        x1: categories.len().max(1) as f64,
+        y0: yt.first().copied().unwrap_or(lo).min(lo),
+        y1: yt.last().copied().unwrap_or(hi).max(hi),
+    };
+    y_axis(&mut out, &f, &yt, y_label);
+    let n = series.len().max(1) as f64;
+    let slot = f.px(1.0) - f.px(0.0);
+    let bw = slot * 0.8 / n;
+    for (c, cat) in categories.iter().enumerate() {
+        for (s, (_, vals)) in series.iter().enumerate() {
+            let Some(&v) = vals.get(c) else { continue };
+            if !v.is_finite() {
+                continue;
+            }
+            let x = f.px(c as f64) + slot * 0.1 + bw * s as f64;
+            let (ya, yb) = (f.py(v.max(0.0).max(f.y0)), f.py(v.min(0.0).max(f.y0)));
+            let _ = writeln!(
+                out,
+                r#"<rect x="{x:.1}" y="{ya:.1}" width="{bw:.1}" height="{:.1}" fill="{}"><title>{}: {}</title></rect>"#,
+                (yb - ya).max(0.5),
+                PALETTE[s % PALETTE.len()],
+                esc(cat),
+                fmt_tick(v)
+            );
+        }
+        let (x, y) = (f.px(c as f64 + 0.5), H - BOTTOM + 16.0);
+        if categories.len() > 9 {
+            // Many categories: slanted labels.
+            let _ = writeln!(
+                out,
+                r#"<text transform="translate({x:.1},{:.1}) rotate(-35)" text-anchor="end" font-size="10">{}</text>"#,
+                y - 6.0,
+                esc(cat)
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                r#"<text x="{x:.1}" y="{y:.1}" text-anchor="middle">{}</text>"#,
+                esc(cat)
+            );
+        }
+    }
+    let names: Vec<&str> = series.iter().map(|(n, _)| n.as_str()).collect();
+    legend(&mut out, &names);
+    out.push_str("</svg>\n");
+    out
+}
+
+/// Lines with markers, one per series; `x` and `y` axes linear.
+pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
+    let mut out = String::new();
+    header(&mut out, title);
+    let (xlo, xhi) = range(
+        series.iter().flat_map(|s| s.points.iter().map(|p| p.0)),
+        false,
+    );
+    let (ylo, yhi) = range(
+        series.iter().flat_map(|s| s.points.iter().map(|p| p.1)),
+        true,
+    );
+    let (xt, yt) = (ticks(xlo, xhi), ticks(ylo, yhi));
+    let f = Frame {
+        x0: xlo,
+        x1: xhi,
+        y0: yt.first().copied().unwrap_or(ylo).min(ylo),
+        y1: yt.last().copied().unwrap_or(yhi).max(yhi),
+    };
+    y_axis(&mut out, &f, &yt, y_label);
+    for &t in xt.iter().filter(|&&t| t >= xlo && t <= xhi) {
+        let x = f.px(t);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#333"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            H - BOTTOM,
+            H - BOTTOM + 5.0,
+            H - BOTTOM + 18.0,
+            fmt_tick(t)
+        );
+    }
+    let _ = writeln!(
+        out,
+        r##"<line x1="{LEFT}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#333"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+        H - BOTTOM,
+        W - RIGHT,
+        H - BOTTOM,
+        (LEFT + W - RIGHT) / 2.0,
+        H - 16.0,
+        esc(x_label)
+    );
+    for (i, s) in series.iter().enumerate() {
+        let colour = PALETTE[i % PALETTE.len()];
+        let mut pts: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .copied()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let path: Vec<String> = pts
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", f.px(x), f.py(y)))
+            .collect();
+        let _ = writeln!(
+            out,
+            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
+            path.join(" ")
+        );
+        for &(x, y) in &pts {
+            let _ = writeln!(
+                out,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{colour}"><title>{}: ({}, {})</title></circle>"#,
+                f.px(x),
+                f.py(y),
+                esc(&s.name),
+                fmt_tick(x),
+                fmt_tick(y)
+            );
+        }
+    }
+    let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+    legend(&mut out, &names);
+    out.push_str("</svg>\n");
+    out
+}
