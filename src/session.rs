@@ -126,8 +126,22 @@ impl<'m> Session<'m> {
 
     /// Appends `tokens` to the context; returns the logits that follow the last one.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32]> {
-        self.run(tokens, &mut NoObserver, None)?;
+        self.run_on_pool(tokens)?;
         Ok(&self.logits)
+    }
+
+    /// Runs the forward pass on a worker of the current rayon pool. Called from outside the pool, the
+    /// whole pass hops onto a worker once, so the dozens of parallel kernels of one token fork from a
+    /// worker (cheap) instead of each injecting a job and sleeping on a latch (two context switches).
+    fn run_on_pool(&mut self, tokens: &[u32]) -> Result<()> {
+        if rayon::current_thread_index().is_some() || rayon::current_num_threads() <= 1 {
+            return self.run(tokens, &mut NoObserver, None);
+        }
+        let mut result = None;
+        rayon::in_place_scope(|s| {
+            s.spawn(|_| result = Some(self.run(tokens, &mut NoObserver, None)))
+        });
+        result.expect("the scope ran the forward pass")
     }
 
     /// The logits after the last token processed.

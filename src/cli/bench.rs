@@ -25,6 +25,9 @@ pub struct MemoryArgs {
     /// Tokens to generate.
     #[arg(long, default_value_t = 128)]
     tokens: usize,
+    /// Prompt length in tokens (a fixed English text, repeated). Default: a 4-token prompt.
+    #[arg(long)]
+    prompt_tokens: Option<usize>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -62,7 +65,15 @@ fn memory(a: MemoryArgs) -> CliResult {
     super::set_threads(a.threads)?;
     let before = proc_status()?;
     let model = Model::open(super::model_dir(a.model))?;
-    let prompt = model.tokenizer().encode("The Debian package manager")?;
+    let prompt = match a.prompt_tokens {
+        None => model.tokenizer().encode("The Debian package manager")?,
+        Some(n) => {
+            let text = "The Debian Administrator's Handbook explains how packages are installed, upgraded \
+                        and removed with APT, and how the system keeps track of them. ";
+            let base = model.tokenizer().encode(text)?;
+            base.iter().cycle().take(n).copied().collect()
+        }
+    };
     let opened = proc_status()?;
     let mut session = model.session();
     let opts = GenerateOptions {
@@ -77,7 +88,11 @@ fn memory(a: MemoryArgs) -> CliResult {
         tok?;
         n += 1;
     }
-    let (elapsed, decode_tps) = (t.elapsed(), gen.decode_tokens_per_s());
+    let (elapsed, decode_tps, prefill_tps) = (
+        t.elapsed(),
+        gen.decode_tokens_per_s(),
+        gen.prefill_tokens_per_s(),
+    );
     drop(gen);
     let [hwm, rss, anon, file] = proc_status()?;
     let v = json!({
@@ -96,7 +111,9 @@ fn memory(a: MemoryArgs) -> CliResult {
         "process_anon_before_open_bytes": before[2],
         "anon_after_open_bytes": opened[2],
         "seconds": elapsed.as_secs_f64(),
+        "prompt_tokens": prompt.len(),
         "decode_tokens_per_s": decode_tps,
+        "prefill_tokens_per_s": prefill_tps,
         "threads": rayon::current_num_threads(),
     });
     if a.json {
