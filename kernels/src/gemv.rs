@@ -61,6 +61,20 @@ fn with_scratch<T: Clone + Default + 'static, R>(
     r
 }
 
+/// Frees the calling thread's kernel scratch (packed activations, quantized activations, rank buffers,
+/// packing panels). They grow to the largest product seen — for prefill, about one copy of the input
+/// activations — and are otherwise kept for the thread's lifetime so decode never allocates; call this
+/// after a long prompt to give the memory back. (Rayon worker threads keep their small packing panels.)
+pub fn release_scratch() {
+    XQ.with(|c| c.take());
+    RANK_TMP.with(|c| c.take());
+    PACK_F32.with(|c| c.take());
+    PACK_U8.with(|c| c.take());
+    ACT_U8.with(|c| c.take());
+    ACT_SCALE.with(|c| c.take());
+    ACT_F32.with(|c| c.take());
+}
+
 /// Activations as the kernels consume them: f32, and for W8A8 also quantized.
 struct Acts<'a> {
     x: &'a [f32],

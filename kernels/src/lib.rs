@@ -20,7 +20,7 @@ mod simd;
 
 pub use gemv::{
     int8_group_dots_with, lowrank_matmul, lowrank_matmul_with, lowrank_matvec, lowrank_matvec_with,
-    matmul, matmul_with, matvec, matvec_with, quantize_activations_with,
+    matmul, matmul_with, matvec, matvec_with, quantize_activations_with, release_scratch,
 };
 pub use isa::Isa;
 pub use matrix::{DenseRef, Elems, Int8Act, Int8Ref, Layout, MatRef};
