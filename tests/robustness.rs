@@ -131,7 +131,8 @@ fn wrong_shape_dtype_and_missing_tensors() {
 
 #[test]
 fn inconsistent_configs() {
-    let cases: Vec<(&str, bool, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type Mutate = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, bool, Mutate, &str)> = vec![
         (
             "cfg-no-embd",
             false,
@@ -245,7 +246,7 @@ fn bad_tokens_and_prompts() {
     assert!(e.to_string().contains("context length 32"), "{e}");
     // Filling the cache exactly, then one more token.
     s.reset();
-    s.prefill(&vec![7u32; 32]).unwrap();
+    s.prefill(&[7u32; 32]).unwrap();
     assert!(s
         .step(1)
         .unwrap_err()
