@@ -135,6 +135,8 @@ fn every_mode_round_trips_on_both_models() {
     .unwrap();
     let mut asvd = Plan::uniform(lowrank(32, FactorDtype::Int8), spec(MethodName::Keep));
     asvd.svd = compress::SvdKind::Activation;
+    let mut whiten = Plan::uniform(lowrank(32, FactorDtype::F16), spec(MethodName::Keep));
+    whiten.svd = compress::SvdKind::Whiten;
     let mut separate = Plan::uniform(lowrank(48, FactorDtype::F32), spec(MethodName::F16));
     separate.s_fold = Some(compress::SFold::Separate);
     let none = Options::default();
@@ -178,6 +180,7 @@ fn every_mode_round_trips_on_both_models() {
         ),
         ("lowrank s separate", separate, &none, 0.3),
         ("asvd", asvd, &calib, 0.5),
+        ("whiten", whiten, &calib, 0.5),
         ("mixed plan", mixed, &none, 0.3),
     ];
     for name in MODELS {

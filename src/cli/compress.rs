@@ -73,6 +73,9 @@ pub struct Args {
     /// Calibration text for activation-aware SVD (ASVD); repeatable.
     #[arg(long)]
     calibration: Vec<PathBuf>,
+    /// With --calibration: `activation` (ASVD scaling, default) or `whiten` (Cholesky whitening).
+    #[arg(long, value_parser = ["activation", "whiten"])]
+    svd: Option<String>,
     /// At most this many calibration tokens.
     #[arg(long, default_value_t = 8192)]
     calibration_tokens: usize,
@@ -178,7 +181,9 @@ fn build_plan(a: &Args) -> Result<Plan, Box<dyn std::error::Error>> {
             ..Override::default()
         });
     }
-    if !a.calibration.is_empty() {
+    if a.svd.as_deref() == Some("whiten") {
+        plan.svd = SvdKind::Whiten;
+    } else if a.svd.is_some() || (!a.calibration.is_empty() && plan.svd == SvdKind::Plain) {
         plan.svd = SvdKind::Activation;
     }
     if a.alpha.is_some() {
@@ -197,7 +202,7 @@ fn build_plan(a: &Args) -> Result<Plan, Box<dyn std::error::Error>> {
 pub fn run(a: Args) -> CliResult {
     super::set_threads(a.threads)?;
     let plan = build_plan(&a)?;
-    if plan.svd == SvdKind::Activation && a.calibration.is_empty() {
+    if plan.svd != SvdKind::Plain && a.calibration.is_empty() {
         return Err("the plan asks for activation-aware SVD: give --calibration FILE".into());
     }
     let mut calibration = Vec::new();

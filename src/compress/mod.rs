@@ -260,14 +260,17 @@ fn rel_error(w: &[f32], approx: &[f32]) -> f64 {
     }
 }
 
-/// Per-channel mean |x| of each linear input, keyed by `(layer, component name)`.
+/// Per-channel mean |x| of each linear input, keyed by `(layer, component)`, and (for whitening) the
+/// Gram matrices `Σ x·xᵀ`.
 struct Calibration {
     stats: HashMap<(usize, Component), Vec<f64>>,
+    grams: HashMap<(usize, Component), Vec<f64>>,
 }
 
 struct Collector<'c> {
     config: &'c Config,
     sums: HashMap<(usize, Component), (Vec<f64>, usize)>,
+    grams: Option<HashMap<(usize, Component), faer::Mat<f64>>>,
 }
 
 impl Observer for Collector<'_> {
@@ -290,6 +293,14 @@ impl Observer for Collector<'_> {
             }
             e.1 += 1;
         }
+        if let Some(grams) = &mut self.grams {
+            let rows = xs.len() / width;
+            let x = faer::Mat::<f64>::from_fn(rows, width, |t, j| xs[t * width + j] as f64);
+            let g = grams
+                .entry((layer, c))
+                .or_insert_with(|| faer::Mat::zeros(width, width));
+            *g += x.transpose() * &x;
+        }
     }
 }
 
@@ -297,6 +308,7 @@ fn calibrate(
     model: &Model,
     texts: &[String],
     max_tokens: usize,
+    gram: bool,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Calibration> {
     // Every text contributes up to an equal share of the tokens (several languages, one budget).
@@ -316,6 +328,7 @@ fn calibrate(
     let mut col = Collector {
         config: &model.config,
         sums: HashMap::new(),
+        grams: gram.then(HashMap::new),
     };
     let mut session = model.session();
     let chunks: Vec<&[u32]> = ids.chunks(window).collect();
@@ -329,6 +342,15 @@ fn calibrate(
             .sums
             .into_iter()
             .map(|(k, (s, n))| (k, s.into_iter().map(|v| v / n.max(1) as f64).collect()))
+            .collect(),
+        grams: col
+            .grams
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, g)| {
+                let n = g.nrows();
+                (k, (0..n * n).map(|i| g.read(i / n, i % n)).collect())
+            })
             .collect(),
     })
 }
@@ -462,19 +484,11 @@ fn compress_linear(ctx: &Ctx, site: &LinearSite, t: &TensorView) -> Result<Produ
         return dense(method, None);
     };
     let w = weight_out_in(t, site.layout, m, n)?;
-    let scales = match ctx.plan.plan.svd {
-        SvdKind::Plain => None,
-        SvdKind::Activation => {
-            let stats = ctx
-                .calib
-                .and_then(|c| c.stats.get(&(site.layer, site.component)))
-                .ok_or_else(|| Error::Plan(format!("{}: no calibration statistics", what())))?;
-            Some(svd::activation_scales(
-                stats,
-                ctx.plan.plan.alpha.unwrap_or(0.5),
-            ))
-        }
-    };
+    if let Some(bad) = w.iter().find(|v| !v.is_finite()) {
+        return Err(t.error(format!("cannot factor a matrix holding {bad}")));
+    }
+    let key = (site.layer, site.component);
+    let no_stats = || Error::Plan(format!("{}: no calibration statistics", what()));
     if let RankRule::Fixed(r) = rank {
         // Checked before the SVD: no work for a plan that is wrong.
         if explicit && r > m.min(n) {
@@ -485,7 +499,32 @@ fn compress_linear(ctx: &Ctx, site: &LinearSite, t: &TensorView) -> Result<Produ
             )));
         }
     }
-    let d = svd::svd(&w, m, n, scales.as_deref());
+    let mut note = None;
+    let d = match ctx.plan.plan.svd {
+        SvdKind::Plain => svd::svd(&w, m, n, None),
+        SvdKind::Activation => {
+            let stats = ctx
+                .calib
+                .and_then(|c| c.stats.get(&key))
+                .ok_or_else(no_stats)?;
+            let alpha = ctx.plan.plan.alpha.unwrap_or(0.5);
+            svd::svd(&w, m, n, Some(&svd::activation_scales(stats, alpha)))
+        }
+        SvdKind::Whiten => {
+            let gram = ctx
+                .calib
+                .and_then(|c| c.grams.get(&key))
+                .ok_or_else(no_stats)?;
+            match svd::svd_whitened(&w, m, n, gram) {
+                Some(d) => d,
+                // A singular Gram matrix (too little calibration text): plain SVD, said in the report.
+                None => {
+                    note = Some("calibration Gram matrix not positive definite: plain SVD".into());
+                    svd::svd(&w, m, n, None)
+                }
+            }
+        }
+    };
     let r = svd::choose_rank(rank, &d.s, m, n);
     if r > m.min(n) || !(force || svd::saves(m, n, r)) {
         let why = if r > m.min(n) {
@@ -530,7 +569,7 @@ fn compress_linear(ctx: &Ctx, site: &LinearSite, t: &TensorView) -> Result<Produ
         stored: format!("lowrank r={r} {}", factors.name()),
         rel_error: rel_error(&w, &approx),
         factor_error,
-        note: None,
+        note,
     })
 }
 
@@ -633,6 +672,7 @@ pub fn compress_model(
             model,
             &opts.calibration,
             opts.calibration_tokens,
+            plan.svd == SvdKind::Whiten,
             progress,
         )?)
     } else {

@@ -4,7 +4,7 @@
 //! The file format (TOML shown; JSON has the same fields):
 //!
 //! ```toml
-//! svd = "activation"        # or "plain" (default); "activation" needs calibration text
+//! svd = "activation"        # or "plain" (default), "whiten"; the last two need calibration text
 //! alpha = 0.5               # activation-aware scaling exponent
 //! s_fold = "sqrt"           # where singular values go: "vh", "sqrt" (√S into both), "separate";
 //!                       # omitted: sqrt for int8 factors, vh for f32/f16
@@ -210,6 +210,8 @@ pub enum SvdKind {
     Plain,
     /// ASVD: input channels scaled by activation statistics before the SVD, scaling folded back into Vh.
     Activation,
+    /// SVD-LLM-style whitening by the Cholesky factor of the calibration inputs' Gram matrix.
+    Whiten,
 }
 
 /// Where the singular values go.
@@ -531,7 +533,7 @@ impl Resolved {
 
     /// Whether any matrix is low rank with activation-aware SVD (which needs calibration text).
     pub fn needs_calibration(&self, n_layer: usize) -> bool {
-        self.plan.svd == SvdKind::Activation
+        self.plan.svd != SvdKind::Plain
             && (0..n_layer).any(|l| {
                 Component::ALL[..4]
                     .iter()

@@ -50,6 +50,46 @@ pub fn svd(w: &[f32], m: usize, n: usize, col_scale: Option<&[f64]>) -> Svd {
     Svd { m, n, k, u, s, vt }
 }
 
+/// Whitened SVD (as SVD-LLM): with the input Gram matrix `G = Σ x·xᵀ = L·Lᵀ` (Cholesky, `n × n`
+/// row-major, regularised by 1e-4 of its mean diagonal), decompose `W·L` and fold `L⁻¹` back into `Vt`.
+/// Truncating it minimises the error of the layer's *outputs* on the calibration inputs. `None` when `G`
+/// is not positive definite even after regularisation.
+pub fn svd_whitened(w: &[f32], m: usize, n: usize, gram: &[f64]) -> Option<Svd> {
+    let mean_diag = (0..n).map(|i| gram[i * n + i]).sum::<f64>() / n as f64;
+    let eps = 1e-4 * mean_diag.max(1e-30);
+    let g = faer::Mat::<f64>::from_fn(n, n, |i, j| {
+        gram[i * n + j] + if i == j { eps } else { 0.0 }
+    });
+    let l = g.cholesky(faer::Side::Lower).ok()?.compute_l();
+    let mut linv = faer::Mat::<f64>::identity(n, n);
+    faer::linalg::triangular_solve::solve_lower_triangular_in_place(
+        l.as_ref(),
+        linv.as_mut(),
+        faer::Parallelism::None,
+    );
+    let a = faer::Mat::<f64>::from_fn(m, n, |i, j| w[i * n + j] as f64);
+    let t = (&a * &l).thin_svd();
+    let k = m.min(n);
+    let (fu, fs, fv) = (t.u(), t.s_diagonal(), t.v());
+    // Vt = Vᵀ·L⁻¹
+    let vt_mat = fv.transpose() * &linv;
+    let mut order: Vec<usize> = (0..k).collect();
+    order.sort_by(|&a, &b| fs.read(b).total_cmp(&fs.read(a)));
+    let mut u = vec![0.0; m * k];
+    let mut vt = vec![0.0; k * n];
+    let mut s = vec![0.0; k];
+    for (c, &o) in order.iter().enumerate() {
+        s[c] = fs.read(o);
+        for i in 0..m {
+            u[i * k + c] = fu.read(i, o);
+        }
+        for j in 0..n {
+            vt[c * n + j] = vt_mat.read(o, j);
+        }
+    }
+    Some(Svd { m, n, k, u, s, vt })
+}
+
 /// Parameters of rank-`r` factors of an `m × n` matrix.
 pub fn lowrank_params(m: usize, n: usize, r: usize) -> usize {
     r * (m + n)
