@@ -8,10 +8,10 @@ pub const PALETTE: [&str; 10] = [
     "#9c755f", "#bab0ac",
 ];
 
-const W: f64 = 760.0;
+/// Width of the plot area.
+const PLOT: f64 = 520.0;
 const H: f64 = 420.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 170.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 90.0;
 
@@ -63,6 +63,9 @@ fn fmt_tick(v: f64) -> String {
 }
 
 struct Frame {
+    /// Total width and the legend's column, which fits the longest series name.
+    w: f64,
+    right: f64,
     x0: f64,
     x1: f64,
     y0: f64,
@@ -70,22 +73,35 @@ struct Frame {
 }
 
 impl Frame {
+    fn new(names: &[&str], x: (f64, f64), y: (f64, f64)) -> Frame {
+        let longest = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+        let right = (40.0 + 7.0 * longest as f64).max(100.0);
+        Frame {
+            w: LEFT + PLOT + right,
+            right,
+            x0: x.0,
+            x1: x.1,
+            y0: y.0,
+            y1: y.1,
+        }
+    }
     fn px(&self, x: f64) -> f64 {
-        LEFT + (x - self.x0) / (self.x1 - self.x0) * (W - LEFT - RIGHT)
+        LEFT + (x - self.x0) / (self.x1 - self.x0) * PLOT
     }
     fn py(&self, y: f64) -> f64 {
         H - BOTTOM - (y - self.y0) / (self.y1 - self.y0) * (H - TOP - BOTTOM)
     }
 }
 
-fn header(out: &mut String, title: &str) {
+fn header(out: &mut String, f: &Frame, title: &str) {
+    let w = f.w;
     let _ = write!(
         out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">
-<rect width="{W}" height="{H}" fill="white"/>
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{H}" viewBox="0 0 {w} {H}" font-family="sans-serif" font-size="12">
+<rect width="{w}" height="{H}" fill="white"/>
 <text x="{}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{}</text>
 "#,
-        W / 2.0,
+        w / 2.0,
         esc(title)
     );
 }
@@ -96,7 +112,7 @@ fn y_axis(out: &mut String, f: &Frame, yt: &[f64], label: &str) {
         let _ = writeln!(
             out,
             r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-            W - RIGHT,
+            f.w - f.right,
             LEFT - 6.0,
             y + 4.0,
             fmt_tick(t)
@@ -114,15 +130,15 @@ fn y_axis(out: &mut String, f: &Frame, yt: &[f64], label: &str) {
         let _ = writeln!(
             out,
             r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#333"/>"##,
-            W - RIGHT
+            f.w - f.right
         );
     }
 }
 
-fn legend(out: &mut String, names: &[&str]) {
+fn legend(out: &mut String, f: &Frame, names: &[&str]) {
     for (i, n) in names.iter().enumerate() {
         let y = TOP + 8.0 + 18.0 * i as f64;
-        let x = W - RIGHT + 14.0;
+        let x = f.w - f.right + 14.0;
         let _ = writeln!(
             out,
             r#"<rect x="{x}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{}" y="{:.1}">{}</text>"#,
@@ -170,15 +186,18 @@ pub fn bar_chart(
     series: &[(String, Vec<f64>)],
 ) -> String {
     let mut out = String::new();
-    header(&mut out, title);
     let (lo, hi) = range(series.iter().flat_map(|(_, v)| v.iter().copied()), true);
     let yt = ticks(lo, hi);
-    let f = Frame {
-        x0: 0.0,
-        x1: categories.len().max(1) as f64,
-        y0: yt.first().copied().unwrap_or(lo).min(lo),
-        y1: yt.last().copied().unwrap_or(hi).max(hi),
-    };
+    let names: Vec<&str> = series.iter().map(|(n, _)| n.as_str()).collect();
+    let f = Frame::new(
+        &names,
+        (0.0, categories.len().max(1) as f64),
+        (
+            yt.first().copied().unwrap_or(lo).min(lo),
+            yt.last().copied().unwrap_or(hi).max(hi),
+        ),
+    );
+    header(&mut out, &f, title);
     y_axis(&mut out, &f, &yt, y_label);
     let n = series.len().max(1) as f64;
     let slot = f.px(1.0) - f.px(0.0);
@@ -217,8 +236,7 @@ pub fn bar_chart(
             );
         }
     }
-    let names: Vec<&str> = series.iter().map(|(n, _)| n.as_str()).collect();
-    legend(&mut out, &names);
+    legend(&mut out, &f, &names);
     out.push_str("</svg>\n");
     out
 }
@@ -226,7 +244,6 @@ pub fn bar_chart(
 /// Lines with markers, one per series; `x` and `y` axes linear.
 pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
     let mut out = String::new();
-    header(&mut out, title);
     let (xlo, xhi) = range(
         series.iter().flat_map(|s| s.points.iter().map(|p| p.0)),
         false,
@@ -236,12 +253,16 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         true,
     );
     let (xt, yt) = (ticks(xlo, xhi), ticks(ylo, yhi));
-    let f = Frame {
-        x0: xlo,
-        x1: xhi,
-        y0: yt.first().copied().unwrap_or(ylo).min(ylo),
-        y1: yt.last().copied().unwrap_or(yhi).max(yhi),
-    };
+    let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+    let f = Frame::new(
+        &names,
+        (xlo, xhi),
+        (
+            yt.first().copied().unwrap_or(ylo).min(ylo),
+            yt.last().copied().unwrap_or(yhi).max(yhi),
+        ),
+    );
+    header(&mut out, &f, title);
     y_axis(&mut out, &f, &yt, y_label);
     for &t in xt.iter().filter(|&&t| t >= xlo && t <= xhi) {
         let x = f.px(t);
@@ -258,9 +279,9 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         out,
         r##"<line x1="{LEFT}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#333"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
         H - BOTTOM,
-        W - RIGHT,
+        f.w - f.right,
         H - BOTTOM,
-        (LEFT + W - RIGHT) / 2.0,
+        (LEFT + f.w - f.right) / 2.0,
         H - 16.0,
         esc(x_label)
     );
@@ -294,8 +315,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             );
         }
     }
-    let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
-    legend(&mut out, &names);
+    legend(&mut out, &f, &names);
     out.push_str("</svg>\n");
     out
 }
