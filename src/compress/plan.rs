@@ -141,7 +141,8 @@ impl FactorDtype {
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     pub method: Option<MethodName>,
-    /// INT8 group size (values per scale along the input); omitted: one scale per row.
+    /// INT8 group size (values per scale along the input); omitted: one scale per row. For INT8 factors,
+    /// a factor whose row length (the rank, for U) the group does not divide gets one scale per row.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<usize>,
     /// Low rank: a fixed rank.
