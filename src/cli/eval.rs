@@ -238,21 +238,6 @@ fn texts(model: &Model, c: &CorpusArgs) -> Res<Vec<LangIds>> {
     Ok(corpus::tokenize(model, &texts, None)?)
 }
 
-fn truncate(texts: &[LangIds], max_tokens: Option<usize>) -> Res<Vec<LangIds>> {
-    if let Some(n) = max_tokens {
-        if n < 2 {
-            return Err(format!("--max-tokens must be at least 2, got {n}").into());
-        }
-    }
-    Ok(texts
-        .iter()
-        .map(|t| LangIds {
-            lang: t.lang.clone(),
-            ids: t.ids[..max_tokens.unwrap_or(usize::MAX).min(t.ids.len())].to_vec(),
-        })
-        .collect())
-}
-
 fn write_svg(path: &Path, svg: &str) -> Res<()> {
     std::fs::write(path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
     eprintln!("wrote {}", path.display());
@@ -362,7 +347,7 @@ fn print_disparity(d: &disparity::Disparity) {
 fn run_disparity(a: DisparityArgs) -> CliResult {
     super::set_threads(a.common.threads)?;
     let reference = open(&a.reference, "reference")?;
-    let ids = truncate(&texts(&reference, &a.corpus)?, a.corpus.max_tokens)?;
+    let ids = corpus::slice(&texts(&reference, &a.corpus)?, 0, a.corpus.max_tokens)?;
     let bar = bar();
     let cand = candidate(&reference, &a.candidate, &bar)?;
     let r = disparity::disparity(
@@ -447,7 +432,7 @@ fn run_sweep(a: SweepArgs) -> CliResult {
     let specs = sweep_specs(&a)?;
     let embeddings = eval::parse_spec(&a.embeddings)?;
     let reference = open(&super::model_dir(a.model.clone()), "model")?;
-    let ids = truncate(&texts(&reference, &a.corpus)?, a.corpus.max_tokens)?;
+    let ids = corpus::slice(&texts(&reference, &a.corpus)?, 0, a.corpus.max_tokens)?;
     let points = sweep::uniform_points(&specs, &embeddings);
     let bar = bar();
     let r = sweep::sweep(
@@ -510,25 +495,17 @@ fn run_sensitivity(a: SensitivityArgs) -> CliResult {
     };
     let reference = open(&super::model_dir(a.model.clone()), "model")?;
     let full = texts(&reference, &a.corpus)?;
-    let ranking = truncate(&full, a.corpus.max_tokens)?;
+    let ranking = corpus::slice(&full, 0, a.corpus.max_tokens)?;
     // With --max-tokens N the plan is judged on the next N tokens of each text, held out from the ranking.
-    let holdout: Option<Vec<LangIds>> = match a.corpus.max_tokens {
+    let holdout = match a.corpus.max_tokens {
         None => None,
-        Some(n) => {
-            let h: Vec<LangIds> = full
-                .iter()
-                .map(|t| LangIds {
-                    lang: t.lang.clone(),
-                    ids: t.ids[n.min(t.ids.len())..(2 * n).min(t.ids.len())].to_vec(),
-                })
-                .collect();
-            if h.iter().all(|t| t.ids.len() >= 2) {
-                Some(h)
-            } else {
-                eprintln!("note: a text is shorter than 2 × --max-tokens; the plan is judged on the ranking text");
+        Some(n) => match corpus::slice(&full, n, Some(n)) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("note: no held-out text ({e}); the plan is judged on the ranking text");
                 None
             }
-        }
+        },
     };
     let bar = bar();
     let r = sensitivity::sensitivity(

@@ -146,6 +146,21 @@ pub fn tokenize(
     texts: &[LangText],
     max_tokens: Option<usize>,
 ) -> Result<Vec<LangIds>> {
+    let ids = texts
+        .iter()
+        .map(|t| {
+            Ok(LangIds {
+                lang: t.lang.clone(),
+                ids: model.tokenizer().encode(&t.text)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    slice(&ids, 0, max_tokens)
+}
+
+/// Tokens `skip..skip + max_tokens` of every text (to the end without `max_tokens`); every slice must
+/// hold at least 2 tokens, the least that can be scored.
+pub fn slice(texts: &[LangIds], skip: usize, max_tokens: Option<usize>) -> Result<Vec<LangIds>> {
     if let Some(n) = max_tokens {
         if n < 2 {
             return Err(Error::input(format!(
@@ -156,19 +171,18 @@ pub fn tokenize(
     texts
         .iter()
         .map(|t| {
-            let mut ids = model.tokenizer().encode(&t.text)?;
-            if let Some(n) = max_tokens {
-                ids.truncate(n);
-            }
-            if ids.len() < 2 {
+            let start = skip.min(t.ids.len());
+            let end = max_tokens.map_or(t.ids.len(), |n| (start + n).min(t.ids.len()));
+            if end - start < 2 {
                 return Err(Error::input(format!(
-                    "the {} text has fewer than 2 tokens: nothing to score",
-                    t.lang
+                    "the {} text has {} tokens from token {skip}: fewer than 2, nothing to score",
+                    t.lang,
+                    end - start
                 )));
             }
             Ok(LangIds {
                 lang: t.lang.clone(),
-                ids,
+                ids: t.ids[start..end].to_vec(),
             })
         })
         .collect()

@@ -6,7 +6,8 @@
 use serde::Serialize;
 
 use super::metrics::degradation;
-use super::{check_compatible, language_ppl, EvalOptions, LangIds, Progress};
+use super::{build_compressed, check_compatible, language_ppl, EvalOptions, LangIds, Progress};
+use crate::compress::Plan;
 use crate::error::{Error, Result};
 use crate::model::Model;
 
@@ -110,5 +111,39 @@ pub fn disparity(
         disparity,
         context: opts.context,
         stride: opts.stride,
+    })
+}
+
+/// A compressed model evaluated per language.
+#[derive(Clone, Debug, Serialize)]
+pub struct Evaluated {
+    pub label: String,
+    /// Size of its `model.safetensors`.
+    pub file_bytes: usize,
+    pub languages: Vec<LangResult>,
+    pub disparity: Disparity,
+}
+
+/// Builds `reference` compressed by `plan` in memory and scores `texts` against `reference_ppl`.
+pub fn evaluate_plan(
+    reference: &Model,
+    label: &str,
+    plan: &Plan,
+    texts: &[LangIds],
+    reference_ppl: &[f64],
+    opts: &EvalOptions,
+    progress: Progress,
+) -> Result<Evaluated> {
+    let stage = format!("build {label}");
+    let (model, report) = build_compressed(reference, plan, &mut |d, t, _| progress(d, t, &stage))?;
+    let c = language_ppl(&model, texts, opts, label, progress)?;
+    let languages = results(texts, reference_ppl, &c);
+    let disparity =
+        summarize(&languages).ok_or_else(|| Error::input("no languages to evaluate"))?;
+    Ok(Evaluated {
+        label: label.to_string(),
+        file_bytes: report.file_bytes,
+        languages,
+        disparity,
     })
 }

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::disparity::{results, summarize, Disparity, LangResult};
-use super::{build_compressed, describe_spec, language_ppl, svg, EvalOptions, LangIds, Progress};
+use super::disparity::{evaluate_plan, Evaluated, LangResult};
+use super::{describe_spec, language_ppl, svg, EvalOptions, LangIds, Progress};
 use crate::compress::{self, Component, MethodName, Override, Plan, Report, Spec};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -190,15 +190,6 @@ pub struct UnitResult {
     pub protected: bool,
 }
 
-/// A plan evaluated on the held-out texts.
-#[derive(Clone, Debug, Serialize)]
-pub struct Evaluated {
-    pub label: String,
-    pub file_bytes: usize,
-    pub languages: Vec<LangResult>,
-    pub disparity: Disparity,
-}
-
 /// The sensitivity plan against a uniform low-rank plan of (about) the same size, and the uniform base.
 #[derive(Clone, Debug, Serialize)]
 pub struct Comparison {
@@ -237,29 +228,6 @@ fn bytes_by_matrix(report: &Report) -> BTreeMap<(usize, Component), usize> {
         }
     }
     m
-}
-
-fn evaluate(
-    reference: &Model,
-    label: &str,
-    plan: &Plan,
-    texts: &[LangIds],
-    reference_ppl: &[f64],
-    opts: &EvalOptions,
-    progress: Progress,
-) -> Result<Evaluated> {
-    let stage = format!("build {label}");
-    let (model, report) = build_compressed(reference, plan, &mut |d, t, _| progress(d, t, &stage))?;
-    let c = language_ppl(&model, texts, opts, label, progress)?;
-    let languages = results(texts, reference_ppl, &c);
-    let disparity =
-        summarize(&languages).ok_or_else(|| Error::input("no languages to evaluate"))?;
-    Ok(Evaluated {
-        label: label.to_string(),
-        file_bytes: report.file_bytes,
-        languages,
-        disparity,
-    })
 }
 
 /// Measures each unit's sensitivity on `texts`, chooses a protection plan within the budget, and
@@ -317,29 +285,28 @@ pub fn sensitivity(
     let mut results_v = Vec::new();
     for (i, u) in units.iter().enumerate() {
         let label = format!("unit {}/{} {}", i + 1, units.len(), u.label());
-        let (model, _) = build_compressed(
+        let plan = u.isolated_plan(&sopts.base, n_layer);
+        let e = evaluate_plan(
             reference,
-            &u.isolated_plan(&sopts.base, n_layer),
-            &mut |_, _, _| {},
+            &label,
+            &plan,
+            texts,
+            &reference_ppl,
+            opts,
+            progress,
         )?;
-        let c = language_ppl(&model, texts, opts, &label, progress)?;
-        let languages = results(texts, &reference_ppl, &c);
         let extra: i64 = bb
             .iter()
             .filter(|((l, c), _)| u.covers(*l, *c))
             .map(|(k, &b)| pb.get(k).copied().unwrap_or(b) as i64 - b as i64)
             .sum();
-        let n = languages.len().max(1) as f64;
         results_v.push(UnitResult {
             unit: u.label(),
             layer: u.layer,
             component: u.component.map(|c| c.name().to_string()),
-            mean_degradation: languages.iter().map(|l| l.degradation).sum::<f64>() / n,
-            max_degradation: languages
-                .iter()
-                .map(|l| l.degradation)
-                .fold(f64::NEG_INFINITY, f64::max),
-            languages,
+            mean_degradation: e.disparity.mean_degradation,
+            max_degradation: e.disparity.worst,
+            languages: e.languages,
             extra_bytes: extra,
             protected: false,
         });
@@ -383,7 +350,7 @@ pub fn sensitivity(
         reference_ppl.clone()
     };
     let base_label = format!("uniform {}", describe_spec(&sopts.base));
-    let base_eval = evaluate(
+    let base_eval = evaluate_plan(
         reference,
         &base_label,
         &base_plan,
@@ -392,7 +359,7 @@ pub fn sensitivity(
         opts,
         progress,
     )?;
-    let plan_eval = evaluate(
+    let plan_eval = evaluate_plan(
         reference,
         "sensitivity plan",
         &plan,
@@ -407,7 +374,7 @@ pub fn sensitivity(
                 reference,
                 &sopts.base,
                 &sopts.embeddings,
-                r0,
+                (r0, base_bytes),
                 plan_eval.file_bytes,
                 progress,
             )?;
@@ -416,7 +383,7 @@ pub fn sensitivity(
                 ..sopts.base.clone()
             };
             let label = format!("uniform {}", describe_spec(&spec));
-            Some(evaluate(
+            Some(evaluate_plan(
                 reference,
                 &label,
                 &uniform(&spec),
@@ -452,11 +419,15 @@ fn matching_rank(
     reference: &Model,
     base: &Spec,
     embeddings: &Spec,
-    r0: usize,
+    (r0, r0_bytes): (usize, usize),
     target: usize,
     progress: Progress,
 ) -> Result<usize> {
-    let size = |r: usize, progress: Progress| -> Result<usize> {
+    let mut sizes = BTreeMap::from([(r0, r0_bytes)]);
+    let mut size = |r: usize| -> Result<usize> {
+        if let Some(&b) = sizes.get(&r) {
+            return Ok(b);
+        }
         let spec = Spec {
             rank: Some(r),
             ..base.clone()
@@ -468,28 +439,27 @@ fn matching_rank(
             &compress::Options::default(),
             &mut |d, t, _| progress(d, t, &stage),
         )?;
+        sizes.insert(r, bytes.len());
         Ok(bytes.len())
     };
     let c = &reference.config;
-    let max_rank = c.d_model.min(c.d_ff).max(r0);
-    // Largest rank with size ≤ target, then the closer of it and the next.
-    let (mut lo, mut hi) = (r0, max_rank);
-    let lo_size = size(lo, progress)?;
-    if lo_size >= target {
+    // Largest rank with size ≤ target (binary search), then the closer of it and the next.
+    let (mut lo, mut hi) = (r0, c.d_model.min(c.d_ff).max(r0));
+    if size(lo)? >= target {
         return Ok(r0);
     }
-    if size(hi, progress)? <= target {
+    if size(hi)? <= target {
         return Ok(hi);
     }
     while hi - lo > 1 {
         let mid = (lo + hi) / 2;
-        if size(mid, progress)? <= target {
+        if size(mid)? <= target {
             lo = mid;
         } else {
             hi = mid;
         }
     }
-    let (s_lo, s_hi) = (size(lo, progress)?, size(hi, progress)?);
+    let (s_lo, s_hi) = (size(lo)?, size(hi)?);
     Ok(if target - s_lo <= s_hi - target {
         lo
     } else {

@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use super::disparity::{results, summarize, Disparity, LangResult};
-use super::{build_compressed, describe_spec, language_ppl, svg, EvalOptions, LangIds, Progress};
+use super::disparity::{evaluate_plan, Disparity, LangResult};
+use super::{describe_spec, language_ppl, svg, EvalOptions, LangIds, Progress};
 use crate::compress::{Plan, Spec};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -68,19 +68,13 @@ pub fn sweep(
     let reference_bytes = reference.store().file_bytes();
     let mut out = Vec::new();
     for p in points {
-        let stage = format!("build {}", p.label);
-        let (model, report) =
-            build_compressed(reference, &p.plan, &mut |d, t, _| progress(d, t, &stage))?;
-        let c = language_ppl(&model, texts, opts, &p.label, progress)?;
-        let languages = results(texts, &r, &c);
-        let disparity =
-            summarize(&languages).ok_or_else(|| Error::input("no languages to evaluate"))?;
+        let e = evaluate_plan(reference, &p.label, &p.plan, texts, &r, opts, progress)?;
         out.push(PointResult {
-            label: p.label.clone(),
-            file_bytes: report.file_bytes,
-            size_ratio: report.file_bytes as f64 / reference_bytes as f64,
-            languages,
-            disparity,
+            size_ratio: e.file_bytes as f64 / reference_bytes as f64,
+            label: e.label,
+            file_bytes: e.file_bytes,
+            languages: e.languages,
+            disparity: e.disparity,
         });
     }
     Ok(SweepReport {
