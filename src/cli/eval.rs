@@ -197,8 +197,29 @@ fn update(bar: &ProgressBar) -> impl FnMut(usize, usize, &str) + '_ {
     }
 }
 
+/// The model directory's last component (`ref-gpt2`), for chart titles.
+fn model_name(model: &Model) -> String {
+    let dir = model.dir();
+    dir.file_name().map_or_else(
+        || dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
 fn open(dir: &Path, what: &str) -> Res<Model> {
     Model::open(dir).map_err(|e| format!("{what}: {e}").into())
+}
+
+impl CandidateArgs {
+    /// What the candidate is, for chart titles.
+    fn describe(&self) -> String {
+        match (&self.candidate, &self.plan, &self.method) {
+            (Some(d), _, _) => d.display().to_string(),
+            (_, Some(p), _) => format!("plan {}", p.display()),
+            (_, _, Some(m)) => format!("{m}, embeddings {}", self.embeddings),
+            _ => String::new(),
+        }
+    }
 }
 
 fn candidate(reference: &Model, a: &CandidateArgs, bar: &ProgressBar) -> Res<Model> {
@@ -363,8 +384,9 @@ fn run_disparity(a: DisparityArgs) -> CliResult {
         let cats: Vec<String> = r.languages.iter().map(|l| l.lang.clone()).collect();
         let vals: Vec<f64> = r.languages.iter().map(|l| 100.0 * l.degradation).collect();
         let title = format!(
-            "Perplexity degradation per language: {}",
-            cand.dir().display()
+            "Degradation per language: {} ({})",
+            a.candidate.describe(),
+            model_name(&reference)
         );
         write_svg(
             p,
@@ -445,7 +467,7 @@ fn run_sweep(a: SweepArgs) -> CliResult {
     bar.finish_and_clear();
     let r = r?;
     if let Some(p) = &a.svg {
-        let title = format!("Quality vs size: {}", reference.dir().display());
+        let title = format!("Quality vs size: {}", model_name(&reference));
         write_svg(p, &sweep::chart(&r, &title))?;
     }
     if a.common.json {
@@ -530,7 +552,7 @@ fn run_sensitivity(a: SensitivityArgs) -> CliResult {
         std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()))?;
         eprintln!("wrote {}", p.display());
     }
-    let name = reference.dir().display().to_string();
+    let name = model_name(&reference);
     if let Some(p) = &a.svg {
         let title = format!(
             "Sensitivity to {} per {} ({name}; * protected)",

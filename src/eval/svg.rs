@@ -99,7 +99,7 @@ fn header(out: &mut String, f: &Frame, title: &str) {
         out,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{H}" viewBox="0 0 {w} {H}" font-family="sans-serif" font-size="12">
 <rect width="{w}" height="{H}" fill="white"/>
-<text x="{}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{}</text>
+<text x="{}" y="22" text-anchor="middle" font-size="14" font-weight="bold">{}</text>
 "#,
         w / 2.0,
         esc(title)
