@@ -363,6 +363,9 @@ pub fn matmul_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, xs: &[f32], ys: &
                 gemm_w8a8_vnni(q, bias, xs, ys, tokens);
                 return;
             }
+            // No integer GEMM on this path (AVX2 `maddubs` cannot take the offset activations, see
+            // `int8.rs`): the W8A8 matvec kernels per token.
+            let _ = q;
             for (x, y) in xs.chunks_exact(k).zip(ys.chunks_exact_mut(n)) {
                 matvec_with(isa, w, bias, x, y);
             }
