@@ -20,6 +20,8 @@ const BOTTOM: f64 = 90.0;
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// Drawn black and thicker (a summary such as the mean).
+    pub bold: bool,
 }
 
 fn esc(s: &str) -> String {
@@ -29,7 +31,7 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// About 5 round tick values covering `[lo, hi]`.
+/// About 5 round tick values within `[lo, hi]`.
 pub fn ticks(lo: f64, hi: f64) -> Vec<f64> {
     let (lo, hi) = if hi > lo {
         (lo, hi)
@@ -43,7 +45,7 @@ pub fn ticks(lo: f64, hi: f64) -> Vec<f64> {
         .map(|m| m * mag)
         .find(|s| *s >= raw)
         .unwrap_or(10.0 * mag);
-    let mut t = (lo / step).floor() * step;
+    let mut t = (lo / step).ceil() * step;
     let mut v = Vec::new();
     while t <= hi + step * 1e-9 {
         v.push(if t.abs() < step * 1e-9 { 0.0 } else { t });
@@ -135,15 +137,24 @@ fn y_axis(out: &mut String, f: &Frame, yt: &[f64], label: &str) {
     }
 }
 
-fn legend(out: &mut String, f: &Frame, names: &[&str]) {
-    for (i, n) in names.iter().enumerate() {
+/// The colour of series `i`.
+fn colour(i: usize, bold: bool) -> &'static str {
+    if bold {
+        "#000"
+    } else {
+        PALETTE[i % PALETTE.len()]
+    }
+}
+
+fn legend(out: &mut String, f: &Frame, entries: &[(&str, &str)]) {
+    for (i, (n, c)) in entries.iter().enumerate() {
         let y = TOP + 8.0 + 18.0 * i as f64;
         let x = f.w - f.right + 14.0;
         let _ = writeln!(
             out,
             r#"<rect x="{x}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{}" y="{:.1}">{}</text>"#,
             y - 10.0,
-            PALETTE[i % PALETTE.len()],
+            c,
             x + 18.0,
             y,
             esc(n)
@@ -189,14 +200,7 @@ pub fn bar_chart(
     let (lo, hi) = range(series.iter().flat_map(|(_, v)| v.iter().copied()), true);
     let yt = ticks(lo, hi);
     let names: Vec<&str> = series.iter().map(|(n, _)| n.as_str()).collect();
-    let f = Frame::new(
-        &names,
-        (0.0, categories.len().max(1) as f64),
-        (
-            yt.first().copied().unwrap_or(lo).min(lo),
-            yt.last().copied().unwrap_or(hi).max(hi),
-        ),
-    );
+    let f = Frame::new(&names, (0.0, categories.len().max(1) as f64), (lo, hi));
     header(&mut out, &f, title);
     y_axis(&mut out, &f, &yt, y_label);
     let n = series.len().max(1) as f64;
@@ -236,7 +240,12 @@ pub fn bar_chart(
             );
         }
     }
-    legend(&mut out, &f, &names);
+    let entries: Vec<(&str, &str)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (*n, colour(i, false)))
+        .collect();
+    legend(&mut out, &f, &entries);
     out.push_str("</svg>\n");
     out
 }
@@ -254,14 +263,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     );
     let (xt, yt) = (ticks(xlo, xhi), ticks(ylo, yhi));
     let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
-    let f = Frame::new(
-        &names,
-        (xlo, xhi),
-        (
-            yt.first().copied().unwrap_or(ylo).min(ylo),
-            yt.last().copied().unwrap_or(yhi).max(yhi),
-        ),
-    );
+    let f = Frame::new(&names, (xlo, xhi), (ylo, yhi));
     header(&mut out, &f, title);
     y_axis(&mut out, &f, &yt, y_label);
     for &t in xt.iter().filter(|&&t| t >= xlo && t <= xhi) {
@@ -286,7 +288,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         esc(x_label)
     );
     for (i, s) in series.iter().enumerate() {
-        let colour = PALETTE[i % PALETTE.len()];
+        let (colour, width) = (colour(i, s.bold), if s.bold { 3 } else { 2 });
         let mut pts: Vec<(f64, f64)> = s
             .points
             .iter()
@@ -300,7 +302,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             .collect();
         let _ = writeln!(
             out,
-            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
+            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="{width}"/>"#,
             path.join(" ")
         );
         for &(x, y) in &pts {
@@ -315,7 +317,12 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             );
         }
     }
-    legend(&mut out, &f, &names);
+    let entries: Vec<(&str, &str)> = series
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), colour(i, s.bold)))
+        .collect();
+    legend(&mut out, &f, &entries);
     out.push_str("</svg>\n");
     out
 }

@@ -102,6 +102,7 @@ pub fn chart(report: &SweepReport, title: &str) -> String {
                             .map(|l| (mb(p.file_bytes), 100.0 * l.degradation))
                     })
                     .collect(),
+                bold: false,
             });
         }
     }
@@ -112,6 +113,7 @@ pub fn chart(report: &SweepReport, title: &str) -> String {
             .iter()
             .map(|p| (mb(p.file_bytes), 100.0 * p.disparity.mean_degradation))
             .collect(),
+        bold: true,
     });
     svg::line_chart(
         title,
