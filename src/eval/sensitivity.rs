@@ -254,18 +254,9 @@ pub fn sensitivity(
         ));
     }
     // Sizes, from the compressor's own reports.
-    let sizes = |plan: &Plan, what: &str, progress: Progress| -> Result<(usize, Report)> {
-        let stage = format!("size {what}");
-        let (bytes, report) = compress::compress_model(
-            reference,
-            plan,
-            &compress::Options::default(),
-            &mut |d, t, _| progress(d, t, &stage),
-        )?;
-        Ok((bytes.len(), report))
-    };
-    let (base_bytes, base_report) = sizes(&base_plan, "base", progress)?;
-    let (protect_all_bytes, protect_report) = sizes(&protect_plan, "protect", progress)?;
+    let (base_bytes, base_report) = plan_size(reference, &base_plan, "base", progress)?;
+    let (protect_all_bytes, protect_report) =
+        plan_size(reference, &protect_plan, "protect", progress)?;
     let (bb, pb) = (
         bytes_by_matrix(&base_report),
         bytes_by_matrix(&protect_report),
@@ -325,11 +316,7 @@ pub fn sensitivity(
         }
         estimate += r.extra_bytes;
         r.protected = true;
-        let u = Unit {
-            layer: r.layer,
-            component: r.component.as_deref().map(Component::parse).transpose()?,
-        };
-        plan.overrides.push(u.override_with(&sopts.protect));
+        plan.overrides.push(units[i].override_with(&sopts.protect));
     }
     results_v.sort_by(|a, b| b.mean_degradation.total_cmp(&a.mean_degradation));
 
@@ -414,6 +401,23 @@ pub fn sensitivity(
     })
 }
 
+/// The size of `reference`'s `model.safetensors` compressed by `plan`, and the compressor's report.
+fn plan_size(
+    reference: &Model,
+    plan: &Plan,
+    what: &str,
+    progress: Progress,
+) -> Result<(usize, Report)> {
+    let stage = format!("size {what}");
+    let (bytes, report) = compress::compress_model(
+        reference,
+        plan,
+        &compress::Options::default(),
+        &mut |d, t, _| progress(d, t, &stage),
+    )?;
+    Ok((bytes.len(), report))
+}
+
 /// The uniform rank (≥ `r0`) whose file size is closest to `target` bytes (sizes grow with the rank).
 fn matching_rank(
     reference: &Model,
@@ -432,15 +436,10 @@ fn matching_rank(
             rank: Some(r),
             ..base.clone()
         };
-        let stage = format!("size rank {r}");
-        let (bytes, _) = compress::compress_model(
-            reference,
-            &Plan::uniform(spec, embeddings.clone()),
-            &compress::Options::default(),
-            &mut |d, t, _| progress(d, t, &stage),
-        )?;
-        sizes.insert(r, bytes.len());
-        Ok(bytes.len())
+        let plan = Plan::uniform(spec, embeddings.clone());
+        let (b, _) = plan_size(reference, &plan, &format!("rank {r}"), progress)?;
+        sizes.insert(r, b);
+        Ok(b)
     };
     let c = &reference.config;
     // Largest rank with size ≤ target (binary search), then the closer of it and the next.
