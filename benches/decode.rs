@@ -50,7 +50,7 @@ fn prompt(model: &Model, n: usize) -> Vec<u32> {
 
 fn bench(c: &mut Criterion, base: &str) {
     let pools = pools();
-    for v in models::VARIANTS {
+    for v in models::selected() {
         let dir = models::variant(base, v);
         let model = Model::open(&dir).unwrap();
         let ids = prompt(&model, PREFILL);
@@ -124,7 +124,7 @@ fn summarize(bases: &[String]) {
         bandwidth / 1e9
     );
     for base in bases {
-        for v in models::VARIANTS {
+        for v in models::selected() {
             let model = Model::open(models::variant(base, v)).unwrap();
             let bytes = model.weight_bytes() as f64;
             for n in [

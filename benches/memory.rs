@@ -6,7 +6,8 @@
 //! differ by the bytes they *read*, which is what this measures.
 //!
 //! `SLIMLM_BENCH_MODELS_LIST=ref-gpt2,gpt2-124m` picks the base models (default: ref-gpt2, gpt2-124m,
-//! gpt-neo-1.3b); `SLIMLM_BENCH_TOKENS` the tokens generated (default 128).
+//! gpt-neo-1.3b); `SLIMLM_BENCH_VARIANTS=f32,int8` the variants; `SLIMLM_BENCH_TOKENS` the tokens
+//! generated (default 128).
 
 #[path = "common/models.rs"]
 mod models;
@@ -29,7 +30,7 @@ fn main() {
         .split(',')
         .filter(|b| filter.iter().all(|f| b.contains(f.as_str())))
     {
-        for v in models::VARIANTS {
+        for v in models::selected() {
             let dir = models::variant(base, v);
             let out = models::slimlm()
                 .args(["bench", "memory", "--tokens", &tokens, "--json", "--model"])

@@ -64,6 +64,17 @@ pub const VARIANTS: &[Variant] = &[
     },
 ];
 
+/// The variants named in `$SLIMLM_BENCH_VARIANTS` (comma-separated), or all of them.
+pub fn selected() -> Vec<&'static Variant> {
+    match std::env::var("SLIMLM_BENCH_VARIANTS") {
+        Ok(list) => VARIANTS
+            .iter()
+            .filter(|v| list.split(',').any(|n| n.trim() == v.name))
+            .collect(),
+        Err(_) => VARIANTS.iter().collect(),
+    }
+}
+
 /// The `slimlm` binary cargo built for this bench.
 pub fn slimlm() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_slimlm"));
