@@ -69,7 +69,7 @@ fn main() {
     )
     .unwrap();
     let mut md = String::from(
-        "| model | variant | file MiB | peak RSS MiB | vs f32 | RssAnon MiB | RssFile MiB | anon beyond KV+activations MiB | decode tok/s |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| model | variant | file MiB | peak RSS MiB | vs f32 | RssAnon MiB | RssFile MiB | KV used MiB | anon beyond KV+activations MiB | decode tok/s |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &rows {
         let g = |k: &str| r["report"][k].as_f64().unwrap_or(0.0);
@@ -79,7 +79,7 @@ fn main() {
             .map(|x| x["report"]["peak_rss_bytes"].as_f64().unwrap_or(1.0))
             .unwrap_or(1.0);
         md += &format!(
-            "| {} | {} | {:.1} | {:.1} | {:.2}× | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.2}× | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
             r["model"].as_str().unwrap(),
             r["variant"].as_str().unwrap(),
             r["file_bytes"].as_f64().unwrap() / MIB,
@@ -87,6 +87,7 @@ fn main() {
             g("peak_rss_bytes") / f32_peak,
             g("rss_anon_bytes") / MIB,
             g("rss_file_bytes") / MIB,
+            g("kv_cache_used_bytes") / MIB,
             r["other_anon_bytes"].as_f64().unwrap() / MIB,
             g("decode_tokens_per_s"),
         );
