@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the "Quality analysis" section of the README: disparity (INT8, low-rank r64 INT8), sweep and
-# sensitivity on one reference model. Tables go to docs/quality/<model>-*.txt, charts to docs/charts/.
+# sensitivity on one reference model, a per-layer comparison, and the protection plan through the compressor. Tables go to docs/quality/<model>-*.txt, charts to docs/charts/.
 # Usage: scripts/quality-analysis.sh ref-gpt2|ref-gptneo [threads]
 set -euo pipefail
 m=${1:?model name: ref-gpt2 or ref-gptneo}
@@ -20,6 +20,8 @@ run disparity-int8 $bin eval disparity --reference "$dir" --method int8 --embedd
   --svg "$charts/$m-disparity-int8.svg" --threads "$threads"
 run disparity-r64 $bin eval disparity --reference "$dir" --method lowrank:r64:int8 --embeddings int8 \
   --svg "$charts/$m-disparity-r64.svg" --threads "$threads"
+run compare-r64 $bin eval compare --reference "$dir" --method lowrank:r64:int8 \
+  --text ../shared/corpora/udhr/eng.txt --threads "$threads"
 run sweep $bin eval sweep --model "$dir" --ranks 16,32,64,96,128 --energies 0.7,0.9 --int8-groups row,64 \
   --points f16 --embeddings int8 --max-tokens 2048 --svg "$charts/$m-sweep.svg" --threads "$threads"
 run sensitivity $bin eval sensitivity --model "$dir" --base lowrank:r32:int8 --protect int8 --embeddings int8 \
