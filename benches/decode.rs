@@ -104,8 +104,11 @@ fn bandwidth_bench(c: &mut Criterion) {
     g.finish();
 }
 
-/// Mean time in ns of a finished benchmark, from criterion's estimates.
+/// Mean time in ns of a finished benchmark `group/function`, from criterion's estimates (criterion stores
+/// the function id with `/` replaced by `_`).
 fn mean_ns(id: &str) -> Option<f64> {
+    let (group, function) = id.split_once('/')?;
+    let id = format!("{group}/{}", function.replace('/', "_"));
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/criterion")
         .join(id)
