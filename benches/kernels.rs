@@ -5,12 +5,14 @@
 //! `SLIMLM_BENCH_QUICK=1` runs a subset (the 2048×8192 shapes, one GEMM and the bandwidth probe).
 //! The path is the process's active one (`SLIMLM_KERNELS` to force another).
 
+#[path = "common/bandwidth.rs"]
+mod bandwidth;
+
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use half::f16;
-use rayon::prelude::*;
 use slimlm_kernels::{
     lowrank_matmul, lowrank_matvec, matmul, matvec, DenseRef, Elems, Int8Act, Int8Ref, Layout,
     MatRef,
@@ -231,24 +233,17 @@ fn gemm(c: &mut Criterion) {
     }
 }
 
-fn bandwidth(c: &mut Criterion) {
-    // 512 MiB: far beyond the 32 MiB LLC. Summed by every thread of the pool, like the parallel gemv.
-    let buf: Vec<u64> = (0..(512usize << 20) / 8).map(|i| i as u64).collect();
+fn bandwidth_bench(c: &mut Criterion) {
+    let buf = bandwidth::buffer();
     let mut g = c.benchmark_group("bandwidth");
     configure(&mut g);
     g.throughput(Throughput::Bytes((buf.len() * 8) as u64));
-    g.bench_function("read", |b| {
-        b.iter(|| {
-            buf.par_chunks(1 << 20)
-                .map(|c| c.iter().fold(0u64, |a, &v| a.wrapping_add(v)))
-                .reduce(|| 0, u64::wrapping_add)
-        })
-    });
+    g.bench_function("read", |b| b.iter(|| bandwidth::read(black_box(&buf))));
     g.bench_function("read_1t", |b| {
         b.iter(|| buf.iter().fold(0u64, |a, &v| a.wrapping_add(v)))
     });
     g.finish();
 }
 
-criterion_group!(benches, bandwidth, gemv, gemm);
+criterion_group!(benches, bandwidth_bench, gemv, gemm);
 criterion_main!(benches);
