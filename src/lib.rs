@@ -20,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod generate;
+pub mod layers;
 pub mod linear;
 pub mod model;
 pub mod perplexity;

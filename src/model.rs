@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use slimlm_kernels::{Int8Act, Layout};
 
-use crate::config::{Arch, Config, LayerSpec};
+use crate::config::{Config, LayerSpec};
 use crate::error::{Error, Result};
+use crate::layers::{linear_sites, LinearSite};
 use crate::linear::{Linear, LinearKind, Matrix, Vector};
 use crate::session::Session;
 use crate::tensor_file::{DType, TensorStore};
@@ -138,8 +139,9 @@ impl Model {
                 msg: "INT8 position embeddings are not supported".into(),
             });
         }
+        let sites = linear_sites(&config, w.prefix);
         let blocks = (0..config.n_layer())
-            .map(|i| w.block(i))
+            .map(|i| w.block(i, &sites))
             .collect::<Result<Vec<_>>>()?;
         let ln_f = w.norm(&format!("{}ln_f", w.prefix))?;
         let lm_head = if !config.tie_word_embeddings && store.contains("lm_head.weight") {
@@ -320,41 +322,29 @@ impl Loader<'_> {
         })
     }
 
-    fn block(&self, i: usize) -> Result<Block> {
-        let (d, ff) = (self.config.d_model, self.config.d_ff);
+    /// Block `i`, from the architecture's table of linear layers (`layers::linear_sites`, in model
+    /// order: q/k/v (one fused or three), attention output, MLP in, MLP out).
+    fn block(&self, i: usize, sites: &[LinearSite]) -> Result<Block> {
         let h = format!("{}h.{i}", self.prefix);
-        let spec = self.config.layers[i].clone();
-        Ok(match self.config.arch {
-            Arch::Gpt2 => Block {
-                spec,
-                ln1: self.norm(&format!("{h}.ln_1"))?,
-                qkv: Qkv::Fused(self.linear(
-                    &format!("{h}.attn.c_attn"),
-                    Layout::InOut,
-                    3 * d,
-                    d,
-                    true,
-                )?),
-                attn_out: self.linear(&format!("{h}.attn.c_proj"), Layout::InOut, d, d, true)?,
-                ln2: self.norm(&format!("{h}.ln_2"))?,
-                fc: self.linear(&format!("{h}.mlp.c_fc"), Layout::InOut, ff, d, true)?,
-                proj: self.linear(&format!("{h}.mlp.c_proj"), Layout::InOut, d, ff, true)?,
-            },
-            Arch::GptNeo => {
-                let a = format!("{h}.attn.attention");
-                let qkv = ["q_proj", "k_proj", "v_proj"]
-                    .map(|p| self.linear(&format!("{a}.{p}"), Layout::OutIn, d, d, false));
-                let [q, k, v] = qkv;
-                Block {
-                    spec,
-                    ln1: self.norm(&format!("{h}.ln_1"))?,
-                    qkv: Qkv::Split([q?, k?, v?]),
-                    attn_out: self.linear(&format!("{a}.out_proj"), Layout::OutIn, d, d, true)?,
-                    ln2: self.norm(&format!("{h}.ln_2"))?,
-                    fc: self.linear(&format!("{h}.mlp.c_fc"), Layout::OutIn, ff, d, true)?,
-                    proj: self.linear(&format!("{h}.mlp.c_proj"), Layout::OutIn, d, ff, true)?,
-                }
-            }
+        let mut lin = sites
+            .iter()
+            .filter(|s| s.layer == i)
+            .map(|s| self.linear(&s.base, s.layout, s.out_dim, s.in_dim, s.bias))
+            .collect::<Result<Vec<_>>>()?;
+        let take = |v: &mut Vec<Linear>| v.pop().expect("linear_sites lists four kinds per layer");
+        let (proj, fc, attn_out) = (take(&mut lin), take(&mut lin), take(&mut lin));
+        let qkv = match <[Linear; 3]>::try_from(lin) {
+            Ok(split) => Qkv::Split(split),
+            Err(mut fused) => Qkv::Fused(take(&mut fused)),
+        };
+        Ok(Block {
+            spec: self.config.layers[i].clone(),
+            ln1: self.norm(&format!("{h}.ln_1"))?,
+            qkv,
+            attn_out,
+            ln2: self.norm(&format!("{h}.ln_2"))?,
+            fc,
+            proj,
         })
     }
 }

@@ -31,7 +31,7 @@ pub use plan::{
 };
 use writer::OutTensor;
 
-use crate::config::{Arch, Config};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::session::Observer;
@@ -103,103 +103,7 @@ pub struct Report {
     pub source_bytes: usize,
 }
 
-/// One linear layer of the source model, by name.
-#[derive(Clone, Debug)]
-pub struct LinearSite {
-    pub layer: usize,
-    pub component: Component,
-    pub base: String,
-    pub layout: Layout,
-    pub out_dim: usize,
-    pub in_dim: usize,
-    pub bias: bool,
-}
-
-/// The linear layers of `config`'s architecture, with `prefix` (`transformer.` or empty).
-pub fn linear_sites(config: &Config, prefix: &str) -> Vec<LinearSite> {
-    let (d, ff) = (config.d_model, config.d_ff);
-    let mut v = Vec::new();
-    for layer in 0..config.n_layer() {
-        let h = format!("{prefix}h.{layer}");
-        let site = |component, base: String, layout, out_dim, in_dim, bias| LinearSite {
-            layer,
-            component,
-            base,
-            layout,
-            out_dim,
-            in_dim,
-            bias,
-        };
-        match config.arch {
-            Arch::Gpt2 => {
-                let l = Layout::InOut;
-                v.push(site(
-                    Component::AttnQkv,
-                    format!("{h}.attn.c_attn"),
-                    l,
-                    3 * d,
-                    d,
-                    true,
-                ));
-                v.push(site(
-                    Component::AttnOut,
-                    format!("{h}.attn.c_proj"),
-                    l,
-                    d,
-                    d,
-                    true,
-                ));
-                v.push(site(
-                    Component::MlpIn,
-                    format!("{h}.mlp.c_fc"),
-                    l,
-                    ff,
-                    d,
-                    true,
-                ));
-                v.push(site(
-                    Component::MlpOut,
-                    format!("{h}.mlp.c_proj"),
-                    l,
-                    d,
-                    ff,
-                    true,
-                ));
-            }
-            Arch::GptNeo => {
-                let (l, a) = (Layout::OutIn, format!("{h}.attn.attention"));
-                for p in ["q_proj", "k_proj", "v_proj"] {
-                    v.push(site(Component::AttnQkv, format!("{a}.{p}"), l, d, d, false));
-                }
-                v.push(site(
-                    Component::AttnOut,
-                    format!("{a}.out_proj"),
-                    l,
-                    d,
-                    d,
-                    true,
-                ));
-                v.push(site(
-                    Component::MlpIn,
-                    format!("{h}.mlp.c_fc"),
-                    l,
-                    ff,
-                    d,
-                    true,
-                ));
-                v.push(site(
-                    Component::MlpOut,
-                    format!("{h}.mlp.c_proj"),
-                    l,
-                    d,
-                    ff,
-                    true,
-                ));
-            }
-        }
-    }
-    v
-}
+pub use crate::layers::{linear_sites, LinearSite};
 
 /// The values of a float tensor as f32 (row-major as stored).
 pub fn tensor_f32(t: &TensorView) -> Result<Vec<f32>> {

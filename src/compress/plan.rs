@@ -28,71 +28,12 @@
 //! situation is an error.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// A part of the model a plan addresses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Component {
-    /// Query/key/value projections (GPT-2 `c_attn`, GPT-Neo `q_proj`, `k_proj`, `v_proj`).
-    AttnQkv,
-    /// Attention output projection.
-    AttnOut,
-    /// First MLP matrix (`c_fc`).
-    MlpIn,
-    /// Second MLP matrix (`c_proj`).
-    MlpOut,
-    /// Token embedding (also the tied LM head); position embeddings follow it (F16 at most).
-    Embeddings,
-}
-
-impl Component {
-    /// Every component, in model order.
-    pub const ALL: [Component; 5] = [
-        Component::AttnQkv,
-        Component::AttnOut,
-        Component::MlpIn,
-        Component::MlpOut,
-        Component::Embeddings,
-    ];
-
-    /// The name used in plans and reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Component::AttnQkv => "attn_qkv",
-            Component::AttnOut => "attn_out",
-            Component::MlpIn => "mlp_in",
-            Component::MlpOut => "mlp_out",
-            Component::Embeddings => "embeddings",
-        }
-    }
-
-    /// Parses a component name (a few aliases accepted: `qkv`, `wte`, `lm_head`, ...).
-    pub fn parse(s: &str) -> Result<Component> {
-        Ok(match s {
-            "attn_qkv" | "qkv" | "attention_qkv" => Component::AttnQkv,
-            "attn_out" | "attention_output" | "attn_output" => Component::AttnOut,
-            "mlp_in" | "fc" => Component::MlpIn,
-            "mlp_out" => Component::MlpOut,
-            "embeddings" | "embedding" | "wte" | "lm_head" => Component::Embeddings,
-            _ => {
-                return Err(Error::Plan(format!(
-                    "unknown component `{s}` (expected one of attn_qkv, attn_out, mlp_in, mlp_out, embeddings)"
-                )))
-            }
-        })
-    }
-}
-
-impl fmt::Display for Component {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::layers::Component;
 
 /// What to do with one matrix, as written in a plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
