@@ -4,7 +4,6 @@
 //! aligned for its element type is the only thing ever copied, and it is counted in
 //! [`Linear::copied_bytes`].
 
-use half::{bf16, f16};
 use slimlm_kernels::{self as kernels, DenseRef, Elems, Int8Act, Int8Ref, Layout, MatRef};
 
 use crate::error::Result;
@@ -59,26 +58,10 @@ impl Vector {
     pub fn new(t: &TensorView, len: usize) -> Result<Vector> {
         t.expect_shape(&[len])?;
         t.expect_dtype(&[DType::F32, DType::F16, DType::BF16])?;
-        Ok(match t.dtype {
-            DType::F32 if t.is_aligned(4) => Vector::Mapped(t.mapped()),
-            DType::F32 => Vector::Owned(
-                t.bytes()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
-            DType::F16 => Vector::Owned(
-                t.bytes()
-                    .chunks_exact(2)
-                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-            ),
-            _ => Vector::Owned(
-                t.bytes()
-                    .chunks_exact(2)
-                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-            ),
+        Ok(if t.dtype == DType::F32 && t.is_aligned(4) {
+            Vector::Mapped(t.mapped())
+        } else {
+            Vector::Owned(t.to_f32_vec()?)
         })
     }
 

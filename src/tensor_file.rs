@@ -275,6 +275,27 @@ impl TensorView {
         }
     }
 
+    /// The values as f32 (a copy: for small vectors and the offline compressor, never for weights on the
+    /// inference path). Errors for non-float tensors.
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        let b = self.bytes();
+        Ok(match self.dtype {
+            DType::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            DType::F16 => b
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::BF16 => b
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            d => return Err(self.error(format!("expected a float tensor, found {}", d.name()))),
+        })
+    }
+
     /// Whether the data starts at an address aligned for `align` bytes.
     pub fn is_aligned(&self, align: usize) -> bool {
         (self.bytes().as_ptr() as usize) % align == 0

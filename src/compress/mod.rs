@@ -105,26 +105,6 @@ pub struct Report {
 
 pub use crate::layers::{linear_sites, LinearSite};
 
-/// The values of a float tensor as f32 (row-major as stored).
-pub fn tensor_f32(t: &TensorView) -> Result<Vec<f32>> {
-    let b = t.bytes();
-    Ok(match t.dtype {
-        DType::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        DType::F16 => b
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        DType::BF16 => b
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        d => return Err(t.error(format!("expected a float tensor, found {}", d.name()))),
-    })
-}
-
 /// A weight as a row-major `[out, in]` f32 matrix, transposing `[in, out]` storage.
 fn weight_out_in(
     t: &TensorView,
@@ -132,7 +112,7 @@ fn weight_out_in(
     out_dim: usize,
     in_dim: usize,
 ) -> Result<Vec<f32>> {
-    let v = tensor_f32(t)?;
+    let v = t.to_f32_vec()?;
     Ok(match layout {
         Layout::OutIn => {
             t.expect_shape(&[out_dim, in_dim])?;
@@ -316,7 +296,7 @@ fn dense_tensor(t: &TensorView, f16: bool) -> Result<OutTensor> {
         Ok(OutTensor::f16(
             t.name.clone(),
             t.shape.clone(),
-            &tensor_f32(t)?,
+            &t.to_f32_vec()?,
         ))
     } else {
         Ok(OutTensor {
@@ -343,7 +323,7 @@ fn compress_linear(ctx: &Ctx, site: &LinearSite, t: &TensorView) -> Result<Produ
                 let f16 = method == Method::F16;
                 let out = dense_tensor(t, f16)?;
                 let rel = if f16 {
-                    let w = tensor_f32(t)?;
+                    let w = t.to_f32_vec()?;
                     let back: Vec<f32> =
                         w.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
                     rel_error(&w, &back)
@@ -492,7 +472,7 @@ fn compress_embedding(method: Method, t: &TensorView) -> Result<Produced> {
         Method::Keep | Method::F16 => {
             let f16 = method == Method::F16;
             let rel = if f16 {
-                let w = tensor_f32(t)?;
+                let w = t.to_f32_vec()?;
                 let back: Vec<f32> = w.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
                 rel_error(&w, &back)
             } else {
@@ -511,7 +491,7 @@ fn compress_embedding(method: Method, t: &TensorView) -> Result<Produced> {
             })
         }
         Method::Int8 { group } => {
-            let w = tensor_f32(t)?;
+            let w = t.to_f32_vec()?;
             let (ts, deq) = int8_tensors(&t.name, &w, rows, cols, group)
                 .map_err(|e| Error::Plan(format!("embeddings: {e}")))?;
             Ok(Produced {
@@ -655,7 +635,7 @@ pub fn compress_model(
         }
         let t = store.require(name)?;
         if t.shape.len() == 1 && matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) {
-            out.push(OutTensor::f32(name, t.shape.clone(), &tensor_f32(&t)?));
+            out.push(OutTensor::f32(name, t.shape.clone(), &t.to_f32_vec()?));
         } else {
             out.push(dense_tensor(&t, false)?);
         }
