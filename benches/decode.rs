@@ -20,24 +20,14 @@ use slimlm::Model;
 const CACHE: usize = 128;
 const PREFILL: usize = 512;
 
-fn pools() -> Vec<(usize, rayon::ThreadPool)> {
+/// 1 and every core.
+fn thread_counts() -> Vec<usize> {
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut counts = vec![1];
     if all > 1 {
-        counts.push(all);
+        vec![1, all]
+    } else {
+        vec![1]
     }
-    counts
-        .into_iter()
-        .map(|n| {
-            (
-                n,
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .build()
-                    .unwrap(),
-            )
-        })
-        .collect()
 }
 
 fn prompt(model: &Model, n: usize) -> Vec<u32> {
@@ -49,29 +39,26 @@ fn prompt(model: &Model, n: usize) -> Vec<u32> {
 }
 
 fn bench(c: &mut Criterion, base: &str) {
-    let pools = pools();
     for v in models::selected() {
         let dir = models::variant(base, v);
         let model = Model::open(&dir).unwrap();
         let ids = prompt(&model, PREFILL);
-        for (n, pool) in &pools {
-            // Criterion is not `Send`: time whole batches inside the pool with `iter_custom`.
+        for n in thread_counts() {
             let mut s = model.session();
+            s.set_threads(n);
             let mut g = c.benchmark_group("decode");
             g.sample_size(20).measurement_time(Duration::from_secs(4));
             g.throughput(Throughput::Elements(1));
             g.bench_function(format!("{base}/{}/{n}t", v.name), |b| {
                 b.iter_custom(|iters| {
-                    pool.install(|| {
-                        s.reset();
-                        s.prefill(&ids[..CACHE]).unwrap();
-                        let t = Instant::now();
-                        for _ in 0..iters {
-                            s.rewind(CACHE);
-                            black_box(s.step(black_box(ids[CACHE])).unwrap()[0]);
-                        }
-                        t.elapsed()
-                    })
+                    s.reset();
+                    s.prefill(&ids[..CACHE]).unwrap();
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        s.rewind(CACHE);
+                        black_box(s.step(black_box(ids[CACHE])).unwrap()[0]);
+                    }
+                    t.elapsed()
                 })
             });
             g.finish();
@@ -80,14 +67,12 @@ fn bench(c: &mut Criterion, base: &str) {
             g.throughput(Throughput::Elements(PREFILL as u64));
             g.bench_function(format!("{base}/{}/{n}t", v.name), |b| {
                 b.iter_custom(|iters| {
-                    pool.install(|| {
-                        let t = Instant::now();
-                        for _ in 0..iters {
-                            s.reset();
-                            black_box(s.prefill(black_box(&ids)).unwrap()[0]);
-                        }
-                        t.elapsed()
-                    })
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        s.reset();
+                        black_box(s.prefill(black_box(&ids)).unwrap()[0]);
+                    }
+                    t.elapsed()
                 })
             });
             g.finish();

@@ -3,8 +3,7 @@
 //! Everything that changes per request lives here; the [`Model`] is shared and immutable. Buffers are
 //! allocated once, when the session is made, so decoding a token allocates nothing.
 
-use rayon::prelude::*;
-use slimlm_kernels::ops;
+use slimlm_kernels::{ops, par, Team};
 
 use crate::error::{Error, Result};
 use crate::linear::{Linear, Matrix, Vector};
@@ -46,9 +45,13 @@ pub struct Session<'m> {
     att: Vec<f32>,
     tmp: Vec<f32>,
     ff: Vec<f32>,
-    scores: Vec<f32>,
+    /// Attention work of every head: `[head][n × head_dim outputs, then n_ctx scores]`.
+    heads_work: Vec<f32>,
     logits: Vec<f32>,
     logits_rows: Vec<f32>,
+    threads: usize,
+    /// The threads of a forward pass (made on first use when `threads > 1`).
+    team: Option<Team>,
 }
 
 impl<'m> Session<'m> {
@@ -68,9 +71,27 @@ impl<'m> Session<'m> {
             att: vec![0.0; chunk * c.d_model],
             tmp: vec![0.0; chunk * c.d_model],
             ff: vec![0.0; chunk * c.d_ff],
-            scores: vec![0.0; c.n_ctx],
+            heads_work: vec![0.0; c.n_head * head_work_len(chunk, c.head_dim(), c.n_ctx)],
             logits: vec![0.0; c.vocab_size],
             logits_rows: Vec::new(),
+            threads: rayon::current_num_threads(),
+            team: None,
+        }
+    }
+
+    /// Threads a forward pass runs on (the caller's included). Defaults to the size of the current
+    /// rayon pool (`--threads` in the CLI); set 1 when running many sessions in parallel yourself.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Sets the threads of the forward pass (at least 1). The session keeps `threads - 1` helper
+    /// threads, which spin briefly between the products of a pass and park when idle.
+    pub fn set_threads(&mut self, threads: usize) {
+        let threads = threads.max(1);
+        if threads != self.threads {
+            self.threads = threads;
+            self.team = None;
         }
     }
 
@@ -114,7 +135,7 @@ impl<'m> Session<'m> {
             &self.att,
             &self.tmp,
             &self.ff,
-            &self.scores,
+            &self.heads_work,
             &self.logits,
             &self.logits_rows,
         ]
@@ -126,22 +147,8 @@ impl<'m> Session<'m> {
 
     /// Appends `tokens` to the context; returns the logits that follow the last one.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32]> {
-        self.run_on_pool(tokens)?;
+        self.run(tokens, &mut NoObserver, None)?;
         Ok(&self.logits)
-    }
-
-    /// Runs the forward pass on a worker of the current rayon pool. Called from outside the pool, the
-    /// whole pass hops onto a worker once, so the dozens of parallel kernels of one token fork from a
-    /// worker (cheap) instead of each injecting a job and sleeping on a latch (two context switches).
-    fn run_on_pool(&mut self, tokens: &[u32]) -> Result<()> {
-        if rayon::current_thread_index().is_some() || rayon::current_num_threads() <= 1 {
-            return self.run(tokens, &mut NoObserver, None);
-        }
-        let mut result = None;
-        rayon::in_place_scope(|s| {
-            s.spawn(|_| result = Some(self.run(tokens, &mut NoObserver, None)))
-        });
-        result.expect("the scope ran the forward pass")
     }
 
     /// The logits after the last token processed.
@@ -196,13 +203,33 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
+    /// Runs the forward pass with the session's team serving the kernels' parallel loops: one team per
+    /// session, so a decode step's ~50 products fork and join by spinning, not by waking sleepers.
     fn run(
+        &mut self,
+        tokens: &[u32],
+        obs: &mut dyn Observer,
+        sink: Option<LogitSink>,
+    ) -> Result<()> {
+        self.check_tokens(tokens)?;
+        if self.threads <= 1 {
+            return par::serial(|| self.run_chunks(tokens, obs, sink));
+        }
+        let team = match self.team.take() {
+            Some(t) => t,
+            None => Team::new(self.threads),
+        };
+        let r = team.install(|| self.run_chunks(tokens, obs, sink));
+        self.team = Some(team);
+        r
+    }
+
+    fn run_chunks(
         &mut self,
         tokens: &[u32],
         obs: &mut dyn Observer,
         mut sink: Option<LogitSink>,
     ) -> Result<()> {
-        self.check_tokens(tokens)?;
         let chunk = PREFILL_CHUNK.min(self.model.config.n_ctx);
         let mut done = 0;
         for part in tokens.chunks(chunk) {
@@ -305,37 +332,31 @@ impl<'m> Session<'m> {
     }
 
     /// Causal (and for local layers, windowed) attention of the `n` new queries; result in `self.att`.
+    /// One task per head; each writes its outputs and scores into its own piece of `heads_work`.
     fn attention(&mut self, l: usize, b: &Block, n: usize) {
         let c = &self.model.config;
         let (d, hd, ctx, heads) = (c.d_model, c.head_dim(), c.n_ctx, c.n_head);
         let layer = l * heads * ctx * hd;
         let (kc, vc) = (&self.k_cache[layer..], &self.v_cache[layer..]);
         let (qkv, p0, spec) = (&self.qkv, self.pos, &b.spec);
-        let one = |t: usize, out: &mut [f32], scores: &mut [f32]| {
-            let p = p0 + t;
-            let lo = spec.window.map_or(0, |w| (p + 1).saturating_sub(w));
-            for h in 0..heads {
+        let stride = head_work_len(n, hd, ctx);
+        par::for_each_chunk_mut(&mut self.heads_work[..heads * stride], stride, |h, work| {
+            let (outs, scores) = work.split_at_mut(n * hd);
+            let base = h * ctx * hd;
+            for (t, out) in outs.chunks_exact_mut(hd).enumerate() {
+                let p = p0 + t;
+                let lo = spec.window.map_or(0, |w| (p + 1).saturating_sub(w));
                 let q = &qkv[t * 3 * d + h * hd..t * 3 * d + (h + 1) * hd];
-                let base = h * ctx * hd;
                 let keys = &kc[base + lo * hd..base + (p + 1) * hd];
                 let vals = &vc[base + lo * hd..base + (p + 1) * hd];
-                ops::attend(
-                    q,
-                    keys,
-                    vals,
-                    spec.attn_scale,
-                    scores,
-                    &mut out[h * hd..(h + 1) * hd],
-                );
+                ops::attend(q, keys, vals, spec.attn_scale, scores, out);
             }
-        };
-        let att = &mut self.att[..n * d];
-        if n == 1 {
-            one(0, att, &mut self.scores);
-        } else {
-            att.par_chunks_mut(d)
-                .enumerate()
-                .for_each_init(|| vec![0.0f32; ctx], |scores, (t, out)| one(t, out, scores));
+        });
+        for h in 0..heads {
+            let outs = &self.heads_work[h * stride..h * stride + n * hd];
+            for (t, o) in outs.chunks_exact(hd).enumerate() {
+                self.att[t * d + h * hd..t * d + (h + 1) * hd].copy_from_slice(o);
+            }
         }
     }
 
@@ -366,6 +387,11 @@ impl<'m> Session<'m> {
             }
         }
     }
+}
+
+/// Floats of one head's attention work for `n` queries: the outputs, then scores for `n_ctx` keys.
+fn head_work_len(n: usize, head_dim: usize, n_ctx: usize) -> usize {
+    n * head_dim + n_ctx
 }
 
 /// `ys = lin(xs)` for `n` tokens: the one-token kernel for decode, the batched one for prefill.

@@ -1,4 +1,4 @@
-//! Public matrix products: dispatch to the active path and split work over output rows with rayon.
+//! Public matrix products: dispatch to the active path and split work over output rows ([`par`]).
 //!
 //! Scratch (quantized activations, the rank-r intermediate, GEMM packing panels) lives in thread-local
 //! buffers that grow once, so the decode path does not allocate per call. Buffers are taken out of their
@@ -7,12 +7,11 @@
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
-use rayon::prelude::*;
-
 use crate::int8;
 use crate::isa::{self, Isa};
 use crate::kern::{self, PackSrc};
 use crate::matrix::{DenseRef, Elems, Int8Act, Int8Ref, Layout, MatRef};
+use crate::par;
 use crate::reference;
 
 /// Below this many weight bytes a product stays on the calling thread.
@@ -20,6 +19,9 @@ const PAR_MIN_BYTES: usize = 256 * 1024;
 /// Output rows per parallel task are a multiple of this (keeps SIMD column blocks whole and tasks on
 /// separate cache lines of `y`).
 const ROW_ALIGN: usize = 64;
+/// A parallel matvec is cut into this many tasks per thread, claimed dynamically, so a thread that gets
+/// less memory bandwidth (or is preempted) takes fewer rows instead of making the others wait.
+const MATVEC_TASKS_PER_THREAD: usize = 4;
 /// `matmul` with fewer tokens than this runs the matvec kernels per token (packing would not pay off).
 const GEMM_MIN_TOKENS: usize = 4;
 /// K-block of the f32 GEMM (a packed `KC × NR` panel is 16 KiB with AVX-512, so it and the packed
@@ -152,15 +154,18 @@ pub fn matvec_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, x: &[f32], y: &mu
 
 fn matvec_split(isa: Isa, w: &MatRef, bias: Option<&[f32]>, a: &Acts, y: &mut [f32]) {
     let n = w.out_dim();
-    let threads = rayon::current_num_threads();
+    let threads = par::threads();
     if threads <= 1 || w.weight_bytes() < PAR_MIN_BYTES || n < 2 * ROW_ALIGN {
         matvec_rows(isa, w, bias, a, 0, y);
         return;
     }
-    let chunk = n.div_ceil(threads).div_ceil(ROW_ALIGN) * ROW_ALIGN;
-    y.par_chunks_mut(chunk)
-        .enumerate()
-        .for_each(|(c, yc)| matvec_rows(isa, w, bias, a, c * chunk, yc));
+    let chunk = n
+        .div_ceil(MATVEC_TASKS_PER_THREAD * threads)
+        .div_ceil(ROW_ALIGN)
+        * ROW_ALIGN;
+    par::for_each_chunk_mut(y, chunk, |c, yc| {
+        matvec_rows(isa, w, bias, a, c * chunk, yc)
+    });
 }
 
 /// Computes outputs `o0 .. o0 + y.len()` on the calling thread.
@@ -402,7 +407,7 @@ fn gemm_grid(
     let threads = if macs < GEMM_PAR_MIN_MACS {
         1
     } else {
-        rayon::current_num_threads()
+        par::threads()
     };
     let want = if threads > 1 { 4 * threads } else { 1 };
     let nc = n.div_ceil(want).div_ceil(nr).max(1) * nr;
@@ -516,12 +521,7 @@ fn gemm_f32_tasks(
             },
         });
     };
-    let ntasks = ncb * ntb;
-    if ntasks == 1 {
-        task(0);
-    } else {
-        (0..ntasks).into_par_iter().for_each(task);
-    }
+    par::for_each(ncb * ntb, task);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -564,12 +564,7 @@ fn gemm_w8a8_vnni(q: &Int8Ref, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32],
                     }
                 });
             };
-            let ntasks = ncb * ntb;
-            if ntasks == 1 {
-                task(0);
-            } else {
-                (0..ntasks).into_par_iter().for_each(task);
-            }
+            par::for_each(ncb * ntb, task);
         })
     })
 }

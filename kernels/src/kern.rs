@@ -196,7 +196,7 @@ pub(crate) unsafe fn w8a32_rows<V: F32Vec>(
             while i < hv {
                 let xv = V::load(xp.add(i));
                 for j in 0..4 {
-                    V::prefetch(p[j].wrapping_add(i + 4 * k));
+                    V::prefetch(p[j].wrapping_add(i + crate::int8::PREFETCH_BYTES));
                     acc[j] = V::fma(V::load_i8(p[j].add(i)), xv, acc[j]);
                 }
                 i += V::W;

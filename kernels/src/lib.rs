@@ -11,6 +11,7 @@
 pub mod isa;
 pub mod matrix;
 pub mod ops;
+pub mod par;
 pub mod reference;
 
 mod gemv;
@@ -24,3 +25,4 @@ pub use gemv::{
 };
 pub use isa::Isa;
 pub use matrix::{DenseRef, Elems, Int8Act, Int8Ref, Layout, MatRef};
+pub use par::Team;
