@@ -20,7 +20,8 @@ const PAR_MIN_BYTES: usize = 256 * 1024;
 /// separate cache lines of `y`).
 const ROW_ALIGN: usize = 64;
 /// A parallel matvec is cut into this many tasks per thread, claimed dynamically, so a thread that gets
-/// less memory bandwidth (or is preempted) takes fewer rows instead of making the others wait.
+/// less memory bandwidth (or is preempted) takes fewer rows instead of making the others wait. (On a quiet
+/// machine 1 and 4 measure the same; 4 guards against a noisy neighbour.)
 const MATVEC_TASKS_PER_THREAD: usize = 4;
 /// `matmul` with fewer tokens than this runs the matvec kernels per token (packing would not pay off).
 const GEMM_MIN_TOKENS: usize = 4;
