@@ -44,7 +44,7 @@ fn main() {
             );
             let r: Value = serde_json::from_slice(&out.stdout).expect("JSON from bench memory");
             let get = |k: &str| r[k].as_f64().unwrap_or(0.0);
-            // Anonymous memory that is neither the used part of the KV cache nor activations.
+            // Anonymous memory that is neither the used part of the KV cache nor the activations written.
             let other_anon =
                 get("rss_anon_bytes") - get("kv_cache_used_bytes") - get("activation_bytes");
             eprintln!(

@@ -49,6 +49,8 @@ pub struct Session<'m> {
     heads_work: Vec<f32>,
     logits: Vec<f32>,
     logits_rows: Vec<f32>,
+    /// Most rows one forward pass has processed (the activation buffers are touched up to this).
+    rows_used: usize,
     threads: usize,
     /// The threads of a forward pass (made on first use when `threads > 1`).
     team: Option<Team>,
@@ -74,6 +76,7 @@ impl<'m> Session<'m> {
             heads_work: vec![0.0; c.n_head * head_work_len(chunk, c.head_dim(), c.n_ctx)],
             logits: vec![0.0; c.vocab_size],
             logits_rows: Vec::new(),
+            rows_used: 0,
             threads: rayon::current_num_threads(),
             team: None,
         }
@@ -124,6 +127,20 @@ impl<'m> Session<'m> {
     pub fn kv_cache_used_bytes(&self) -> usize {
         let c = &self.model.config;
         2 * 4 * c.n_layer() * c.d_model * self.pos
+    }
+
+    /// Bytes of the activation buffers written so far, an upper bound of their resident memory (they are
+    /// allocated for a full prefill chunk, but pages never written are never resident).
+    pub fn activation_bytes_used(&self) -> usize {
+        let c = &self.model.config;
+        let rows = self.rows_used;
+        let per_row = 7 * c.d_model + c.d_ff; // x, h, att, tmp, ff and the 3 d of qkv
+        let heads = if rows == 0 {
+            0
+        } else {
+            c.n_head * head_work_len(rows, c.head_dim(), c.n_ctx)
+        };
+        4 * (rows * per_row + heads + self.logits.len() + self.logits_rows.capacity())
     }
 
     /// Bytes of all buffers the session owns (KV cache, activations, logits).
@@ -250,6 +267,7 @@ impl<'m> Session<'m> {
         let m = self.model;
         let c = &m.config;
         let (n, d, p0) = (tokens.len(), c.d_model, self.pos);
+        self.rows_used = self.rows_used.max(n);
         for (t, &tok) in tokens.iter().enumerate() {
             let row = &mut self.x[t * d..(t + 1) * d];
             embed_row(&m.wte, tok as usize, row);

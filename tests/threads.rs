@@ -48,6 +48,29 @@ fn four_sessions_on_four_threads_match_serial() {
 }
 
 #[test]
+fn results_do_not_depend_on_the_session_threads() {
+    // Every output row is computed whole by one thread, so a team of any size gives the same bits
+    // (prefill through the GEMMs, decode through the matvecs, attention split by head).
+    let g = common::golden("ref-gpt2");
+    let model = Model::open(common::ref_model("ref-gpt2")).unwrap();
+    let prompt = &g.prompts[0].input_ids;
+    let run = |threads: usize| {
+        let mut s = model.session();
+        s.set_threads(threads);
+        assert_eq!(s.threads(), threads);
+        let mut out = vec![s.prefill(prompt).unwrap().to_vec()];
+        for t in 0..6u32 {
+            out.push(s.step(100 + t).unwrap().to_vec());
+        }
+        out
+    };
+    let one = run(1);
+    for threads in [2, 3] {
+        assert!(run(threads) == one, "{threads} threads differ from 1");
+    }
+}
+
+#[test]
 fn model_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Model>();
