@@ -16,13 +16,6 @@
 // Index loops read better than zipped iterators in these kernels; signatures mirror the math.
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
-/// How far ahead of the rows being read the INT8 matvec kernels prefetch, in bytes. An INT8 row is a short
-/// stream (768 B at GPT-2 124M) that the hardware prefetcher ramps up on too late; 16 KiB keeps enough
-/// lines in flight to cover DRAM latency (measured at GPT-2 124M decode, 1 thread: 3 KiB (the next 4 rows)
-/// 98 tok/s, 8 KiB 115, 16 KiB 129, 32 KiB 116). The hint matters as much: on Zen 4 the GPT-2 124M
-/// products stream at 15 GB/s per core prefetching into L2 (T1), 7 GB/s into L1 (T0), 6 GB/s without.
-pub(crate) const PREFETCH_BYTES: usize = 16 * 1024;
-
 /// Exact i32 dot product of one group (portable, also the tail of the SIMD paths).
 #[inline(always)]
 pub(crate) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
@@ -59,14 +52,15 @@ pub(crate) fn w8a8_rows_portable(
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
-    use super::{dot_i8, PREFETCH_BYTES};
+    use super::dot_i8;
+    use crate::simd::PREFETCH_BYTES;
     use std::arch::x86_64::*;
 
     // ------------------------------------------------------------------ AVX2 (maddubs + madd)
 
     /// Exact i32 group dot products of `R` weight rows with one activation vector (`len` bytes each).
     ///
-    /// `ahead` is the prefetch distance in bytes ([`PREFETCH_BYTES`]).
+    /// `ahead` is the prefetch distance in bytes (`PREFETCH_BYTES`).
     ///
     /// # Safety
     /// AVX2 must be available; every pointer valid for `len` bytes; values in `[-127, 127]`.

@@ -12,7 +12,7 @@
 
 use half::{bf16, f16};
 
-use crate::simd::{Elem, F32Vec};
+use crate::simd::{Elem, F32Vec, PREFETCH_BYTES};
 
 /// Rows of `[out, in]` weights `o0 .. o0 + y.len()`: `y[r] = Σ_i w[(o0 + r)·k + i]·x[i]`.
 ///
@@ -35,9 +35,8 @@ pub(crate) unsafe fn dense_outin<V: F32Vec, T: Elem>(
         let (p0, p1, p2, p3) = (p, p.add(k), p.add(2 * k), p.add(3 * k));
         let (mut a0, mut a1, mut a2, mut a3) = (V::zero(), V::zero(), V::zero(), V::zero());
         let mut i = 0;
-        // The next block of 4 rows starts 4k elements on: prefetch it at the same pace (rows are short
-        // streams, which the hardware prefetcher ramps up on too late).
-        let ahead = 4 * k;
+        // Rows are short streams, which the hardware prefetcher ramps up on too late.
+        let ahead = PREFETCH_BYTES / std::mem::size_of::<T>();
         while i < kv {
             V::prefetch(p0.wrapping_add(i + ahead));
             V::prefetch(p1.wrapping_add(i + ahead));
@@ -196,7 +195,7 @@ pub(crate) unsafe fn w8a32_rows<V: F32Vec>(
             while i < hv {
                 let xv = V::load(xp.add(i));
                 for j in 0..4 {
-                    V::prefetch(p[j].wrapping_add(i + crate::int8::PREFETCH_BYTES));
+                    V::prefetch(p[j].wrapping_add(i + PREFETCH_BYTES));
                     acc[j] = V::fma(V::load_i8(p[j].add(i)), xv, acc[j]);
                 }
                 i += V::W;
