@@ -14,3 +14,18 @@ pub fn read(buf: &[u64]) -> u64 {
         .map(|c| c.iter().fold(0u64, |a, &v| a.wrapping_add(v)))
         .reduce(|| 0, u64::wrapping_add)
 }
+
+/// Median bytes/s of `passes` timed passes over `buf`: a quick probe taken right before a measurement,
+/// because this machine's bandwidth drifts by ±15% from one minute to the next.
+#[allow(dead_code)] // used by the decode bench only
+pub fn probe(buf: &[u64], passes: usize) -> f64 {
+    let mut secs: Vec<f64> = (0..passes.max(1))
+        .map(|_| {
+            let t = std::time::Instant::now();
+            std::hint::black_box(read(buf));
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    secs.sort_by(f64::total_cmp);
+    (buf.len() * 8) as f64 / secs[secs.len() / 2]
+}
