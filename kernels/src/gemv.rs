@@ -160,10 +160,13 @@ fn matvec_split(isa: Isa, w: &MatRef, bias: Option<&[f32]>, a: &Acts, y: &mut [f
         matvec_rows(isa, w, bias, a, 0, y);
         return;
     }
-    let chunk = n
-        .div_ceil(MATVEC_TASKS_PER_THREAD * threads)
-        .div_ceil(ROW_ALIGN)
-        * ROW_ALIGN;
+    // An `[in, out]` task reads a stretch of every input row, as wide as its share of the outputs:
+    // one task per thread keeps those stretches long.
+    let per_thread = match w {
+        MatRef::Dense(d) if d.layout == Layout::InOut => 1,
+        _ => MATVEC_TASKS_PER_THREAD,
+    };
+    let chunk = n.div_ceil(per_thread * threads).div_ceil(ROW_ALIGN) * ROW_ALIGN;
     par::for_each_chunk_mut(y, chunk, |c, yc| {
         matvec_rows(isa, w, bias, a, c * chunk, yc)
     });

@@ -117,7 +117,8 @@ pub(crate) unsafe fn dense_inout<V: F32Vec, T: Elem>(
             let rows = (k - i).min(4);
             let p: [*const T; 4] =
                 std::array::from_fn(|r| base.add((i + r.min(rows - 1)) * n + cb));
-            let ahead = 4 * n;
+            // The same columns some rows on: at least 4 rows, and PREFETCH_BYTES of this column block.
+            let ahead = (PREFETCH_BYTES / (cw * std::mem::size_of::<T>())).max(4) * n;
             if rows == 4 {
                 let xv = [
                     V::splat(x[i]),
