@@ -600,11 +600,7 @@ pub fn lowrank_matvec_with(
     x: &[f32],
     y: &mut [f32],
 ) {
-    let r = vh.out_dim();
-    assert_eq!(u.in_dim(), r, "lowrank: U columns must equal Vh rows");
-    if let Some(s) = s {
-        assert_eq!(s.len(), r, "lowrank: s length");
-    }
+    let r = check_lowrank(vh, s, u);
     with_scratch(&RANK_TMP, r, |t| {
         matvec_with(isa, vh, None, x, t);
         if let Some(s) = s {
@@ -614,6 +610,16 @@ pub fn lowrank_matvec_with(
         }
         matvec_with(isa, u, bias, t, y);
     })
+}
+
+/// Checks that the factors fit together; returns the rank.
+fn check_lowrank(vh: &MatRef, s: Option<&[f32]>, u: &MatRef) -> usize {
+    let r = vh.out_dim();
+    assert_eq!(u.in_dim(), r, "lowrank: U columns must equal Vh rows");
+    if let Some(s) = s {
+        assert_eq!(s.len(), r, "lowrank: s length");
+    }
+    r
 }
 
 /// The low-rank product for `tokens = xs.len() / in_dim` tokens: two GEMMs (`T = X·Vhᵀ`, scaled by `s`,
@@ -639,13 +645,9 @@ pub fn lowrank_matmul_with(
     xs: &[f32],
     ys: &mut [f32],
 ) {
-    let (k, r) = (vh.in_dim(), vh.out_dim());
-    assert_eq!(u.in_dim(), r, "lowrank: U columns must equal Vh rows");
+    let (k, r) = (vh.in_dim(), check_lowrank(vh, s, u));
     assert_eq!(xs.len() % k, 0, "lowrank: input is not whole tokens");
     let tokens = xs.len() / k;
-    if let Some(s) = s {
-        assert_eq!(s.len(), r, "lowrank: s length");
-    }
     with_scratch(&RANK_TMP, tokens * r, |t| {
         matmul_with(isa, vh, None, xs, t);
         if let Some(s) = s {
