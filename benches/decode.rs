@@ -132,10 +132,7 @@ fn summarize(bases: &[String], bw_before: &HashMap<String, f64>) {
         for v in models::selected() {
             let model = Model::open(models::variant(base, v)).unwrap();
             let bytes = model.weight_bytes() as f64;
-            for n in [
-                1,
-                std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ] {
+            for n in thread_counts() {
                 let id = format!("{base}/{}/{n}t", v.name);
                 let (Some(d), p) = (
                     mean_ns(&format!("decode/{id}")),

@@ -16,7 +16,7 @@ pub fn read(buf: &[u64]) -> u64 {
 }
 
 /// Median bytes/s of `passes` timed passes over `buf`: a quick probe taken right before a measurement,
-/// because this machine's bandwidth drifts by ±15% from one minute to the next.
+/// because this machine's bandwidth drifts by tens of percent from one minute to the next.
 #[allow(dead_code)] // used by the decode bench only
 pub fn probe(buf: &[u64], passes: usize) -> f64 {
     let mut secs: Vec<f64> = (0..passes.max(1))

@@ -112,13 +112,13 @@ pub(crate) unsafe fn dense_inout<V: F32Vec, T: Elem>(
     while cb < y.len() {
         let cw = (y.len() - cb).min(CB);
         let cv = cw / V::W * V::W;
+        // The same columns some rows on: at least 4 rows, and PREFETCH_BYTES of this column block.
+        let ahead = (PREFETCH_BYTES / (cw * std::mem::size_of::<T>())).max(4) * n;
         let mut i = 0;
         while i < k {
             let rows = (k - i).min(4);
             let p: [*const T; 4] =
                 std::array::from_fn(|r| base.add((i + r.min(rows - 1)) * n + cb));
-            // The same columns some rows on: at least 4 rows, and PREFETCH_BYTES of this column block.
-            let ahead = (PREFETCH_BYTES / (cw * std::mem::size_of::<T>())).max(4) * n;
             if rows == 4 {
                 let xv = [
                     V::splat(x[i]),
