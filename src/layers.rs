@@ -96,9 +96,13 @@ pub fn linear_sites(config: &Config, prefix: &str) -> Vec<LinearSite> {
             in_dim,
             bias,
         };
+        // GPT-2 stores Conv1D weights `[in, out]`; GPT-Neo stores `nn.Linear` weights `[out, in]`.
+        let l = match config.arch {
+            Arch::Gpt2 => Layout::InOut,
+            Arch::GptNeo => Layout::OutIn,
+        };
         match config.arch {
             Arch::Gpt2 => {
-                let l = Layout::InOut;
                 v.push(site(
                     Component::AttnQkv,
                     format!("{h}.attn.c_attn"),
@@ -115,25 +119,9 @@ pub fn linear_sites(config: &Config, prefix: &str) -> Vec<LinearSite> {
                     d,
                     true,
                 ));
-                v.push(site(
-                    Component::MlpIn,
-                    format!("{h}.mlp.c_fc"),
-                    l,
-                    ff,
-                    d,
-                    true,
-                ));
-                v.push(site(
-                    Component::MlpOut,
-                    format!("{h}.mlp.c_proj"),
-                    l,
-                    d,
-                    ff,
-                    true,
-                ));
             }
             Arch::GptNeo => {
-                let (l, a) = (Layout::OutIn, format!("{h}.attn.attention"));
+                let a = format!("{h}.attn.attention");
                 for p in ["q_proj", "k_proj", "v_proj"] {
                     v.push(site(Component::AttnQkv, format!("{a}.{p}"), l, d, d, false));
                 }
@@ -145,24 +133,24 @@ pub fn linear_sites(config: &Config, prefix: &str) -> Vec<LinearSite> {
                     d,
                     true,
                 ));
-                v.push(site(
-                    Component::MlpIn,
-                    format!("{h}.mlp.c_fc"),
-                    l,
-                    ff,
-                    d,
-                    true,
-                ));
-                v.push(site(
-                    Component::MlpOut,
-                    format!("{h}.mlp.c_proj"),
-                    l,
-                    d,
-                    ff,
-                    true,
-                ));
             }
         }
+        v.push(site(
+            Component::MlpIn,
+            format!("{h}.mlp.c_fc"),
+            l,
+            ff,
+            d,
+            true,
+        ));
+        v.push(site(
+            Component::MlpOut,
+            format!("{h}.mlp.c_proj"),
+            l,
+            d,
+            ff,
+            true,
+        ));
     }
     v
 }
