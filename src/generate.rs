@@ -30,7 +30,7 @@ impl Default for GenerateOptions {
 pub struct Generation<'s, 'm> {
     session: &'s mut Session<'m>,
     sampler: Sampler,
-    eos: Option<u32>,
+    eos: Vec<u32>,
     remaining: usize,
     done: bool,
     prefill_time: Duration,
@@ -69,9 +69,9 @@ impl<'m> Session<'m> {
         let t = Instant::now();
         self.prefill(prompt)?;
         let eos = if opts.stop_at_eos {
-            self.model().eos_token_id()
+            self.model().eos_token_ids()
         } else {
-            None
+            Vec::new()
         };
         Ok(Generation {
             session: self,
@@ -120,7 +120,7 @@ impl Iterator for Generation<'_, '_> {
         let tok = self.sampler.sample(logits);
         self.remaining -= 1;
         self.generated += 1;
-        if self.remaining == 0 || Some(tok) == self.eos {
+        if self.remaining == 0 || self.eos.contains(&tok) {
             self.done = true;
             return Some(Ok(tok));
         }

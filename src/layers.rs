@@ -6,22 +6,24 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use slimlm_kernels::Layout;
 
-use crate::config::{Arch, Config};
+use crate::arch::Config;
 use crate::error::{Error, Result};
+use crate::tensor_file::TensorStore;
 
 /// A part of the model a plan addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Component {
-    /// Query/key/value projections (GPT-2 `c_attn`, GPT-Neo `q_proj`, `k_proj`, `v_proj`).
+    /// Query/key/value projections (GPT-2 `c_attn`, GPT-NeoX/BLOOM `query_key_value`, GPT-Neo/OPT
+    /// `q_proj`, `k_proj`, `v_proj`).
     AttnQkv,
     /// Attention output projection.
     AttnOut,
-    /// First MLP matrix (`c_fc`).
+    /// First MLP matrix (`c_fc`, `fc1`, `dense_h_to_4h`).
     MlpIn,
-    /// Second MLP matrix (`c_proj`).
+    /// Second MLP matrix (`mlp.c_proj`, `fc2`, `dense_4h_to_h`).
     MlpOut,
-    /// Token embedding (also the tied LM head); position embeddings follow it (F16 at most).
+    /// Token embedding and the LM head (tied or not); learned position tables follow it (F16 at most).
     Embeddings,
 }
 
@@ -74,6 +76,7 @@ impl fmt::Display for Component {
 pub struct LinearSite {
     pub layer: usize,
     pub component: Component,
+    /// Name without `.weight`/`.bias` (`transformer.h.0.attn.c_attn`).
     pub base: String,
     pub layout: Layout,
     pub out_dim: usize,
@@ -81,76 +84,130 @@ pub struct LinearSite {
     pub bias: bool,
 }
 
-/// The linear layers of `config`'s architecture, with `prefix` (`transformer.` or empty).
-pub fn linear_sites(config: &Config, prefix: &str) -> Vec<LinearSite> {
+/// The name of block `layer`'s tensors: `{root}{layers}.{layer}`.
+pub fn block_prefix(config: &Config, root: &str, layer: usize) -> String {
+    format!("{root}{}.{layer}", config.family().names.layers)
+}
+
+/// The linear layers of every block, in model order (q/k/v — one fused or three —, attention output,
+/// MLP in, MLP out), named under `root` as the architecture spec says.
+pub fn linear_sites(config: &Config, root: &str) -> Vec<LinearSite> {
     let (d, ff) = (config.d_model, config.d_ff);
+    let fam = config.family();
+    let names = &fam.names;
+    let b = config.biases;
+    let qkv_out = if names.qkv.len() == 1 { 3 * d } else { d };
     let mut v = Vec::new();
     for layer in 0..config.n_layer() {
-        let h = format!("{prefix}h.{layer}");
-        let site = |component, base: String, layout, out_dim, in_dim, bias| LinearSite {
+        let h = block_prefix(config, root, layer);
+        let site = |component, part: &str, out_dim, in_dim, bias| LinearSite {
             layer,
             component,
-            base,
-            layout,
+            base: format!("{h}.{part}"),
+            layout: fam.layout,
             out_dim,
             in_dim,
             bias,
         };
-        // GPT-2 stores Conv1D weights `[in, out]`; GPT-Neo stores `nn.Linear` weights `[out, in]`.
-        let l = match config.arch {
-            Arch::Gpt2 => Layout::InOut,
-            Arch::GptNeo => Layout::OutIn,
-        };
-        match config.arch {
-            Arch::Gpt2 => {
-                v.push(site(
-                    Component::AttnQkv,
-                    format!("{h}.attn.c_attn"),
-                    l,
-                    3 * d,
-                    d,
-                    true,
-                ));
-                v.push(site(
-                    Component::AttnOut,
-                    format!("{h}.attn.c_proj"),
-                    l,
-                    d,
-                    d,
-                    true,
-                ));
-            }
-            Arch::GptNeo => {
-                let a = format!("{h}.attn.attention");
-                for p in ["q_proj", "k_proj", "v_proj"] {
-                    v.push(site(Component::AttnQkv, format!("{a}.{p}"), l, d, d, false));
-                }
-                v.push(site(
-                    Component::AttnOut,
-                    format!("{a}.out_proj"),
-                    l,
-                    d,
-                    d,
-                    true,
-                ));
-            }
+        for part in names.qkv {
+            v.push(site(Component::AttnQkv, part, qkv_out, d, b.qkv));
         }
-        v.push(site(
-            Component::MlpIn,
-            format!("{h}.mlp.c_fc"),
-            l,
-            ff,
-            d,
-            true,
-        ));
-        v.push(site(
-            Component::MlpOut,
-            format!("{h}.mlp.c_proj"),
-            l,
-            d,
-            ff,
-            true,
-        ));
+        v.push(site(Component::AttnOut, names.attn_out, d, d, b.attn_out));
+        v.push(site(Component::MlpIn, names.mlp_in, ff, d, b.mlp));
+        v.push(site(Component::MlpOut, names.mlp_out, d, ff, b.mlp));
     }
     v
+}
+
+/// The root of the tensor names in `store`: the first of the family's candidate roots under which the
+/// token embedding exists (`transformer.` or none for GPT-2, `model.decoder.` or `decoder.` for OPT ...).
+pub fn resolve_root(config: &Config, store: &TensorStore) -> Result<&'static str> {
+    let names = &config.family().names;
+    names
+        .roots
+        .iter()
+        .copied()
+        .find(|r| store.contains(&format!("{r}{}.weight", names.embed)))
+        .ok_or_else(|| {
+            let tried: Vec<String> = names
+                .roots
+                .iter()
+                .map(|r| format!("{r}{}.weight", names.embed))
+                .collect();
+            Error::Config {
+                path: store
+                    .files()
+                    .first()
+                    .map(|f| f.path().to_path_buf())
+                    .unwrap_or_default(),
+                msg: format!(
+                    "no token embedding for a {} model (looked for {})",
+                    config.arch,
+                    tried.join(", ")
+                ),
+            }
+        })
+}
+
+/// Which part of a model a tensor belongs to: `(layer, part)`, part being a component name or `norms`,
+/// `positions`, `projections`, `padding`, `other`.
+pub fn classify(config: &Config, root: &str, name: &str) -> (Option<usize>, &'static str) {
+    let names = &config.family().names;
+    if name.starts_with(crate::compress::writer::PAD_PREFIX) {
+        return (None, "padding");
+    }
+    // `part` names the tensor itself or a tensor derived from it (`.weight_scale`, `.lowrank.u`).
+    let is = |rest: &str, part: &str| {
+        rest.strip_prefix(part)
+            .is_some_and(|r| r.is_empty() || r.starts_with('.') || r.starts_with('_'))
+    };
+    if is(name, names.lm_head) {
+        return (None, "embeddings");
+    }
+    let Some(rest) = name.strip_prefix(root) else {
+        return (None, "other");
+    };
+    if let Some(block) = rest
+        .strip_prefix(names.layers)
+        .and_then(|r| r.strip_prefix('.'))
+    {
+        let (num, part) = block.split_once('.').unwrap_or((block, ""));
+        let Ok(layer) = num.parse::<usize>() else {
+            return (None, "other");
+        };
+        let what = if names.qkv.iter().any(|q| is(part, q)) {
+            Component::AttnQkv.name()
+        } else if is(part, names.attn_out) {
+            Component::AttnOut.name()
+        } else if is(part, names.mlp_in) {
+            Component::MlpIn.name()
+        } else if is(part, names.mlp_out) {
+            Component::MlpOut.name()
+        } else if is(part, names.ln1) || is(part, names.ln2) {
+            "norms"
+        } else {
+            "other"
+        };
+        return (Some(layer), what);
+    }
+    let what = if is(rest, names.embed) {
+        "embeddings"
+    } else if names.positions.is_some_and(|p| is(rest, p)) {
+        "positions"
+    } else if [names.embed_norm, names.final_norm]
+        .iter()
+        .flatten()
+        .any(|n| is(rest, n))
+    {
+        "norms"
+    } else if [names.project_in, names.project_out]
+        .iter()
+        .flatten()
+        .any(|n| is(rest, n))
+    {
+        "projections"
+    } else {
+        "other"
+    };
+    (None, what)
 }

@@ -1,4 +1,4 @@
-//! slimlm: low-memory CPU inference of GPT-2 and GPT-Neo language models.
+//! slimlm: low-memory CPU inference of GPT-2, GPT-Neo, OPT, GPT-NeoX (Pythia) and BLOOM language models.
 //!
 //! Weights are memory-mapped from safetensors and used in place; INT8 and low-rank compressed models
 //! stay compressed in RAM. Open a model, make sessions, generate:
@@ -15,8 +15,8 @@
 //! # Ok::<(), slimlm::Error>(())
 //! ```
 
+pub mod arch;
 pub mod compress;
-pub mod config;
 pub mod error;
 pub mod eval;
 pub mod generate;
@@ -30,7 +30,7 @@ pub mod synth;
 pub mod tensor_file;
 pub mod tokenizer;
 
-pub use config::{Arch, Config};
+pub use arch::{Arch, Config};
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generation};
 pub use linear::Linear;

@@ -46,37 +46,110 @@ impl Bytes {
     }
 }
 
-/// A 1-D f32 parameter (bias, LayerNorm): borrowed when stored as aligned F32, else converted once.
+/// A 1-D parameter (bias, LayerNorm, singular values), read in place from the mapping as F32, F16 or
+/// BF16; only a tensor not aligned for its type is converted to an f32 copy (counted in
+/// [`Vector::copied_bytes`]).
 #[derive(Clone, Debug)]
 pub enum Vector {
-    Mapped(Mapped),
+    Mapped(Mapped, DType),
     Owned(Vec<f32>),
 }
 
 impl Vector {
-    /// Checks `t` is a vector of `len` and wraps it.
+    /// Checks `t` is a float vector of `len` and wraps it.
     pub fn new(t: &TensorView, len: usize) -> Result<Vector> {
         t.expect_shape(&[len])?;
         t.expect_dtype(&[DType::F32, DType::F16, DType::BF16])?;
-        Ok(if t.dtype == DType::F32 && t.is_aligned(4) {
-            Vector::Mapped(t.mapped())
+        Ok(if t.is_aligned(t.dtype.size()) {
+            Vector::Mapped(t.mapped(), t.dtype)
         } else {
             Vector::Owned(t.to_f32_vec()?)
         })
     }
 
-    /// The values.
-    pub fn as_slice(&self) -> &[f32] {
+    /// Like [`Vector::new`], but always readable as f32 ([`Vector::as_f32`]): other types are converted
+    /// (a copy, counted).
+    pub fn new_f32(t: &TensorView, len: usize) -> Result<Vector> {
+        Ok(match Vector::new(t, len)? {
+            v @ (Vector::Mapped(_, DType::F32) | Vector::Owned(_)) => v,
+            v => Vector::Owned(v.to_vec()),
+        })
+    }
+
+    /// The values, when they are stored as f32 (else [`Vector::to_f32_into`] converts them).
+    pub fn as_f32(&self) -> Option<&[f32]> {
         match self {
-            Vector::Mapped(t) => bytemuck::cast_slice(t.bytes()),
-            Vector::Owned(v) => v,
+            Vector::Mapped(t, DType::F32) => Some(bytemuck::cast_slice(t.bytes())),
+            Vector::Mapped(..) => None,
+            Vector::Owned(v) => Some(v),
+        }
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            Vector::Mapped(t, dtype) => t.bytes().len() / dtype.size(),
+            Vector::Owned(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies `f(i, value)` to every value, converted to f32.
+    fn for_each(&self, mut f: impl FnMut(usize, f32)) {
+        match self {
+            Vector::Mapped(t, DType::F16) => {
+                for (i, v) in bytemuck::cast_slice::<u8, half::f16>(t.bytes()).iter().enumerate() {
+                    f(i, v.to_f32())
+                }
+            }
+            Vector::Mapped(t, DType::BF16) => {
+                for (i, v) in bytemuck::cast_slice::<u8, half::bf16>(t.bytes()).iter().enumerate() {
+                    f(i, v.to_f32())
+                }
+            }
+            _ => {
+                for (i, &v) in self.as_f32().unwrap_or_default().iter().enumerate() {
+                    f(i, v)
+                }
+            }
+        }
+    }
+
+    /// Writes the values, as f32, into `out` (of the same length).
+    pub fn to_f32_into(&self, out: &mut [f32]) {
+        assert_eq!(out.len(), self.len(), "Vector::to_f32_into: length");
+        self.for_each(|i, v| out[i] = v);
+    }
+
+    /// `y += self`.
+    pub fn add_to(&self, y: &mut [f32]) {
+        assert_eq!(y.len(), self.len(), "Vector::add_to: length");
+        self.for_each(|i, v| y[i] += v);
+    }
+
+    /// The values as a new f32 vector.
+    pub fn to_vec(&self) -> Vec<f32> {
+        let mut v = vec![0.0; self.len()];
+        self.to_f32_into(&mut v);
+        v
+    }
+
+    /// Bytes of the stored values.
+    pub fn stored_bytes(&self) -> usize {
+        match self {
+            Vector::Mapped(t, _) => t.bytes().len(),
+            Vector::Owned(v) => 4 * v.len(),
         }
     }
 
     /// Bytes held in process memory (0 when borrowed from the mapping).
     pub fn copied_bytes(&self) -> usize {
         match self {
-            Vector::Mapped(_) => 0,
+            Vector::Mapped(..) => 0,
             Vector::Owned(v) => 4 * v.len(),
         }
     }
@@ -281,35 +354,60 @@ impl Linear {
         }
     }
 
+    /// The bias as the kernels take it (f32, fused into the product), or as a vector to add afterwards
+    /// (F16/BF16 biases, read in place).
+    fn bias_parts(&self) -> (Option<&[f32]>, Option<&Vector>) {
+        match &self.bias {
+            None => (None, None),
+            Some(b) => match b.as_f32() {
+                Some(f) => (Some(f), None),
+                None => (None, Some(b)),
+            },
+        }
+    }
+
+    /// The singular values as f32 (stored f32 by the compressor; converted at load otherwise).
+    fn s_f32(s: &Option<Vector>) -> Option<&[f32]> {
+        s.as_ref().and_then(Vector::as_f32)
+    }
+
     /// `y = W·x + b` for one token.
     pub fn forward(&self, x: &[f32], y: &mut [f32]) {
-        let bias = self.bias.as_ref().map(Vector::as_slice);
+        let (bias, add) = self.bias_parts();
         match &self.kind {
             LinearKind::Full(m) => kernels::matvec(&m.mat_ref(self.int8_act), bias, x, y),
             LinearKind::LowRank { vh, s, u } => kernels::lowrank_matvec(
                 &vh.mat_ref(self.int8_act),
-                s.as_ref().map(Vector::as_slice),
+                Linear::s_f32(s),
                 &u.mat_ref(self.int8_act),
                 bias,
                 x,
                 y,
             ),
         }
+        if let Some(b) = add {
+            b.add_to(y);
+        }
     }
 
     /// `ys[t] = W·xs[t] + b` for every token (row-major `tokens × in` → `tokens × out`).
     pub fn forward_batch(&self, xs: &[f32], ys: &mut [f32]) {
-        let bias = self.bias.as_ref().map(Vector::as_slice);
+        let (bias, add) = self.bias_parts();
         match &self.kind {
             LinearKind::Full(m) => kernels::matmul(&m.mat_ref(self.int8_act), bias, xs, ys),
             LinearKind::LowRank { vh, s, u } => kernels::lowrank_matmul(
                 &vh.mat_ref(self.int8_act),
-                s.as_ref().map(Vector::as_slice),
+                Linear::s_f32(s),
                 &u.mat_ref(self.int8_act),
                 bias,
                 xs,
                 ys,
             ),
+        }
+        if let Some(b) = add {
+            for row in ys.chunks_exact_mut(b.len()) {
+                b.add_to(row);
+            }
         }
     }
 
@@ -323,9 +421,9 @@ impl Linear {
 
     /// Bytes of weight data (matrices, factors, scales; bias and `s` included).
     pub fn weight_bytes(&self) -> usize {
-        let vecs = self.bias.as_ref().map_or(0, |b| 4 * b.as_slice().len())
+        let vecs = self.bias.as_ref().map_or(0, Vector::stored_bytes)
             + match &self.kind {
-                LinearKind::LowRank { s: Some(s), .. } => 4 * s.as_slice().len(),
+                LinearKind::LowRank { s: Some(s), .. } => s.stored_bytes(),
                 _ => 0,
             };
         self.matrices()

@@ -1,15 +1,15 @@
 //! The immutable model: config, tokenizer and every weight as a view of the memory mapping.
 //!
-//! GPT-2 and GPT-Neo are resolved here, once, into one block structure; the forward pass in
-//! [`crate::session`] never looks at names, layouts or storage again.
+//! Every family is resolved here, once, from its architecture spec ([`crate::arch`]) into one block
+//! structure; the forward pass in [`crate::session`] never looks at names, layouts or storage again.
 
 use std::path::{Path, PathBuf};
 
 use slimlm_kernels::{Int8Act, Layout};
 
-use crate::config::{Config, LayerSpec};
+use crate::arch::{Config, LayerSpec};
 use crate::error::{Error, Result};
-use crate::layers::{linear_sites, LinearSite};
+use crate::layers::{block_prefix, linear_sites, resolve_root, LinearSite};
 use crate::linear::{Linear, LinearKind, Matrix, Vector};
 use crate::session::Session;
 use crate::tensor_file::{DType, TensorStore};
@@ -22,7 +22,18 @@ pub struct Norm {
     pub beta: Vector,
 }
 
-/// Query, key and value projections: one fused matrix (GPT-2) or three (GPT-Neo).
+impl Norm {
+    fn bytes(&self) -> usize {
+        self.gamma.stored_bytes() + self.beta.stored_bytes()
+    }
+
+    fn copied_bytes(&self) -> usize {
+        self.gamma.copied_bytes() + self.beta.copied_bytes()
+    }
+}
+
+/// Query, key and value projections: one fused matrix (its outputs laid out as the spec's
+/// [`crate::arch::QkvLayout`] says) or three.
 // One per block, never moved on the hot path: the size difference of the variants is irrelevant.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
@@ -68,20 +79,28 @@ impl Block {
     }
 }
 
-/// A GPT-2 or GPT-Neo model whose weights stay in the memory-mapped file(s). `Send + Sync`: one model
-/// serves any number of [`Session`]s on any threads.
+/// A model of any supported family whose weights stay in the memory-mapped file(s). `Send + Sync`: one
+/// model serves any number of [`Session`]s on any threads.
 #[derive(Debug)]
 pub struct Model {
     pub config: Config,
     dir: PathBuf,
     store: TensorStore,
+    /// Prefix of the tensor names in the file (`transformer.`, `model.decoder.`, ...).
+    root: &'static str,
     tokenizer: Tokenizer,
-    /// Token embedding `[vocab, d]` (dense or INT8 rows).
-    pub wte: Matrix,
-    /// Position embedding `[n_ctx, d]`.
-    pub wpe: Matrix,
+    /// Token embedding `[vocab, embed_dim]` (dense or INT8 rows).
+    pub embed: Matrix,
+    /// Learned position table `[n_ctx + offset, d]`, when the spec has one.
+    pub positions: Option<Matrix>,
+    /// LayerNorm after the embedding (BLOOM).
+    pub embed_norm: Option<Norm>,
+    /// Embedding width → hidden width, and back before the head (OPT-350m).
+    pub project_in: Option<Linear>,
+    pub project_out: Option<Linear>,
     pub blocks: Vec<Block>,
-    pub ln_f: Norm,
+    /// LayerNorm after the last block.
+    pub final_norm: Option<Norm>,
     /// The LM head (the token embedding itself when tied).
     pub lm_head: Linear,
 }
@@ -106,61 +125,89 @@ impl Model {
     /// `dir` supplies the tokenizer and names the model.
     pub fn from_store(dir: &Path, config: Config, store: TensorStore) -> Result<Model> {
         let tokenizer = Tokenizer::from_dir(dir)?;
+        let config_err = |msg: String| Error::Config {
+            path: dir.join("config.json"),
+            msg,
+        };
         if tokenizer.vocab_size() > config.vocab_size {
-            return Err(Error::Config {
-                path: dir.join("config.json"),
-                msg: format!(
-                    "vocab_size {} is smaller than the tokenizer's {} tokens",
-                    config.vocab_size,
-                    tokenizer.vocab_size()
-                ),
-            });
+            return Err(config_err(format!(
+                "vocab_size {} is smaller than the tokenizer's {} tokens",
+                config.vocab_size,
+                tokenizer.vocab_size()
+            )));
         }
+        let root = resolve_root(&config, &store)?;
+        check_layer_count(&config, &store, root).map_err(config_err)?;
         let w = Loader {
             store: &store,
             config: &config,
-            prefix: if store.contains("transformer.wte.weight") {
-                "transformer."
-            } else {
-                ""
-            },
+            root,
         };
-        let (d, v) = (config.d_model, config.vocab_size);
-        let wte = w.matrix(&format!("{}wte.weight", w.prefix), Layout::OutIn, v, d)?;
-        let wpe = w.matrix(
-            &format!("{}wpe.weight", w.prefix),
-            Layout::OutIn,
-            config.n_ctx,
-            d,
-        )?;
-        if matches!(wpe, Matrix::Int8 { .. }) {
-            return Err(Error::Config {
-                path: dir.join("model.safetensors"),
-                msg: "INT8 position embeddings are not supported".into(),
-            });
-        }
-        let sites = linear_sites(&config, w.prefix);
+        let names = &config.family().names;
+        let (d, e, v) = (config.d_model, config.embed_dim, config.vocab_size);
+        let embed = w.matrix(&w.weight(names.embed), Layout::OutIn, v, e)?;
+        let positions = match (config.position_rows(), names.positions) {
+            (Some(rows), Some(name)) => {
+                let m = w.matrix(&w.weight(name), Layout::OutIn, rows, d)?;
+                if matches!(m, Matrix::Int8 { .. }) {
+                    return Err(config_err("INT8 position embeddings are not supported".into()));
+                }
+                Some(m)
+            }
+            (Some(_), None) => {
+                return Err(config_err(format!(
+                    "{} has no learned position table",
+                    config.arch
+                )))
+            }
+            _ => None,
+        };
+        let optional_norm = |on: bool, name: Option<&str>| -> Result<Option<Norm>> {
+            match (on, name) {
+                (true, Some(n)) => w.norm(&w.name(n)).map(Some),
+                _ => Ok(None),
+            }
+        };
+        let embed_norm = optional_norm(config.embed_norm, names.embed_norm)?;
+        let final_norm = optional_norm(config.final_norm, names.final_norm)?;
+        let (project_in, project_out) = match (config.projects(), names.project_in, names.project_out) {
+            (false, ..) => (None, None),
+            (true, Some(pi), Some(po)) => (
+                Some(w.linear(&w.name(pi), Layout::OutIn, d, e, false)?),
+                Some(w.linear(&w.name(po), Layout::OutIn, e, d, false)?),
+            ),
+            _ => {
+                return Err(config_err(format!(
+                    "embedding width {e} differs from the hidden width {d}, but {} has no projections",
+                    config.arch
+                )))
+            }
+        };
+        let sites = linear_sites(&config, root);
         let blocks = (0..config.n_layer())
             .map(|i| w.block(i, &sites))
             .collect::<Result<Vec<_>>>()?;
-        let ln_f = w.norm(&format!("{}ln_f", w.prefix))?;
-        let lm_head = if !config.tie_word_embeddings && store.contains("lm_head.weight") {
+        let lm_head = if !config.tie_word_embeddings {
             Linear::new(
-                LinearKind::Full(w.matrix("lm_head.weight", Layout::OutIn, v, d)?),
+                LinearKind::Full(w.matrix(&format!("{}.weight", names.lm_head), Layout::OutIn, v, e)?),
                 None,
             )
         } else {
-            Linear::new(LinearKind::Full(wte.clone()), None)
+            Linear::new(LinearKind::Full(embed.clone()), None)
         };
         Ok(Model {
             config,
             dir: dir.to_path_buf(),
             store,
+            root,
             tokenizer,
-            wte,
-            wpe,
+            embed,
+            positions,
+            embed_norm,
+            project_in,
+            project_out,
             blocks,
-            ln_f,
+            final_norm,
             lm_head,
         })
     }
@@ -180,16 +227,29 @@ impl Model {
         &self.store
     }
 
+    /// The prefix of the model's tensor names in the file (`transformer.`, `gpt_neox.`, ...).
+    pub fn root(&self) -> &'static str {
+        self.root
+    }
+
     /// A new session (KV cache and scratch buffers) over this model.
     pub fn session(&self) -> Session<'_> {
         Session::new(self)
     }
 
-    /// The token id that ends generation, if any.
-    pub fn eos_token_id(&self) -> Option<u32> {
-        self.config
-            .eos_token_id
-            .or_else(|| self.tokenizer.token_id("<|endoftext|>"))
+    /// Sets the context length (see [`Config::set_context`]); sessions made afterwards use it.
+    pub fn set_context(&mut self, n_ctx: usize) -> Result<()> {
+        self.config.set_context(n_ctx).map_err(Error::Input)
+    }
+
+    /// The tokens that end generation: the config's `eos_token_id` (one or a list), else the
+    /// tokenizer's `<|endoftext|>`.
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        if self.config.eos_token_ids.is_empty() {
+            self.tokenizer.token_id("<|endoftext|>").into_iter().collect()
+        } else {
+            self.config.eos_token_ids.clone()
+        }
     }
 
     /// Chooses how INT8 matrices multiply: W8A8 (`Int8Act::Int8`, default) or W8A32 (`Int8Act::F32`).
@@ -214,45 +274,73 @@ impl Model {
         v
     }
 
+    /// Whether the LM head is the token embedding itself.
+    fn head_is_tied(&self) -> bool {
+        matches!(&self.lm_head.kind, LinearKind::Full(m) if std::ptr::eq(
+            m.data_ptrs()[0], self.embed.data_ptrs()[0]))
+    }
+
+    /// Every norm of the model.
+    fn norms(&self) -> Vec<&Norm> {
+        let mut v: Vec<&Norm> = self.blocks.iter().flat_map(|b| [&b.ln1, &b.ln2]).collect();
+        v.extend(self.embed_norm.iter().chain(&self.final_norm));
+        v
+    }
+
+    /// Every linear layer outside the blocks' table: projections and an untied head.
+    fn extra_linears(&self) -> Vec<&Linear> {
+        let mut v: Vec<&Linear> = self.project_in.iter().chain(&self.project_out).collect();
+        if !self.head_is_tied() {
+            v.push(&self.lm_head);
+        }
+        v
+    }
+
     /// Bytes of weights a forward pass reads (the tied LM head counted once, with the embedding).
     pub fn weight_bytes(&self) -> usize {
-        let tied = matches!(&self.lm_head.kind, LinearKind::Full(m) if std::ptr::eq(
-            m.data_ptrs()[0], self.wte.data_ptrs()[0]));
-        let norms = |n: &Norm| 4 * (n.gamma.as_slice().len() + n.beta.as_slice().len());
         let blocks: usize = self
             .blocks
             .iter()
-            .map(|b| {
-                b.linears()
-                    .iter()
-                    .map(|(_, l)| l.weight_bytes())
-                    .sum::<usize>()
-                    + norms(&b.ln1)
-                    + norms(&b.ln2)
-            })
+            .flat_map(|b| b.linears())
+            .map(|(_, l)| l.weight_bytes())
             .sum();
-        let head = if tied { 0 } else { self.lm_head.weight_bytes() };
-        self.wte.weight_bytes() + self.wpe.weight_bytes() + blocks + norms(&self.ln_f) + head
+        self.embed.weight_bytes()
+            + self.positions.as_ref().map_or(0, Matrix::weight_bytes)
+            + blocks
+            + self.norms().iter().map(|n| n.bytes()).sum::<usize>()
+            + self.extra_linears().iter().map(|l| l.weight_bytes()).sum::<usize>()
     }
 
     /// Bytes of weights copied into process memory at load (unaligned or converted tensors); ideally 0.
     pub fn copied_bytes(&self) -> usize {
-        let norms = |n: &Norm| n.gamma.copied_bytes() + n.beta.copied_bytes();
-        self.wte.copied_bytes()
-            + self.wpe.copied_bytes()
-            + norms(&self.ln_f)
-            + self
-                .blocks
-                .iter()
-                .map(|b| {
-                    b.linears()
-                        .iter()
-                        .map(|(_, l)| l.copied_bytes())
-                        .sum::<usize>()
-                        + norms(&b.ln1)
-                        + norms(&b.ln2)
-                })
-                .sum::<usize>()
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .flat_map(|b| b.linears())
+            .map(|(_, l)| l.copied_bytes())
+            .sum();
+        self.embed.copied_bytes()
+            + self.positions.as_ref().map_or(0, Matrix::copied_bytes)
+            + blocks
+            + self.norms().iter().map(|n| n.copied_bytes()).sum::<usize>()
+            + self.extra_linears().iter().map(|l| l.copied_bytes()).sum::<usize>()
+    }
+}
+
+/// A file with more blocks than the config says would silently lose some: an error instead.
+fn check_layer_count(config: &Config, store: &TensorStore, root: &str) -> std::result::Result<(), String> {
+    let prefix = format!("{root}{}.", config.family().names.layers);
+    let most = store
+        .names()
+        .filter_map(|n| n.strip_prefix(&prefix))
+        .filter_map(|r| r.split('.').next()?.parse::<usize>().ok())
+        .max();
+    match most {
+        Some(m) if m >= config.n_layer() => Err(format!(
+            "the weights hold layer {m} but the config has {} layers",
+            config.n_layer()
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -260,10 +348,20 @@ impl Model {
 struct Loader<'a> {
     store: &'a TensorStore,
     config: &'a Config,
-    prefix: &'static str,
+    root: &'static str,
 }
 
 impl Loader<'_> {
+    /// `{root}{name}`.
+    fn name(&self, name: &str) -> String {
+        format!("{}{name}", self.root)
+    }
+
+    /// `{root}{name}.weight`.
+    fn weight(&self, name: &str) -> String {
+        format!("{}{name}.weight", self.root)
+    }
+
     /// A matrix stored under `name`: dense in `layout`, or INT8 (`name` of dtype I8 plus `name_scale`).
     fn matrix(&self, name: &str, layout: Layout, out_dim: usize, in_dim: usize) -> Result<Matrix> {
         let t = self.store.require(name)?;
@@ -296,7 +394,7 @@ impl Loader<'_> {
             let vh = self.matrix(&vh_name, Layout::OutIn, rank, in_dim)?;
             let u = self.matrix(&format!("{base}.lowrank.u"), Layout::OutIn, out_dim, rank)?;
             let s = match self.store.get(&format!("{base}.lowrank.s")) {
-                Some(t) => Some(Vector::new(&t, rank)?),
+                Some(t) => Some(Vector::new_f32(&t, rank)?),
                 None => None,
             };
             LinearKind::LowRank { vh, s, u }
@@ -325,7 +423,8 @@ impl Loader<'_> {
     /// Block `i`, from the architecture's table of linear layers (`layers::linear_sites`, in model
     /// order: q/k/v (one fused or three), attention output, MLP in, MLP out).
     fn block(&self, i: usize, sites: &[LinearSite]) -> Result<Block> {
-        let h = format!("{}h.{i}", self.prefix);
+        let h = block_prefix(self.config, self.root, i);
+        let names = &self.config.family().names;
         let mut lin = sites
             .iter()
             .filter(|s| s.layer == i)
@@ -339,10 +438,10 @@ impl Loader<'_> {
         };
         Ok(Block {
             spec: self.config.layers[i].clone(),
-            ln1: self.norm(&format!("{h}.ln_1"))?,
+            ln1: self.norm(&format!("{h}.{}", names.ln1))?,
             qkv,
             attn_out,
-            ln2: self.norm(&format!("{h}.ln_2"))?,
+            ln2: self.norm(&format!("{h}.{}", names.ln2))?,
             fc,
             proj,
         })

@@ -5,8 +5,9 @@
 
 use slimlm_kernels::{ops, par, Team};
 
+use crate::arch::{Activation, NormPlacement, Positions, Residual, ScaleAt};
 use crate::error::{Error, Result};
-use crate::linear::{Linear, Matrix, Vector};
+use crate::linear::{Linear, Matrix};
 use crate::model::{Block, Model, Norm, Qkv};
 
 /// Tokens processed together in one prefill pass (bounds the scratch memory).
@@ -16,13 +17,14 @@ const LOGIT_ROWS: usize = 32;
 
 /// Sees intermediate results of a forward pass (for analysis; the default methods do nothing).
 pub trait Observer {
-    /// Hidden states `tokens × d` entering block `layer` (`layer = n_layer`: after the final LayerNorm),
-    /// following transformers' `output_hidden_states`; `pos0` is the position of the first row.
+    /// Hidden states `tokens × d` entering block `layer` (`layer = n_layer`: the final hidden states, after
+    /// the final LayerNorm and the output projection where the model has them), following transformers'
+    /// `output_hidden_states`; `pos0` is the position of the first row.
     fn hidden(&mut self, _layer: usize, _pos0: usize, _xs: &[f32]) {}
     /// Output `tokens × out` of the linear layer `component` of block `layer`.
     fn linear(&mut self, _layer: usize, _component: &'static str, _ys: &[f32]) {}
     /// Input `tokens × in` of the linear layer `component` of block `layer` (`attn_qkv` also for
-    /// GPT-Neo's separate q/k/v, which share their input).
+    /// separate q/k/v projections, which share their input).
     fn linear_input(&mut self, _layer: usize, _component: &'static str, _xs: &[f32]) {}
 }
 
@@ -45,6 +47,17 @@ pub struct Session<'m> {
     att: Vec<f32>,
     tmp: Vec<f32>,
     ff: Vec<f32>,
+    /// Embedding rows before `project_in`, and final rows after `project_out` (`embed_dim` wide; empty
+    /// without projections).
+    emb: Vec<f32>,
+    fin: Vec<f32>,
+    /// LayerNorm parameters converted to f32 when stored as F16/BF16 (`2·d`).
+    norm_scratch: Vec<f32>,
+    /// Rotary inverse frequencies, and per row of the chunk the cosines then the sines (`dims` per row).
+    inv_freq: Vec<f32>,
+    rope: Vec<f32>,
+    /// ALiBi slope of each head (empty without ALiBi).
+    slopes: Vec<f32>,
     /// Attention work of every head: `[head][n × head_dim outputs, then n_ctx scores]`.
     heads_work: Vec<f32>,
     logits: Vec<f32>,
@@ -62,6 +75,8 @@ impl<'m> Session<'m> {
         let c = &model.config;
         let chunk = PREFILL_CHUNK.min(c.n_ctx);
         let cache = c.n_layer() * c.n_ctx * c.d_model;
+        let proj = if c.projects() { chunk * c.embed_dim } else { 0 };
+        let inv_freq = c.rotary_inv_freq();
         Session {
             model,
             pos: 0,
@@ -73,6 +88,12 @@ impl<'m> Session<'m> {
             att: vec![0.0; chunk * c.d_model],
             tmp: vec![0.0; chunk * c.d_model],
             ff: vec![0.0; chunk * c.d_ff],
+            emb: vec![0.0; proj],
+            fin: vec![0.0; proj],
+            norm_scratch: vec![0.0; 2 * c.d_model],
+            rope: vec![0.0; chunk * 2 * inv_freq.len()],
+            inv_freq,
+            slopes: c.alibi_slopes(),
             heads_work: vec![0.0; c.n_head * head_work_len(chunk, c.head_dim(), c.n_ctx)],
             logits: vec![0.0; c.vocab_size],
             logits_rows: Vec::new(),
@@ -134,7 +155,9 @@ impl<'m> Session<'m> {
     pub fn activation_bytes_used(&self) -> usize {
         let c = &self.model.config;
         let rows = self.rows_used;
-        let per_row = 7 * c.d_model + c.d_ff; // x, h, att, tmp, ff and the 3 d of qkv
+        // x, h, att, tmp, ff, the 3 d of qkv, the projections' rows and the rotary angles.
+        let proj = if c.projects() { 2 * c.embed_dim } else { 0 };
+        let per_row = 7 * c.d_model + c.d_ff + proj + 2 * self.inv_freq.len();
         let heads = if rows == 0 {
             0
         } else {
@@ -152,6 +175,10 @@ impl<'m> Session<'m> {
             &self.att,
             &self.tmp,
             &self.ff,
+            &self.emb,
+            &self.fin,
+            &self.norm_scratch,
+            &self.rope,
             &self.heads_work,
             &self.logits,
             &self.logits_rows,
@@ -262,17 +289,33 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
-    /// Runs the blocks over `tokens` at the current position; leaves `ln_f` of each row in `self.h`.
+    /// Runs the blocks over `tokens` at the current position; leaves the final hidden states of each row
+    /// where [`Session::final_rows`] finds them.
     fn forward_chunk(&mut self, tokens: &[u32], obs: &mut dyn Observer) -> Result<()> {
         let m = self.model;
         let c = &m.config;
-        let (n, d, p0) = (tokens.len(), c.d_model, self.pos);
+        let (n, d, e, p0) = (tokens.len(), c.d_model, c.embed_dim, self.pos);
         self.rows_used = self.rows_used.max(n);
+        let rows = if m.project_in.is_some() {
+            &mut self.emb[..n * e]
+        } else {
+            &mut self.x[..n * d]
+        };
         for (t, &tok) in tokens.iter().enumerate() {
-            let row = &mut self.x[t * d..(t + 1) * d];
-            embed_row(&m.wte, tok as usize, row);
-            add_row(&m.wpe, p0 + t, row);
+            embed_row(&m.embed, tok as usize, &mut rows[t * e..(t + 1) * e]);
         }
+        if let Some(pi) = &m.project_in {
+            apply(pi, &self.emb[..n * e], &mut self.x[..n * d], n);
+        }
+        if let (Some(table), Positions::Learned { offset }) = (&m.positions, c.positions) {
+            for t in 0..n {
+                add_row(table, p0 + t + offset, &mut self.x[t * d..(t + 1) * d]);
+            }
+        }
+        if let Some(norm) = &m.embed_norm {
+            self.norm_x_in_place(norm, n);
+        }
+        self.rotary_angles(n);
         obs.hidden(0, p0, &self.x[..n * d]);
         for (l, block) in m.blocks.iter().enumerate() {
             self.block(l, block, n, obs);
@@ -280,21 +323,120 @@ impl<'m> Session<'m> {
                 obs.hidden(l + 1, p0, &self.x[..n * d]);
             }
         }
-        layer_norm_rows(
-            &m.ln_f,
-            c.layer_norm_eps,
-            &self.x[..n * d],
-            &mut self.h[..n * d],
-        );
-        obs.hidden(m.blocks.len(), p0, &self.h[..n * d]);
+        match &m.final_norm {
+            Some(norm) => layer_norm_rows(
+                norm,
+                c.layer_norm_eps,
+                &self.x[..n * d],
+                &mut self.h[..n * d],
+                &mut self.norm_scratch,
+            ),
+            None => self.h[..n * d].copy_from_slice(&self.x[..n * d]),
+        }
+        if let Some(po) = &m.project_out {
+            apply(po, &self.h[..n * d], &mut self.fin[..n * e], n);
+        }
+        obs.hidden(m.blocks.len(), p0, self.final_rows(n));
         self.pos += n;
         Ok(())
     }
 
+    /// The final hidden states of the last `n` rows processed (the LM head's input, `embed_dim` wide).
+    fn final_rows(&self, n: usize) -> &[f32] {
+        let c = &self.model.config;
+        if self.model.project_out.is_some() {
+            &self.fin[..n * c.embed_dim]
+        } else {
+            &self.h[..n * c.d_model]
+        }
+    }
+
+    /// `x = LayerNorm(x)` for the first `n` rows.
+    fn norm_x_in_place(&mut self, norm: &Norm, n: usize) {
+        let (d, eps) = (self.model.config.d_model, self.model.config.layer_norm_eps);
+        layer_norm_rows(
+            norm,
+            eps,
+            &self.x[..n * d],
+            &mut self.h[..n * d],
+            &mut self.norm_scratch,
+        );
+        self.x[..n * d].copy_from_slice(&self.h[..n * d]);
+    }
+
+    /// Cosines and sines of the rotary angles of the `n` new positions (nothing without rotary).
+    /// As transformers: the angle `position · inv_freq` in f32, its cosine and sine accurate.
+    fn rotary_angles(&mut self, n: usize) {
+        let half = self.inv_freq.len();
+        for t in 0..n {
+            let p = (self.pos + t) as f32;
+            let row = &mut self.rope[t * 2 * half..(t + 1) * 2 * half];
+            let (cos, sin) = row.split_at_mut(half);
+            for (j, &f) in self.inv_freq.iter().enumerate() {
+                let a = (p * f) as f64;
+                cos[j] = a.cos() as f32;
+                sin[j] = a.sin() as f32;
+            }
+        }
+    }
+
     fn block(&mut self, l: usize, b: &Block, n: usize, obs: &mut dyn Observer) {
         let c = &self.model.config;
-        let (d, ff, eps) = (c.d_model, c.d_ff, c.layer_norm_eps);
-        layer_norm_rows(&b.ln1, eps, &self.x[..n * d], &mut self.h[..n * d]);
+        let (d, eps) = (c.d_model, c.layer_norm_eps);
+        let nd = n * d;
+        // The attention's input: LayerNorm(x) before (pre-LN), x itself (post-LN).
+        match c.norm {
+            NormPlacement::Pre => layer_norm_rows(
+                &b.ln1,
+                eps,
+                &self.x[..nd],
+                &mut self.h[..nd],
+                &mut self.norm_scratch,
+            ),
+            NormPlacement::Post => self.h[..nd].copy_from_slice(&self.x[..nd]),
+        }
+        self.attention_half(l, b, n, obs);
+        match (c.norm, c.residual) {
+            (NormPlacement::Pre, Residual::Sequential) => {
+                add_assign(&mut self.x[..nd], &self.tmp[..nd]);
+                layer_norm_rows(
+                    &b.ln2,
+                    eps,
+                    &self.x[..nd],
+                    &mut self.h[..nd],
+                    &mut self.norm_scratch,
+                );
+                self.mlp_half(l, b, n, obs);
+                add_assign(&mut self.x[..nd], &self.tmp[..nd]);
+            }
+            (NormPlacement::Pre, Residual::Parallel) => {
+                // Both halves read the block's input x: normalise it before adding the attention.
+                layer_norm_rows(
+                    &b.ln2,
+                    eps,
+                    &self.x[..nd],
+                    &mut self.h[..nd],
+                    &mut self.norm_scratch,
+                );
+                add_assign(&mut self.x[..nd], &self.tmp[..nd]);
+                self.mlp_half(l, b, n, obs);
+                add_assign(&mut self.x[..nd], &self.tmp[..nd]);
+            }
+            (NormPlacement::Post, _) => {
+                add_assign(&mut self.x[..nd], &self.tmp[..nd]);
+                self.norm_x_in_place(&b.ln1, n);
+                self.mlp_half(l, b, n, obs);
+                add_assign(&mut self.x[..nd], &self.tmp[..nd]);
+                self.norm_x_in_place(&b.ln2, n);
+            }
+        }
+    }
+
+    /// Attention over `self.h` (the block's normalised input): the result, after the output
+    /// projection, in `self.tmp`.
+    fn attention_half(&mut self, l: usize, b: &Block, n: usize, obs: &mut dyn Observer) {
+        let c = &self.model.config;
+        let d = c.d_model;
         let h = &self.h[..n * d];
         obs.linear_input(l, "attn_qkv", h);
         match &b.qkv {
@@ -314,22 +456,55 @@ impl<'m> Session<'m> {
                 }
             }
         }
+        self.position_and_scale_qk(b, n);
         self.store_kv(l, n);
         self.attention(l, b, n);
         obs.linear_input(l, "attn_out", &self.att[..n * d]);
         apply(&b.attn_out, &self.att[..n * d], &mut self.tmp[..n * d], n);
         obs.linear(l, "attn_out", &self.tmp[..n * d]);
-        add_assign(&mut self.x[..n * d], &self.tmp[..n * d]);
+    }
 
-        layer_norm_rows(&b.ln2, eps, &self.x[..n * d], &mut self.h[..n * d]);
+    /// Rotates the new queries and keys (rotary positions) and scales the queries (`ScaleAt::Query`).
+    fn position_and_scale_qk(&mut self, b: &Block, n: usize) {
+        let c = &self.model.config;
+        let (d, hd) = (c.d_model, c.head_dim());
+        let half = self.inv_freq.len();
+        let scale_q = (c.scale_at == ScaleAt::Query).then_some(b.spec.attn_scale);
+        if half == 0 && scale_q.is_none() {
+            return;
+        }
+        for t in 0..n {
+            let row = &mut self.qkv[t * 3 * d..(t + 1) * 3 * d];
+            let (cos, sin) = self.rope[t * 2 * half..(t + 1) * 2 * half].split_at(half);
+            for h in 0..c.n_head {
+                let (q, k, _) = c.qkv.offsets(h, hd, d);
+                if half > 0 {
+                    ops::rotate_half(&mut row[q..q + hd], cos, sin);
+                    ops::rotate_half(&mut row[k..k + hd], cos, sin);
+                }
+                if let Some(s) = scale_q {
+                    row[q..q + hd].iter_mut().for_each(|v| *v *= s);
+                }
+            }
+        }
+    }
+
+    /// The MLP over `self.h`: the result in `self.tmp`.
+    fn mlp_half(&mut self, l: usize, b: &Block, n: usize, obs: &mut dyn Observer) {
+        let c = &self.model.config;
+        let (d, ff) = (c.d_model, c.d_ff);
         obs.linear_input(l, "mlp_in", &self.h[..n * d]);
         apply(&b.fc, &self.h[..n * d], &mut self.ff[..n * ff], n);
         obs.linear(l, "mlp_in", &self.ff[..n * ff]);
-        ops::gelu_new(&mut self.ff[..n * ff]);
+        let act = &mut self.ff[..n * ff];
+        match c.activation {
+            Activation::GeluNew => ops::gelu_new(act),
+            Activation::GeluErf => ops::gelu_erf(act),
+            Activation::Relu => ops::relu(act),
+        }
         obs.linear_input(l, "mlp_out", &self.ff[..n * ff]);
         apply(&b.proj, &self.ff[..n * ff], &mut self.tmp[..n * d], n);
         obs.linear(l, "mlp_out", &self.tmp[..n * d]);
-        add_assign(&mut self.x[..n * d], &self.tmp[..n * d]);
     }
 
     /// Copies the keys and values of the `n` new tokens into the cache of layer `l`.
@@ -341,10 +516,10 @@ impl<'m> Session<'m> {
             let p = self.pos + t;
             let row = &self.qkv[t * 3 * d..(t + 1) * 3 * d];
             for h in 0..c.n_head {
+                let (_, k, v) = c.qkv.offsets(h, hd, d);
                 let at = layer + (h * ctx + p) * hd;
-                self.k_cache[at..at + hd].copy_from_slice(&row[d + h * hd..d + (h + 1) * hd]);
-                self.v_cache[at..at + hd]
-                    .copy_from_slice(&row[2 * d + h * hd..2 * d + (h + 1) * hd]);
+                self.k_cache[at..at + hd].copy_from_slice(&row[k..k + hd]);
+                self.v_cache[at..at + hd].copy_from_slice(&row[v..v + hd]);
             }
         }
     }
@@ -356,18 +531,25 @@ impl<'m> Session<'m> {
         let (d, hd, ctx, heads) = (c.d_model, c.head_dim(), c.n_ctx, c.n_head);
         let layer = l * heads * ctx * hd;
         let (kc, vc) = (&self.k_cache[layer..], &self.v_cache[layer..]);
-        let (qkv, p0, spec) = (&self.qkv, self.pos, &b.spec);
+        let (qkv, p0, spec, layout) = (&self.qkv, self.pos, &b.spec, c.qkv);
+        let scale = match c.scale_at {
+            ScaleAt::Scores => spec.attn_scale,
+            ScaleAt::Query => 1.0,
+        };
+        let slopes = &self.slopes;
         let stride = head_work_len(n, hd, ctx);
         par::for_each_chunk_mut(&mut self.heads_work[..heads * stride], stride, |h, work| {
             let (outs, scores) = work.split_at_mut(n * hd);
             let base = h * ctx * hd;
+            let (q_at, _, _) = layout.offsets(h, hd, d);
+            let slope = slopes.get(h).copied().unwrap_or(0.0);
             for (t, out) in outs.chunks_exact_mut(hd).enumerate() {
                 let p = p0 + t;
                 let lo = spec.window.map_or(0, |w| (p + 1).saturating_sub(w));
-                let q = &qkv[t * 3 * d + h * hd..t * 3 * d + (h + 1) * hd];
+                let q = &qkv[t * 3 * d + q_at..t * 3 * d + q_at + hd];
                 let keys = &kc[base + lo * hd..base + (p + 1) * hd];
                 let vals = &vc[base + lo * hd..base + (p + 1) * hd];
-                ops::attend(q, keys, vals, spec.attn_scale, scores, out);
+                ops::attend(q, keys, vals, scale, slope, scores, out);
             }
         });
         for h in 0..heads {
@@ -378,25 +560,32 @@ impl<'m> Session<'m> {
         }
     }
 
-    /// Logits of the last of the `n` rows in `self.h` into `self.logits`.
+    /// Logits of the last of the `n` final rows into `self.logits`.
     fn last_logits(&mut self, n: usize) {
-        let d = self.model.config.d_model;
+        let e = self.model.config.embed_dim;
+        let rows = if self.model.project_out.is_some() {
+            &self.fin
+        } else {
+            &self.h
+        };
         self.model
             .lm_head
-            .forward(&self.h[(n - 1) * d..n * d], &mut self.logits);
+            .forward(&rows[(n - 1) * e..n * e], &mut self.logits);
     }
 
-    /// Logits of every one of the `n` rows in `self.h`, `LOGIT_ROWS` at a time.
+    /// Logits of every one of the `n` final rows, `LOGIT_ROWS` at a time.
     fn all_logits(&mut self, n: usize, sink: &mut dyn FnMut(usize, &[f32])) {
         let model = self.model;
-        let (d, v) = (model.config.d_model, model.config.vocab_size);
+        let (e, v) = (model.config.embed_dim, model.config.vocab_size);
         if self.logits_rows.len() < LOGIT_ROWS * v {
             self.logits_rows.resize(LOGIT_ROWS * v, 0.0);
         }
+        let mut logits_rows = std::mem::take(&mut self.logits_rows);
         for t0 in (0..n).step_by(LOGIT_ROWS) {
             let rows = LOGIT_ROWS.min(n - t0);
-            let out = &mut self.logits_rows[..rows * v];
-            apply(&model.lm_head, &self.h[t0 * d..(t0 + rows) * d], out, rows);
+            let out = &mut logits_rows[..rows * v];
+            let xs = &self.final_rows(n)[t0 * e..(t0 + rows) * e];
+            apply(&model.lm_head, xs, out, rows);
             for (r, row) in out.chunks_exact(v).enumerate() {
                 sink(t0 + r, row);
             }
@@ -404,6 +593,7 @@ impl<'m> Session<'m> {
                 self.logits.copy_from_slice(&out[(rows - 1) * v..]);
             }
         }
+        self.logits_rows = logits_rows;
     }
 }
 
@@ -421,9 +611,19 @@ fn apply(lin: &Linear, xs: &[f32], ys: &mut [f32], n: usize) {
     }
 }
 
-fn layer_norm_rows(norm: &Norm, eps: f32, xs: &[f32], out: &mut [f32]) {
-    let (g, b) = (Vector::as_slice(&norm.gamma), Vector::as_slice(&norm.beta));
-    let d = g.len();
+/// LayerNorm of every row of `xs` into `out`; F16/BF16 parameters are converted into `scratch` (`2·d`)
+/// once per call.
+fn layer_norm_rows(norm: &Norm, eps: f32, xs: &[f32], out: &mut [f32], scratch: &mut [f32]) {
+    let d = norm.gamma.len();
+    let (g, b) = match (norm.gamma.as_f32(), norm.beta.as_f32()) {
+        (Some(g), Some(b)) => (g, b),
+        _ => {
+            let (g, b) = scratch[..2 * d].split_at_mut(d);
+            norm.gamma.to_f32_into(g);
+            norm.beta.to_f32_into(b);
+            (&*g, &*b)
+        }
+    };
     for (x, o) in xs.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
         ops::layer_norm(x, g, b, eps, o);
     }

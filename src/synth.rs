@@ -1,111 +1,69 @@
-//! Random-initialised models with the exact shapes of GPT-2 124M/355M and GPT-Neo 125M/1.3B, written in
-//! the Hugging Face layout, so speed and memory are measured at real sizes (no pretrained weights of those
-//! sizes can be downloaded here). Initialisation as the originals: N(0, 0.02) weights and embeddings,
-//! zero biases, LayerNorm γ = 1, β = 0. F32, like the published checkpoints.
+//! Random-initialised models with the exact shapes of published ones (GPT-2 124M/355M, GPT-Neo
+//! 125M/1.3B, OPT-125m/350m, Pythia-160m/410m, BLOOM-560m), written in the Hugging Face layout, so speed
+//! and memory are measured at real sizes (no pretrained weights of those sizes can be downloaded here).
+//! Each family's file in [`crate::arch`] gives the presets' `config.json`; the tensors follow from the
+//! architecture spec. Initialisation as the originals: N(0, 0.02) weights and embeddings, zero biases,
+//! LayerNorm γ = 1, β = 0. F32, like the published checkpoints.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use rayon::prelude::*;
-use serde_json::json;
+use slimlm_kernels::Layout;
 
+use crate::arch::{Arch, Config, FAMILIES};
 use crate::compress::writer::{self, OutTensor};
-use crate::config::Arch;
 use crate::error::{Error, Result};
+use crate::layers::{block_prefix, linear_sites};
 
-/// Sizes of a synthetic model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A synthetic model: a family and the `config.json` of one of its published sizes.
+#[derive(Clone, Copy)]
 pub struct Preset {
-    pub name: &'static str,
     pub arch: Arch,
-    pub d_model: usize,
-    pub n_layer: usize,
-    pub n_head: usize,
-    pub n_ctx: usize,
-    /// GPT-Neo local attention window.
-    pub window: usize,
+    pub name: &'static str,
+    config: fn() -> serde_json::Value,
 }
 
-/// The presets: the published shapes, plus `tiny` for tests.
-pub const PRESETS: &[Preset] = &[
-    Preset {
-        name: "124m",
-        arch: Arch::Gpt2,
-        d_model: 768,
-        n_layer: 12,
-        n_head: 12,
-        n_ctx: 1024,
-        window: 0,
-    },
-    Preset {
-        name: "355m",
-        arch: Arch::Gpt2,
-        d_model: 1024,
-        n_layer: 24,
-        n_head: 16,
-        n_ctx: 1024,
-        window: 0,
-    },
-    Preset {
-        name: "tiny",
-        arch: Arch::Gpt2,
-        d_model: 64,
-        n_layer: 2,
-        n_head: 4,
-        n_ctx: 128,
-        window: 0,
-    },
-    Preset {
-        name: "125m",
-        arch: Arch::GptNeo,
-        d_model: 768,
-        n_layer: 12,
-        n_head: 12,
-        n_ctx: 2048,
-        window: 256,
-    },
-    Preset {
-        name: "1.3b",
-        arch: Arch::GptNeo,
-        d_model: 2048,
-        n_layer: 24,
-        n_head: 16,
-        n_ctx: 2048,
-        window: 256,
-    },
-    Preset {
-        name: "tiny",
-        arch: Arch::GptNeo,
-        d_model: 64,
-        n_layer: 2,
-        n_head: 4,
-        n_ctx: 128,
-        window: 16,
-    },
-];
-
-const VOCAB: usize = 50257;
+impl std::fmt::Debug for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.arch, self.name)
+    }
+}
 
 impl Preset {
+    /// Every preset of every family.
+    pub fn all() -> Vec<Preset> {
+        FAMILIES
+            .iter()
+            .flat_map(|f| {
+                let arch = Arch::find(f.name).expect("a family of the table");
+                f.presets.iter().map(move |&(name, config)| Preset {
+                    arch,
+                    name,
+                    config,
+                })
+            })
+            .collect()
+    }
+
     /// The preset `name` (`124m`, `gpt2-124m`, …) of `arch`.
     pub fn find(arch: Arch, name: &str) -> Result<Preset> {
         let short = name
-            .trim_start_matches(arch.name())
-            .trim_start_matches('-')
+            .strip_prefix(arch.name())
+            .map_or(name, |r| r.trim_start_matches('-'))
             .to_ascii_lowercase();
-        PRESETS
-            .iter()
+        let all = Preset::all();
+        all.iter()
             .find(|p| p.arch == arch && p.name == short)
             .copied()
             .ok_or_else(|| {
-                let names: Vec<_> = PRESETS
+                let names: Vec<_> = all
                     .iter()
                     .filter(|p| p.arch == arch)
                     .map(|p| p.name)
                     .collect();
                 Error::input(format!(
-                    "no preset {name:?} for {}; presets: {}",
-                    arch.name(),
+                    "no preset {name:?} for {arch}; presets: {}",
                     names.join(", ")
                 ))
             })
@@ -113,74 +71,17 @@ impl Preset {
 
     /// The Hugging Face `config.json`.
     pub fn config_json(&self) -> serde_json::Value {
-        let d = self.d_model;
-        match self.arch {
-            Arch::Gpt2 => json!({
-                "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
-                "vocab_size": VOCAB, "n_positions": self.n_ctx, "n_embd": d, "n_layer": self.n_layer,
-                "n_head": self.n_head, "n_inner": null, "layer_norm_epsilon": 1e-5,
-                "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": true,
-                "scale_attn_weights": true, "initializer_range": 0.02,
-            }),
-            Arch::GptNeo => json!({
-                "architectures": ["GPTNeoForCausalLM"], "model_type": "gpt_neo", "activation_function": "gelu_new",
-                "vocab_size": VOCAB, "max_position_embeddings": self.n_ctx, "hidden_size": d,
-                "num_layers": self.n_layer, "num_heads": self.n_head, "intermediate_size": null,
-                "attention_types": [[["global", "local"], self.n_layer / 2]], "window_size": self.window,
-                "layer_norm_epsilon": 1e-5, "bos_token_id": 50256, "eos_token_id": 50256,
-                "tie_word_embeddings": true, "initializer_range": 0.02,
-            }),
-        }
+        (self.config)()
     }
 
-    /// Every tensor: name, shape and initialisation (`Some(std)` normal, `None` for ones; biases zero).
+    /// The parsed config.
+    pub fn config(&self) -> Config {
+        Config::from_value(&self.config_json()).expect("presets are valid configs")
+    }
+
+    /// Every tensor: name, shape and initialisation, as the architecture spec names and shapes them.
     fn tensors(&self) -> Vec<(String, Vec<usize>, Init)> {
-        let (d, ff) = (self.d_model, 4 * self.d_model);
-        let mut t = vec![
-            (
-                "transformer.wte.weight".to_string(),
-                vec![VOCAB, d],
-                Init::Normal,
-            ),
-            (
-                "transformer.wpe.weight".to_string(),
-                vec![self.n_ctx, d],
-                Init::Normal,
-            ),
-        ];
-        for i in 0..self.n_layer {
-            let h = format!("transformer.h.{i}");
-            for ln in ["ln_1", "ln_2"] {
-                t.push((format!("{h}.{ln}.weight"), vec![d], Init::Ones));
-                t.push((format!("{h}.{ln}.bias"), vec![d], Init::Zeros));
-            }
-            let mut lin = |name: String, shape: Vec<usize>, bias: Option<usize>| {
-                if let Some(b) = bias {
-                    t.push((format!("{name}.bias"), vec![b], Init::Zeros));
-                }
-                t.push((format!("{name}.weight"), shape, Init::Normal));
-            };
-            match self.arch {
-                Arch::Gpt2 => {
-                    lin(format!("{h}.attn.c_attn"), vec![d, 3 * d], Some(3 * d));
-                    lin(format!("{h}.attn.c_proj"), vec![d, d], Some(d));
-                    lin(format!("{h}.mlp.c_fc"), vec![d, ff], Some(ff));
-                    lin(format!("{h}.mlp.c_proj"), vec![ff, d], Some(d));
-                }
-                Arch::GptNeo => {
-                    let a = format!("{h}.attn.attention");
-                    for p in ["q_proj", "k_proj", "v_proj"] {
-                        lin(format!("{a}.{p}"), vec![d, d], None);
-                    }
-                    lin(format!("{a}.out_proj"), vec![d, d], Some(d));
-                    lin(format!("{h}.mlp.c_fc"), vec![ff, d], Some(ff));
-                    lin(format!("{h}.mlp.c_proj"), vec![d, ff], Some(d));
-                }
-            }
-        }
-        t.push(("transformer.ln_f.weight".into(), vec![d], Init::Ones));
-        t.push(("transformer.ln_f.bias".into(), vec![d], Init::Zeros));
-        t
+        expected_tensors(&self.config())
     }
 
     /// Number of parameters.
@@ -190,6 +91,59 @@ impl Preset {
             .map(|(_, s, _)| s.iter().product::<usize>())
             .sum()
     }
+}
+
+/// The tensors a model of `config` holds, named under the family's first root.
+fn expected_tensors(c: &Config) -> Vec<(String, Vec<usize>, Init)> {
+    let names = &c.family().names;
+    let root = names.roots[0];
+    let (d, e) = (c.d_model, c.embed_dim);
+    let mut t = vec![(
+        format!("{root}{}.weight", names.embed),
+        vec![c.vocab_size, e],
+        Init::Normal,
+    )];
+    if let (Some(rows), Some(p)) = (c.position_rows(), names.positions) {
+        t.push((format!("{root}{p}.weight"), vec![rows, d], Init::Normal));
+    }
+    let norm = |t: &mut Vec<_>, base: String| {
+        t.push((format!("{base}.weight"), vec![d], Init::Ones));
+        t.push((format!("{base}.bias"), vec![d], Init::Zeros));
+    };
+    if let (true, Some(n)) = (c.embed_norm, names.embed_norm) {
+        norm(&mut t, format!("{root}{n}"));
+    }
+    if let (true, Some(pi), Some(po)) = (c.projects(), names.project_in, names.project_out) {
+        t.push((format!("{root}{pi}.weight"), vec![d, e], Init::Normal));
+        t.push((format!("{root}{po}.weight"), vec![e, d], Init::Normal));
+    }
+    let sites = linear_sites(c, root);
+    for layer in 0..c.n_layer() {
+        let h = block_prefix(c, root, layer);
+        norm(&mut t, format!("{h}.{}", names.ln1));
+        norm(&mut t, format!("{h}.{}", names.ln2));
+        for s in sites.iter().filter(|s| s.layer == layer) {
+            let shape = match s.layout {
+                Layout::OutIn => vec![s.out_dim, s.in_dim],
+                Layout::InOut => vec![s.in_dim, s.out_dim],
+            };
+            t.push((format!("{}.weight", s.base), shape, Init::Normal));
+            if s.bias {
+                t.push((format!("{}.bias", s.base), vec![s.out_dim], Init::Zeros));
+            }
+        }
+    }
+    if let (true, Some(n)) = (c.final_norm, names.final_norm) {
+        norm(&mut t, format!("{root}{n}"));
+    }
+    if !c.tie_word_embeddings {
+        t.push((
+            format!("{}.weight", names.lm_head),
+            vec![c.vocab_size, e],
+            Init::Normal,
+        ));
+    }
+    t
 }
 
 #[derive(Clone, Copy)]
@@ -229,7 +183,7 @@ pub fn write_model(
         ("format".to_string(), "pt".to_string()),
         (
             "slimlm.synth".to_string(),
-            format!("{}-{} seed {seed}", preset.arch.name(), preset.name),
+            format!("{}-{} seed {seed}", preset.arch, preset.name),
         ),
     ]);
     let bytes = writer::serialize(&tensors, &meta)?;
@@ -295,24 +249,22 @@ mod tests {
 
     #[test]
     fn parameter_counts_match_the_published_models() {
-        // GPT-2 124M: 124,439,808 parameters; GPT-Neo 125M: 125,198,592; 1.3B: 1,315,575,808 (HF counts).
-        assert_eq!(
-            Preset::find(Arch::Gpt2, "124m").unwrap().parameters(),
-            124_439_808
-        );
-        assert_eq!(
-            Preset::find(Arch::Gpt2, "gpt2-355m").unwrap().parameters(),
-            354_823_168
-        );
-        assert_eq!(
-            Preset::find(Arch::GptNeo, "125m").unwrap().parameters(),
-            125_198_592
-        );
-        assert_eq!(
-            Preset::find(Arch::GptNeo, "1.3b").unwrap().parameters(),
-            1_315_575_808
-        );
-        assert!(Preset::find(Arch::GptNeo, "355m").is_err());
+        // The counts transformers reports for the published checkpoints.
+        let count = |arch: &str, name: &str| {
+            Preset::find(Arch::find(arch).unwrap(), name)
+                .unwrap()
+                .parameters()
+        };
+        assert_eq!(count("gpt2", "124m"), 124_439_808);
+        assert_eq!(count("gpt2", "gpt2-355m"), 354_823_168);
+        assert_eq!(count("gpt-neo", "125m"), 125_198_592);
+        assert_eq!(count("gpt-neo", "1.3b"), 1_315_575_808);
+        assert_eq!(count("opt", "125m"), 125_239_296);
+        assert_eq!(count("opt", "opt-350m"), 331_196_416);
+        assert_eq!(count("gpt-neox", "160m"), 162_322_944);
+        assert_eq!(count("gpt-neox", "410m"), 405_334_016);
+        assert_eq!(count("bloom", "560m"), 559_214_592);
+        assert!(Preset::find(Arch::find("gpt-neo").unwrap(), "355m").is_err());
     }
 
     #[test]

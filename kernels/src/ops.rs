@@ -1,4 +1,5 @@
-//! Hot-path helpers: LayerNorm, gelu_new, softmax, attention of one query over a KV cache.
+//! Hot-path helpers: LayerNorm, the MLP activations (gelu_new, exact GELU, ReLU), softmax, rotary
+//! position embedding, attention of one query over a KV cache (with an optional ALiBi bias).
 //!
 //! The fast versions are plain Rust written in lane arrays (so reductions vectorise without
 //! reassociation licences) and a branch-free `exp`, compiled once per instruction set with
@@ -7,6 +8,8 @@
 //! * `gelu_new`: `0.5·x·(1 + tanh(u)) = x·σ(2u) = x / (1 + e^(−2u))` — no cancellation anywhere; the
 //!   argument and its ln 2 reduction in f64, the polynomial in f32: relative error ≤ ~5e-7;
 //! * `softmax`: f32 `exp` with 7th-order polynomial (≤ 2 ulp), f32 lane sums: relative ≤ ~1e-6;
+//! * `gelu_erf`: `0.5·x·(1 + erf(x/√2))` through `erfc` (Numerical Recipes' Chebyshev fit, relative
+//!   error < 1.2e-7 everywhere, so the negative tail keeps its relative accuracy), in f64: ≤ ~5e-7;
 //! * `attend`: f32 lane dot products + the softmax above.
 
 use crate::isa::{self, Isa};
@@ -22,12 +25,43 @@ pub fn gelu_new(x: &mut [f32]) {
     gelu_new_with(isa::active(), x)
 }
 
+/// Exact (erf) GELU in place, as PyTorch's `gelu` (GPT-NeoX's `hidden_act = "gelu"`).
+pub fn gelu_erf(x: &mut [f32]) {
+    gelu_erf_with(isa::active(), x)
+}
+
+/// ReLU in place (NaN stays NaN).
+pub fn relu(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        if *v < 0.0 {
+            *v = 0.0;
+        }
+    }
+}
+
+/// Rotary position embedding of one head in place, GPT-NeoX's `rotate_half` pairing: the first
+/// `2·cos.len()` values are rotated, value `i` paired with value `i + cos.len()` by the angle whose cosine
+/// and sine are `cos[i]`, `sin[i]`; the rest of the head is left as is.
+pub fn rotate_half(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    assert!(sin.len() == half && x.len() >= 2 * half, "rotate_half: lengths");
+    let (lo, hi) = x[..2 * half].split_at_mut(half);
+    for (((a, b), &c), &s) in lo.iter_mut().zip(hi).zip(cos).zip(sin) {
+        let (x0, x1) = (*a, *b);
+        *a = x0 * c - x1 * s;
+        *b = x1 * c + x0 * s;
+    }
+}
+
 /// Softmax in place.
 pub fn softmax(x: &mut [f32]) {
     softmax_with(isa::active(), x)
 }
 
-/// Attention of one query of one head over `n = keys.len() / q.len()` cached positions.
+/// Attention of one query of one head over `n = keys.len() / q.len()` cached positions, the last of
+/// which is the query's own: score `j` is `scale·q·k_j − slope·(n − 1 − j)` (`slope` is the head's ALiBi
+/// slope, 0 without ALiBi; BLOOM adds `slope·j` instead, which differs by a constant per query and so gives
+/// the same softmax).
 ///
 /// `scores` is caller-owned scratch of at least `n` floats (no allocation here).
 pub fn attend(
@@ -35,10 +69,11 @@ pub fn attend(
     keys: &[f32],
     values: &[f32],
     scale: f32,
+    slope: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    attend_with(isa::active(), q, keys, values, scale, scores, out)
+    attend_with(isa::active(), q, keys, values, scale, slope, scores, out)
 }
 
 fn check(isa: Isa) {
@@ -90,18 +125,25 @@ pub fn gelu_new_with(isa: Isa, x: &mut [f32]) {
     dispatch!(isa, gelu_new(x), scalar => reference::gelu_new(x))
 }
 
+/// [`gelu_erf`] on an explicit path.
+pub fn gelu_erf_with(isa: Isa, x: &mut [f32]) {
+    dispatch!(isa, gelu_erf(x), scalar => reference::gelu_erf(x))
+}
+
 /// [`softmax`] on an explicit path.
 pub fn softmax_with(isa: Isa, x: &mut [f32]) {
     dispatch!(isa, softmax(x), scalar => reference::softmax(x))
 }
 
 /// [`attend`] on an explicit path.
+#[allow(clippy::too_many_arguments)]
 pub fn attend_with(
     isa: Isa,
     q: &[f32],
     keys: &[f32],
     values: &[f32],
     scale: f32,
+    slope: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
@@ -114,7 +156,7 @@ pub fn attend_with(
         scores.len() >= keys.len() / d,
         "attend: scores scratch too short"
     );
-    dispatch!(isa, attend(q, keys, values, scale, scores, out), scalar => attend_scalar(q, keys, values, scale, scores, out))
+    dispatch!(isa, attend(q, keys, values, scale, slope, scores, out), scalar => attend_scalar(q, keys, values, scale, slope, scores, out))
 }
 
 fn attend_scalar(
@@ -122,6 +164,7 @@ fn attend_scalar(
     keys: &[f32],
     values: &[f32],
     scale: f32,
+    slope: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
@@ -133,7 +176,8 @@ fn attend_scalar(
             * q.iter()
                 .zip(&keys[j * d..(j + 1) * d])
                 .map(|(a, b)| a * b)
-                .sum::<f32>();
+                .sum::<f32>()
+            - slope * (n - 1 - j) as f32;
     }
     reference::softmax(scores);
     out.fill(0.0);
@@ -278,6 +322,29 @@ fn gelu_new_body(x: &mut [f32]) {
     }
 }
 
+/// `0.5·x·(1 + erf(x/√2))` = `x·(1 − ½·erfc(u))` for x ≥ 0 and `x·½·erfc(u)` below, `u = |x|/√2`;
+/// `erfc(u) = t·e^(−u² + P(t))`, `t = 1/(1 + u/2)` (Numerical Recipes' `erfcc`, relative error < 1.2e-7).
+#[inline(always)]
+fn gelu_erf_body(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        let z = *v as f64;
+        let u = z.abs() * std::f64::consts::FRAC_1_SQRT_2;
+        let t = 1.0 / (1.0 + 0.5 * u);
+        let p = -1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+        let half_erfc = 0.5 * t * exp_f64_arg(-u * u + p) as f64;
+        let f = if z >= 0.0 { 1.0 - half_erfc } else { half_erfc };
+        *v = (z * f) as f32;
+    }
+}
+
 #[inline(always)]
 fn softmax_body(x: &mut [f32]) {
     if x.is_empty() {
@@ -322,6 +389,7 @@ fn attend_body(
     keys: &[f32],
     values: &[f32],
     scale: f32,
+    slope: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
@@ -334,7 +402,7 @@ fn attend_body(
     for (j, (s, k)) in scores.iter_mut().zip(keys.chunks_exact(d)).enumerate() {
         prefetch_row(keys.as_ptr().wrapping_add((j + AHEAD) * d), d);
         prefetch_row(values.as_ptr().wrapping_add(j * d), d);
-        *s = scale * dot(q, k);
+        *s = scale * dot(q, k) - slope * (n - 1 - j) as f32;
     }
     softmax_body(scores);
     out.fill(0.0);
@@ -369,6 +437,12 @@ macro_rules! instantiate_ops {
             /// # Safety
             /// The CPU must support this instruction set.
             #[$feat]
+            pub(super) unsafe fn gelu_erf(x: &mut [f32]) {
+                super::gelu_erf_body(x)
+            }
+            /// # Safety
+            /// The CPU must support this instruction set.
+            #[$feat]
             pub(super) unsafe fn softmax(x: &mut [f32]) {
                 super::softmax_body(x)
             }
@@ -380,10 +454,11 @@ macro_rules! instantiate_ops {
                 keys: &[f32],
                 values: &[f32],
                 scale: f32,
+                slope: f32,
                 scores: &mut [f32],
                 out: &mut [f32],
             ) {
-                super::attend_body(q, keys, values, scale, scores, out)
+                super::attend_body(q, keys, values, scale, slope, scores, out)
             }
         }
     };

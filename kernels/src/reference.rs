@@ -146,6 +146,15 @@ pub fn gelu_new(x: &mut [f32]) {
     }
 }
 
+/// The exact GELU `0.5·x·(1 + erf(x/√2))` = `0.5·x·erfc(−x/√2)`, in place (`erfc` in f64 from `libm`;
+/// the `erfc` form does not cancel in the negative tail).
+pub fn gelu_erf(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        let z = *v as f64;
+        *v = (0.5 * z * libm::erfc(-z * std::f64::consts::FRAC_1_SQRT_2)) as f32;
+    }
+}
+
 /// Softmax in place (max-subtracted).
 pub fn softmax(x: &mut [f32]) {
     let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
@@ -162,8 +171,9 @@ pub fn softmax(x: &mut [f32]) {
 
 /// Attention of one query over `n` cached positions of one head.
 ///
-/// `keys` and `values` are `n × head_dim`, row-major; `out = Σ_j softmax(scale·q·k_j)_j · v_j`.
-pub fn attend(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+/// `keys` and `values` are `n × head_dim`, row-major; `out = Σ_j softmax(scale·q·k_j − slope·(n−1−j))_j · v_j`
+/// (`slope`: the head's ALiBi slope, 0 without).
+pub fn attend(q: &[f32], keys: &[f32], values: &[f32], scale: f32, slope: f32, out: &mut [f32]) {
     let d = q.len();
     let n = keys.len() / d;
     let mut scores: Vec<f32> = (0..n)
@@ -173,6 +183,7 @@ pub fn attend(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f3
                     .zip(&keys[j * d..(j + 1) * d])
                     .map(|(a, b)| a * b)
                     .sum::<f32>()
+                - slope * (n - 1 - j) as f32
         })
         .collect();
     softmax(&mut scores);

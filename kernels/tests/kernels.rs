@@ -585,7 +585,9 @@ fn quantize_bit_exact() {
 
 mod ops_tests {
     use super::*;
-    use slimlm_kernels::ops::{attend_with, gelu_new_with, layer_norm_with, softmax_with};
+    use slimlm_kernels::ops::{
+        attend_with, gelu_erf_with, gelu_new_with, layer_norm_with, rotate_half, softmax_with,
+    };
 
     #[test]
     fn layer_norm_all_paths() {
@@ -661,6 +663,65 @@ mod ops_tests {
     }
 
     #[test]
+    fn gelu_erf_all_paths() {
+        let mut rng = Rng(39);
+        let mut x = rng.vec(4099, 8.0);
+        x.extend([
+            0.0, -0.0, 1e-30, -1e-30, 1e4, -1e4, 30.0, -30.0, 9.0, -9.0, 5.0, -5.0, 1e-3, -1e-3,
+        ]);
+        // The reference itself against published values of x·Φ(x).
+        let mut known = [1.0f32, -1.0, 2.0, -3.0];
+        reference::gelu_erf(&mut known);
+        for (k, v) in known.iter().zip([
+            0.841_344_746_068_543,
+            -0.158_655_253_931_457,
+            1.954_499_736_103_642,
+            -0.004_049_694_008_7,
+        ]) {
+            assert!((k - v).abs() <= 1e-7 * (1.0 + v.abs()), "{k} vs {v}");
+        }
+        let mut want = x.clone();
+        reference::gelu_erf(&mut want);
+        for isa in isas() {
+            let mut got = x.clone();
+            gelu_erf_with(isa, &mut got);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                // erfc's fit is good to 1.2e-7 relative, also in the negative tail (where the result
+                // is tiny): 1e-6 relative, plus 1e-30 absolute where e^(−u²) underflows.
+                assert!(
+                    (g - w).abs() <= 1e-6 * w.abs() + 1e-30,
+                    "gelu_erf {isa:?} x={} got {g} want {w}",
+                    x[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rotate_half_matches_the_definition() {
+        // transformers: x·cos + rotate_half(x)·sin with cos, sin repeated over both halves, on the first
+        // 2·half values; the rest pass through.
+        let mut rng = Rng(40);
+        for &(len, half) in &[(8usize, 4usize), (16, 2), (32, 4), (7, 3), (5, 0)] {
+            let x = rng.vec(len, 2.0);
+            let ang: Vec<f32> = rng.vec(half, 3.0);
+            let (cos, sin): (Vec<f32>, Vec<f32>) = ang.iter().map(|a| (a.cos(), a.sin())).unzip();
+            let mut got = x.clone();
+            rotate_half(&mut got, &cos, &sin);
+            for i in 0..len {
+                let want = if i < half {
+                    x[i] * cos[i] - x[i + half] * sin[i]
+                } else if i < 2 * half {
+                    x[i] * cos[i - half] + x[i - half] * sin[i - half]
+                } else {
+                    x[i]
+                };
+                assert!((got[i] - want).abs() <= 1e-6 * (1.0 + want.abs()), "{i}");
+            }
+        }
+    }
+
+    #[test]
     fn softmax_all_paths() {
         let mut rng = Rng(41);
         for &n in &[1usize, 7, 16, 33, 1024, 2049] {
@@ -694,21 +755,24 @@ mod ops_tests {
                 let keys = rng.vec(n * d, 2.0);
                 let values = rng.vec(n * d, 3.0);
                 let scale = 1.0 / (d as f32).sqrt();
-                let mut want = vec![0.0; d];
-                reference::attend(&q, &keys, &values, scale, &mut want);
-                // Magnitude: max |v| (a convex combination of the values), tolerance 1e-5 of it.
-                let vmax = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                for isa in isas() {
-                    let mut scores = vec![0.0; n + 3];
-                    let mut got = vec![f32::NAN; d];
-                    attend_with(isa, &q, &keys, &values, scale, &mut scores, &mut got);
-                    assert_close(
-                        &format!("attend d={d} n={n} {isa:?}"),
-                        &got,
-                        &want,
-                        &[vmax],
-                        1e-5,
-                    );
+                // Without ALiBi, and with BLOOM-like slopes (a steep one and a shallow one).
+                for slope in [0.0f32, 0.5, 0.0039] {
+                    let mut want = vec![0.0; d];
+                    reference::attend(&q, &keys, &values, scale, slope, &mut want);
+                    // Magnitude: max |v| (a convex combination of the values), tolerance 1e-5 of it.
+                    let vmax = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    for isa in isas() {
+                        let mut scores = vec![0.0; n + 3];
+                        let mut got = vec![f32::NAN; d];
+                        attend_with(isa, &q, &keys, &values, scale, slope, &mut scores, &mut got);
+                        assert_close(
+                            &format!("attend d={d} n={n} slope={slope} {isa:?}"),
+                            &got,
+                            &want,
+                            &[vmax],
+                            1e-5,
+                        );
+                    }
                 }
             }
         }

@@ -17,9 +17,10 @@ pub struct Args {
     json: bool,
 }
 
-const PARTS: [&str; 9] = [
+const PARTS: [&str; 10] = [
     "embeddings",
     "positions",
+    "projections",
     "attn_qkv",
     "attn_out",
     "mlp_in",
@@ -36,7 +37,9 @@ pub fn run(a: Args) -> CliResult {
     let mut bytes: BTreeMap<(Option<usize>, &'static str), usize> = BTreeMap::new();
     for name in store.names() {
         let t = store.require(name)?;
-        *bytes.entry(compress::classify(name)).or_default() += t.bytes().len();
+        *bytes
+            .entry(compress::classify(&model.config, model.root(), name))
+            .or_default() += t.bytes().len();
     }
     let file_bytes = store.file_bytes();
     let source_bytes: Option<usize> = md.get(META_SOURCE_BYTES).and_then(|s| s.parse().ok());

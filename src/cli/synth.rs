@@ -9,10 +9,11 @@ use super::CliResult;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Architecture: gpt2 or gpt-neo.
-    #[arg(long, value_parser = ["gpt2", "gpt-neo"])]
+    /// Architecture: gpt2, gpt-neo, opt, gpt-neox or bloom.
+    #[arg(long)]
     arch: String,
-    /// Size: 124m, 355m (gpt2); 125m, 1.3b (gpt-neo); tiny (both).
+    /// Size: 124m, 355m (gpt2); 125m, 1.3b (gpt-neo); 125m, 350m (opt); 160m, 410m (gpt-neox, Pythia);
+    /// 560m (bloom); tiny (all).
     #[arg(long)]
     preset: String,
     /// Output model directory.
@@ -30,16 +31,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> CliResult {
-    let arch = if a.arch == "gpt2" {
-        Arch::Gpt2
-    } else {
-        Arch::GptNeo
-    };
+    let arch = Arch::find(&a.arch)?;
     let preset = Preset::find(arch, &a.preset)?;
     let tok = super::model_dir(a.tokenizer);
     eprintln!(
         "writing {}-{} ({:.1}M parameters, F32) to {}",
-        arch.name(),
+        arch,
         preset.name,
         preset.parameters() as f64 / 1e6,
         a.out.display()

@@ -31,7 +31,7 @@ pub use plan::{
 };
 use writer::OutTensor;
 
-use crate::config::Config;
+use crate::arch::Config;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::session::Observer;
@@ -103,7 +103,7 @@ pub struct Report {
     pub source_bytes: usize,
 }
 
-pub use crate::layers::{linear_sites, LinearSite};
+pub use crate::layers::{classify, linear_sites, resolve_root, LinearSite};
 
 /// A weight as a row-major `[out, in]` f32 matrix, transposing `[in, out]` storage.
 fn weight_out_in(
@@ -562,12 +562,9 @@ pub fn compress_model(
     } else {
         None
     };
-    let prefix = if store.contains("transformer.wte.weight") {
-        "transformer."
-    } else {
-        ""
-    };
-    let sites = linear_sites(config, prefix);
+    let root = resolve_root(config, store)?;
+    let names = &config.family().names;
+    let sites = linear_sites(config, root);
     let ctx = Ctx {
         plan: &resolved,
         calib: calib.as_ref(),
@@ -577,11 +574,11 @@ pub fn compress_model(
     let mut reports = Vec::new();
     let total = sites.len() + 1;
 
-    // Embeddings (and an untied LM head): the embeddings method; wpe: at most F16.
+    // Embeddings (and an untied LM head): the embeddings method; a learned position table: at most F16.
     let emb_method = resolved.method(None, Component::Embeddings);
-    let mut tables = vec![format!("{prefix}wte.weight")];
-    if !config.tie_word_embeddings && store.contains("lm_head.weight") {
-        tables.push("lm_head.weight".into());
+    let mut tables = vec![format!("{root}{}.weight", names.embed)];
+    if !config.tie_word_embeddings {
+        tables.push(format!("{}.weight", names.lm_head));
     }
     for name in &tables {
         let t = store.require(name)?;
@@ -601,9 +598,11 @@ pub fn compress_model(
         consumed.insert(name.clone());
         out.extend(p.tensors);
     }
-    let wpe = store.require(&format!("{prefix}wpe.weight"))?;
-    out.push(dense_tensor(&wpe, emb_method != Method::Keep)?);
-    consumed.insert(wpe.name.clone());
+    if let (Some(_), Some(pos)) = (config.position_rows(), names.positions) {
+        let table = store.require(&format!("{root}{pos}.weight"))?;
+        out.push(dense_tensor(&table, emb_method != Method::Keep)?);
+        consumed.insert(table.name.clone());
+    }
     progress(1, total, "embeddings");
 
     for (i, site) in sites.iter().enumerate() {
@@ -626,11 +625,12 @@ pub fn compress_model(
         progress(i + 2, total, "matrices");
     }
 
-    // Everything else: 1-D vectors as F32; GPT-2's attention-mask buffers dropped; the rest copied.
+    // Everything else: 1-D vectors as F32; buffers the spec ignores (causal masks, rotary
+    // frequencies) dropped; the rest (e.g. OPT's projections) copied.
     let mut rest: Vec<&str> = store.names().filter(|n| !consumed.contains(*n)).collect();
     rest.sort_unstable();
     for name in rest {
-        if name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") {
+        if names.ignored.iter().any(|suffix| name.ends_with(suffix)) {
             continue;
         }
         let t = store.require(name)?;
@@ -687,40 +687,4 @@ fn copy_side_files(src: &Path, dst: &Path) -> Result<()> {
         writer::write_synced(&dst.join(&name), &bytes)?;
     }
     Ok(())
-}
-
-/// Which part of a model a tensor name belongs to: `(layer, part)`, part being a component name or
-/// `norms`, `positions`, `padding`, `other`.
-pub fn classify(name: &str) -> (Option<usize>, &'static str) {
-    if name.starts_with(writer::PAD_PREFIX) {
-        return (None, "padding");
-    }
-    let layer = name
-        .split('.')
-        .collect::<Vec<_>>()
-        .windows(2)
-        .find(|w| w[0] == "h")
-        .and_then(|w| w[1].parse::<usize>().ok());
-    let part = if name.contains("wte.") || name.starts_with("lm_head.") {
-        "embeddings"
-    } else if name.contains("wpe.") {
-        "positions"
-    } else if name.contains(".ln_") || name.contains("ln_f.") {
-        "norms"
-    } else if name.contains(".attn.c_attn.")
-        || [".q_proj.", ".k_proj.", ".v_proj."]
-            .iter()
-            .any(|p| name.contains(p))
-    {
-        "attn_qkv"
-    } else if name.contains(".attn.c_proj.") || name.contains(".out_proj.") {
-        "attn_out"
-    } else if name.contains(".mlp.c_fc.") {
-        "mlp_in"
-    } else if name.contains(".mlp.c_proj.") {
-        "mlp_out"
-    } else {
-        "other"
-    };
-    (layer, part)
 }

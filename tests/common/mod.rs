@@ -30,11 +30,25 @@ pub struct Prompt {
     pub name: String,
     pub text: String,
     pub input_ids: Vec<u32>,
+    /// Up to `greedy_new_tokens`; shorter when transformers stopped at the end-of-text token.
     pub greedy_ids: Vec<u32>,
+    /// Greedy steps where transformers' own top-2 logits were within 1e-3 (either choice is right).
+    pub near_tie_positions: Vec<usize>,
     pub last_logits: Vec<f32>,
     pub next_token_logprobs: Vec<f32>,
-    /// `[layers + 1][d]`.
+    /// `[layers + 1][d]`; for a model whose final hidden state has another width (OPT with
+    /// `project_out`), the entries before it, the final one being in `last_hidden_final`.
     pub last_hidden_per_layer: Vec<Vec<f32>>,
+    pub last_hidden_final: Option<Vec<f32>>,
+}
+
+impl Prompt {
+    /// Every hidden state transformers reports, the final one included.
+    pub fn hidden_states(&self) -> Vec<Vec<f32>> {
+        let mut v = self.last_hidden_per_layer.clone();
+        v.extend(self.last_hidden_final.clone());
+        v
+    }
 }
 
 /// The goldens of a reference model.
@@ -76,11 +90,17 @@ pub fn golden(model: &str) -> Golden {
     let mut prompts = Vec::new();
     for (name, p) in json["prompts"].as_object().unwrap() {
         let (hidden, shape) = f32s(&f, &format!("{name}.last_hidden_per_layer"));
+        let final_name = format!("{name}.last_hidden_final");
         prompts.push(Prompt {
             name: name.clone(),
             text: p["text"].as_str().unwrap().to_string(),
             input_ids: ids(&f, &format!("{name}.input_ids")),
             greedy_ids: ids(&f, &format!("{name}.greedy_ids")),
+            near_tie_positions: p["near_tie_positions"]
+                .as_array()
+                .map(|a| a.iter().map(|v| v.as_u64().unwrap() as usize).collect())
+                .unwrap_or_default(),
+            last_hidden_final: f.get(&final_name).map(|_| f32s(&f, &final_name).0),
             last_logits: f32s(&f, &format!("{name}.last_logits")).0,
             next_token_logprobs: f32s(&f, &format!("{name}.next_token_logprobs")).0,
             last_hidden_per_layer: hidden.chunks(shape[1]).map(<[f32]>::to_vec).collect(),
