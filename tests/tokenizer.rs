@@ -182,6 +182,13 @@ fn encodes_like_the_goldens() {
 }
 
 #[test]
+fn tokenizer_and_stream_can_be_shared_between_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Tokenizer>();
+    shared::<TextStream<'static>>();
+}
+
+#[test]
 fn opt_adds_its_leading_special_token() {
     let tok = Tokenizer::from_dir(&common::ref_model("ref-opt")).unwrap();
     let plain = tok.encode_plain("Hello</s>").unwrap();

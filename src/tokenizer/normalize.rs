@@ -1,4 +1,8 @@
 //! Normalizers: Unicode normal forms and lower-casing, applied to the text between added tokens.
+//!
+//! The normal forms follow the current Unicode tables (`unicode-normalization`). Hugging Face's
+//! `tokenizers` uses Unicode 9.0 tables, so for the few compositions defined since (Dives Akuru, Kirat Rai,
+//! Gurung Khema, Todhri, ...) its NFC leaves text decomposed that this one composes.
 
 use std::borrow::Cow;
 
