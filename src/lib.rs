@@ -39,7 +39,7 @@ pub use perplexity::{perplexity, Perplexity};
 pub use sampler::{Sampler, Sampling};
 pub use session::{Observer, Session};
 pub use slimlm_kernels as kernels;
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{TextStream, Tokenizer};
 
 /// Checks that the kernel path requested by `SLIMLM_KERNELS` (if any) can run on this CPU.
 pub fn check_kernels() -> Result<kernels::Isa> {
