@@ -192,12 +192,11 @@ impl Tokenizer {
                 "no token has id {hole} (ids must run from 0 without holes; {n} ids, {count} tokens)"
             ));
         }
-        let decoded: Vec<Vec<u8>> = by_id
-            .iter()
-            .map(|s| byte_level::decode_token(s.unwrap_or_default()))
-            .collect();
-        let table = Table::new(decoded.iter().map(Vec::as_slice))?;
-        drop(decoded);
+        let table = Table::new(
+            by_id
+                .iter()
+                .map(|s| byte_level::decode_token(s.unwrap_or_default())),
+        )?;
 
         let mut byte_token = Bpe::no_bytes();
         let mut missing = Vec::new();
@@ -379,10 +378,11 @@ fn check_added(
     tokens: Vec<AddedTokenJson>,
 ) -> Result<Vec<AddedTokenJson>, String> {
     let mut kept: Vec<AddedTokenJson> = Vec::with_capacity(tokens.len());
+    let mut seen: HashMap<String, usize> = HashMap::with_capacity(tokens.len());
     let mut next = vocab.len() as u64;
     for t in tokens {
-        if let Some(k) = kept.iter().find(|k| k.content == t.content) {
-            if *k == t {
+        if let Some(&k) = seen.get(&t.content) {
+            if kept[k] == t {
                 continue;
             }
             return Err(format!(
@@ -407,6 +407,7 @@ fn check_added(
                 t.content, t.id
             ));
         }
+        seen.insert(t.content.clone(), kept.len());
         kept.push(t);
     }
     Ok(kept)
