@@ -37,8 +37,8 @@ struct Matcher {
 pub(super) struct AddedTokens {
     raw: Option<Matcher>,
     normalized: Option<Matcher>,
-    /// `(content, id, special)` of every added token, for [`AddedTokens::id`].
-    contents: Vec<(Box<str>, u32, bool)>,
+    /// `(content, id)` of every added token sorted by content, for [`AddedTokens::id`].
+    contents: Vec<(Box<str>, u32)>,
     /// `\w` at the end or start of a text, for `single_word`.
     word: Option<(Regex, Regex)>,
 }
@@ -76,20 +76,25 @@ impl AddedTokens {
         } else {
             None
         };
+        let mut contents: Vec<(Box<str>, u32)> = tokens
+            .iter()
+            .map(|t| (t.content.clone().into_boxed_str(), t.id))
+            .collect();
+        contents.sort_unstable();
         Ok(AddedTokens {
             raw: Matcher::new(raw)?,
             normalized: Matcher::new(norm)?,
-            contents: tokens
-                .iter()
-                .map(|t| (t.content.clone().into_boxed_str(), t.id, t.special))
-                .collect(),
+            contents,
             word,
         })
     }
 
     /// The id of the added token `content`.
     pub(super) fn id(&self, content: &str) -> Option<u32> {
-        self.contents.iter().find(|c| &*c.0 == content).map(|c| c.1)
+        self.contents
+            .binary_search_by(|c| (*c.0).cmp(content))
+            .ok()
+            .map(|i| self.contents[i].1)
     }
 
     /// Whether some added token is matched on the normalized text.

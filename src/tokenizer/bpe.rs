@@ -17,14 +17,14 @@ pub(super) struct Table {
 
 impl Table {
     /// A table of `tokens` in id order.
-    pub(super) fn new<'a>(
-        tokens: impl ExactSizeIterator<Item = &'a [u8]>,
+    pub(super) fn new<T: AsRef<[u8]>>(
+        tokens: impl ExactSizeIterator<Item = T>,
     ) -> Result<Table, String> {
         let mut offsets = Vec::with_capacity(tokens.len() + 1);
         let mut bytes = Vec::new();
         offsets.push(0);
         for t in tokens {
-            bytes.extend_from_slice(t);
+            bytes.extend_from_slice(t.as_ref());
             let end = u32::try_from(bytes.len())
                 .map_err(|_| "the tokens' bytes add up to more than 4 GiB".to_string())?;
             offsets.push(end);

@@ -145,7 +145,10 @@ impl Split {
             .ok_or_else(|| format!("{what}: no pattern in {}", short(v)))?;
         let pattern = if let Some(re) = p.get("Regex").and_then(Value::as_str) {
             Some(Regex::new(re).map_err(|e| {
-                format!("{what}: the regex {re:?} is not supported by the regex crate (look-around and back-references are not): {e}")
+                format!(
+                    "{what}: the regex {re:?} is not supported by the regex crate (look-around and \
+                     back-references are not): {e}"
+                )
             })?)
         } else if let Some(s) = p.get("String").and_then(Value::as_str) {
             match s {
