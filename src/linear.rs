@@ -102,12 +102,18 @@ impl Vector {
     fn for_each(&self, mut f: impl FnMut(usize, f32)) {
         match self {
             Vector::Mapped(t, DType::F16) => {
-                for (i, v) in bytemuck::cast_slice::<u8, half::f16>(t.bytes()).iter().enumerate() {
+                for (i, v) in bytemuck::cast_slice::<u8, half::f16>(t.bytes())
+                    .iter()
+                    .enumerate()
+                {
                     f(i, v.to_f32())
                 }
             }
             Vector::Mapped(t, DType::BF16) => {
-                for (i, v) in bytemuck::cast_slice::<u8, half::bf16>(t.bytes()).iter().enumerate() {
+                for (i, v) in bytemuck::cast_slice::<u8, half::bf16>(t.bytes())
+                    .iter()
+                    .enumerate()
+                {
                     f(i, v.to_f32())
                 }
             }

@@ -150,7 +150,9 @@ impl Model {
             (Some(rows), Some(name)) => {
                 let m = w.matrix(&w.weight(name), Layout::OutIn, rows, d)?;
                 if matches!(m, Matrix::Int8 { .. }) {
-                    return Err(config_err("INT8 position embeddings are not supported".into()));
+                    return Err(config_err(
+                        "INT8 position embeddings are not supported".into(),
+                    ));
                 }
                 Some(m)
             }
@@ -170,18 +172,20 @@ impl Model {
         };
         let embed_norm = optional_norm(config.embed_norm, names.embed_norm)?;
         let final_norm = optional_norm(config.final_norm, names.final_norm)?;
-        let (project_in, project_out) = match (config.projects(), names.project_in, names.project_out) {
+        let (project_in, project_out) = match (
+            config.projects(),
+            names.project_in,
+            names.project_out,
+        ) {
             (false, ..) => (None, None),
             (true, Some(pi), Some(po)) => (
                 Some(w.linear(&w.name(pi), Layout::OutIn, d, e, false)?),
                 Some(w.linear(&w.name(po), Layout::OutIn, e, d, false)?),
             ),
-            _ => {
-                return Err(config_err(format!(
-                    "embedding width {e} differs from the hidden width {d}, but {} has no projections",
-                    config.arch
-                )))
-            }
+            _ => return Err(config_err(format!(
+                "embedding width {e} differs from the hidden width {d}, but {} has no projections",
+                config.arch
+            ))),
         };
         let sites = linear_sites(&config, root);
         let blocks = (0..config.n_layer())
@@ -189,7 +193,12 @@ impl Model {
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if !config.tie_word_embeddings {
             Linear::new(
-                LinearKind::Full(w.matrix(&format!("{}.weight", names.lm_head), Layout::OutIn, v, e)?),
+                LinearKind::Full(w.matrix(
+                    &format!("{}.weight", names.lm_head),
+                    Layout::OutIn,
+                    v,
+                    e,
+                )?),
                 None,
             )
         } else {
@@ -246,7 +255,10 @@ impl Model {
     /// tokenizer's `<|endoftext|>`.
     pub fn eos_token_ids(&self) -> Vec<u32> {
         if self.config.eos_token_ids.is_empty() {
-            self.tokenizer.token_id("<|endoftext|>").into_iter().collect()
+            self.tokenizer
+                .token_id("<|endoftext|>")
+                .into_iter()
+                .collect()
         } else {
             self.config.eos_token_ids.clone()
         }
@@ -308,7 +320,11 @@ impl Model {
             + self.positions.as_ref().map_or(0, Matrix::weight_bytes)
             + blocks
             + self.norms().iter().map(|n| n.bytes()).sum::<usize>()
-            + self.extra_linears().iter().map(|l| l.weight_bytes()).sum::<usize>()
+            + self
+                .extra_linears()
+                .iter()
+                .map(|l| l.weight_bytes())
+                .sum::<usize>()
     }
 
     /// Bytes of weights copied into process memory at load (unaligned or converted tensors); ideally 0.
@@ -323,12 +339,20 @@ impl Model {
             + self.positions.as_ref().map_or(0, Matrix::copied_bytes)
             + blocks
             + self.norms().iter().map(|n| n.copied_bytes()).sum::<usize>()
-            + self.extra_linears().iter().map(|l| l.copied_bytes()).sum::<usize>()
+            + self
+                .extra_linears()
+                .iter()
+                .map(|l| l.copied_bytes())
+                .sum::<usize>()
     }
 }
 
 /// A file with more blocks than the config says would silently lose some: an error instead.
-fn check_layer_count(config: &Config, store: &TensorStore, root: &str) -> std::result::Result<(), String> {
+fn check_layer_count(
+    config: &Config,
+    store: &TensorStore,
+    root: &str,
+) -> std::result::Result<(), String> {
     let prefix = format!("{root}{}.", config.family().names.layers);
     let most = store
         .names()

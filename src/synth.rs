@@ -37,11 +37,9 @@ impl Preset {
             .iter()
             .flat_map(|f| {
                 let arch = Arch::find(f.name).expect("a family of the table");
-                f.presets.iter().map(move |&(name, config)| Preset {
-                    arch,
-                    name,
-                    config,
-                })
+                f.presets
+                    .iter()
+                    .map(move |&(name, config)| Preset { arch, name, config })
             })
             .collect()
     }

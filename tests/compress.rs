@@ -67,7 +67,7 @@ fn score(model: &Model, ids: &[u32]) -> (f64, Vec<f32>) {
 /// Every stored weight buffer points into the mapping; nothing was copied; every tensor is 64-byte aligned.
 fn check_in_place(model: &Model) {
     let store = model.store();
-    let mut mats = vec![&model.wte, &model.wpe];
+    let mut mats = vec![&model.embed, model.positions.as_ref().unwrap()];
     for (_, _, lin) in model.linears() {
         mats.extend(lin.matrices());
     }
@@ -230,10 +230,10 @@ fn int8_and_lowrank_storage_is_what_the_plan_says() {
     for (_, _, lin) in m.linears() {
         assert_eq!(lin.describe(), "int8");
     }
-    assert_eq!(m.wte.storage_name(), "int8");
+    assert_eq!(m.embed.storage_name(), "int8");
     // The tied LM head is the INT8 embedding itself, in place.
     let head = m.linears().last().unwrap().2.matrices()[0].data_ptrs();
-    assert_eq!(head, m.wte.data_ptrs());
+    assert_eq!(head, m.embed.data_ptrs());
 
     let (_t, out, report) = compress_to(
         "ref-gptneo",
@@ -607,7 +607,7 @@ fn cli_compress_and_inspect() {
             .arg(&plan),
     );
     let m = Model::open(&out2).unwrap();
-    assert_eq!(m.wte.storage_name(), "f16");
+    assert_eq!(m.embed.storage_name(), "f16");
 
     let fails = |args: &[&str], want: &str| {
         let e = run_err(

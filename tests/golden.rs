@@ -144,7 +144,12 @@ fn check_greedy(name: &str, model: &Model, p: &Prompt) {
         p.name
     );
     if upto == p.greedy_ids.len() {
-        assert_eq!(out.len(), p.greedy_ids.len(), "{name}/{}: greedy length", p.name);
+        assert_eq!(
+            out.len(),
+            p.greedy_ids.len(),
+            "{name}/{}: greedy length",
+            p.name
+        );
     }
 }
 

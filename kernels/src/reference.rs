@@ -155,6 +155,19 @@ pub fn gelu_erf(x: &mut [f32]) {
     }
 }
 
+/// `ln Σ e^x_i`, in f64 (max-subtracted).
+pub fn log_sum_exp(x: &[f32]) -> f64 {
+    let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    if x.iter().any(|v| v.is_nan()) {
+        return f64::NAN;
+    }
+    if !max.is_finite() {
+        return max;
+    }
+    let sum: f64 = x.iter().map(|&l| (l as f64 - max).exp()).sum();
+    max + sum.ln()
+}
+
 /// Softmax in place (max-subtracted).
 pub fn softmax(x: &mut [f32]) {
     let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));

@@ -586,7 +586,8 @@ fn quantize_bit_exact() {
 mod ops_tests {
     use super::*;
     use slimlm_kernels::ops::{
-        attend_with, gelu_erf_with, gelu_new_with, layer_norm_with, rotate_half, softmax_with,
+        attend_with, gelu_erf_with, gelu_new_with, layer_norm_with, log_sum_exp_with, rotate_half,
+        softmax_with,
     };
 
     #[test]
@@ -673,11 +674,12 @@ mod ops_tests {
         let mut known = [1.0f32, -1.0, 2.0, -3.0];
         reference::gelu_erf(&mut known);
         for (k, v) in known.iter().zip([
-            0.841_344_746_068_543,
+            0.841_344_746_068_543f64,
             -0.158_655_253_931_457,
             1.954_499_736_103_642,
             -0.004_049_694_008_7,
         ]) {
+            let k = *k as f64;
             assert!((k - v).abs() <= 1e-7 * (1.0 + v.abs()), "{k} vs {v}");
         }
         let mut want = x.clone();
@@ -718,6 +720,27 @@ mod ops_tests {
                 };
                 assert!((got[i] - want).abs() <= 1e-6 * (1.0 + want.abs()), "{i}");
             }
+        }
+    }
+
+    #[test]
+    fn log_sum_exp_all_paths() {
+        let mut rng = Rng(42);
+        for &n in &[1usize, 7, 16, 33, 12_032, 50_257] {
+            for &spread in &[1.0f32, 10.0, 80.0] {
+                let x = rng.vec(n, spread);
+                let want = reference::log_sum_exp(&x);
+                for isa in isas() {
+                    let got = log_sum_exp_with(isa, &x);
+                    // Each e^x within 2 ulp, summed in f64: the log within ~3e-7 absolute.
+                    assert!((got - want).abs() <= 3e-7, "n={n} {isa:?}: {got} vs {want}");
+                }
+            }
+        }
+        for isa in isas() {
+            assert!(log_sum_exp_with(isa, &[1.0, f32::NAN]).is_nan());
+            assert_eq!(log_sum_exp_with(isa, &[]), f64::NEG_INFINITY);
+            assert_eq!(log_sum_exp_with(isa, &[f32::INFINITY, 0.0]), f64::INFINITY);
         }
     }
 

@@ -59,9 +59,7 @@ fn parse(f: &Fields) -> Result<Config, String> {
     let n_layer = f.size_any(&["n_layer", "num_hidden_layers"], limits::LAYERS)?;
     let vocab_size = f.size("vocab_size", limits::VOCAB)?;
     if f.bool_or("apply_residual_connection_post_layernorm", false)? {
-        return Err(
-            "apply_residual_connection_post_layernorm = true is not supported".into(),
-        );
+        return Err("apply_residual_connection_post_layernorm = true is not supported".into());
     }
     let head_dim = d / n_head.max(1);
     Ok(Config {

@@ -75,7 +75,9 @@ impl<'a> Fields<'a> {
             Some(v) => v
                 .as_f64()
                 .filter(|x| *x > 0.0 && x.is_finite())
-                .ok_or(format!("field `{key}` must be a positive number, found {v}")),
+                .ok_or(format!(
+                    "field `{key}` must be a positive number, found {v}"
+                )),
         }
     }
 

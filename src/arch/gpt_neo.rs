@@ -74,7 +74,9 @@ fn parse(f: &Fields) -> Result<Config, String> {
         d_model: d,
         embed_dim: d,
         n_head: f.size("num_heads", limits::HEADS)?,
-        d_ff: f.opt_size("intermediate_size", limits::WIDTH)?.unwrap_or(4 * d),
+        d_ff: f
+            .opt_size("intermediate_size", limits::WIDTH)?
+            .unwrap_or(4 * d),
         layer_norm_eps: f.epsilon_or("layer_norm_epsilon", 1e-5)?,
         positions: Positions::Learned { offset: 0 },
         norm: NormPlacement::Pre,

@@ -125,9 +125,7 @@ fn rotary(f: &Fields, head_dim: usize) -> Result<Positions, String> {
     if let Some(p) = &inner {
         let kind = p.str_or("rope_type", p.str_or("type", "default")?)?;
         if kind != "default" {
-            return Err(format!(
-                "rope_type {kind:?} is not supported (default)"
-            ));
+            return Err(format!("rope_type {kind:?} is not supported (default)"));
         }
     }
     let pct = pick(&["partial_rotary_factor", "rotary_pct"])?.unwrap_or(0.25);

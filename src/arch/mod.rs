@@ -46,9 +46,12 @@ pub struct Family {
     pub layout: Layout,
     /// Parses a `config.json` of this family.
     pub parse: fn(&Fields) -> Result<Config, String>,
-    /// Presets for `slimlm synth`: a name and the `config.json` of a published model of that size.
-    pub presets: &'static [(&'static str, fn() -> Value)],
+    /// Presets for `slimlm synth`.
+    pub presets: &'static [SynthPreset],
 }
+
+/// A `slimlm synth` preset: a name (`124m`) and the `config.json` of a published model of that size.
+pub type SynthPreset = (&'static str, fn() -> Value);
 
 /// A model family, as a handle on its entry of [`FAMILIES`].
 #[derive(Clone, Copy)]
@@ -82,7 +85,11 @@ impl Arch {
 
     /// The supported family names, comma-separated.
     pub fn names() -> String {
-        FAMILIES.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
+        FAMILIES
+            .iter()
+            .map(|f| f.name)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

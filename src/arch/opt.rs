@@ -70,7 +70,9 @@ fn parse(f: &Fields) -> Result<Config, String> {
         vocab_size,
         n_ctx: f.size("max_position_embeddings", limits::CONTEXT)?,
         d_model: d,
-        embed_dim: f.opt_size("word_embed_proj_dim", limits::WIDTH)?.unwrap_or(d),
+        embed_dim: f
+            .opt_size("word_embed_proj_dim", limits::WIDTH)?
+            .unwrap_or(d),
         n_head,
         d_ff: f.size("ffn_dim", limits::WIDTH)?,
         layer_norm_eps: 1e-5,

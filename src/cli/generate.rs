@@ -37,9 +37,12 @@ pub struct Args {
     /// Random seed for sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Keep generating after <|endoftext|>.
+    /// Keep generating after the end-of-text token.
     #[arg(long)]
     ignore_eos: bool,
+    /// Context length (default: the model's; BLOOM, which sets none, 2048).
+    #[arg(long)]
+    context: Option<usize>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -50,7 +53,10 @@ pub struct Args {
 
 pub fn run(a: Args) -> CliResult {
     super::set_threads(a.threads)?;
-    let model = Model::open(super::model_dir(a.model))?;
+    let mut model = Model::open(super::model_dir(a.model))?;
+    if let Some(n) = a.context {
+        model.set_context(n)?;
+    }
     let tok = model.tokenizer();
     let prompt_ids = match &a.prompt_ids {
         Some(ids) => ids.clone(),
@@ -77,19 +83,21 @@ pub fn run(a: Args) -> CliResult {
     let mut gen = session.generate(&prompt_ids, &opts)?;
     let mut ids = Vec::new();
     let mut out = std::io::stdout().lock();
-    let mut printed = 0;
     if !a.json {
-        write!(out, "{}", tok.decode(&prompt_ids)?)?;
+        match &a.prompt_ids {
+            Some(p) => write!(out, "{}", tok.decode(p)?)?,
+            None => write!(out, "{}", a.prompt)?,
+        }
     }
+    // Whole characters only: a token may end inside a UTF-8 sequence.
+    let mut stream = tok.stream();
     for t in gen.by_ref() {
-        ids.push(t?);
+        let t = t?;
+        ids.push(t);
         if !a.json {
-            // Print whole characters only: a token may end inside a UTF-8 sequence.
-            let text = tok.decode(&ids)?;
-            if !text.ends_with('\u{FFFD}') && text.len() > printed {
-                write!(out, "{}", &text[printed..])?;
+            if let Some(piece) = stream.push(t)? {
+                write!(out, "{piece}")?;
                 out.flush()?;
-                printed = text.len();
             }
         }
     }
@@ -111,8 +119,8 @@ pub fn run(a: Args) -> CliResult {
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        if text.len() > printed {
-            write!(out, "{}", &text[printed..])?;
+        if let Some(rest) = stream.finish() {
+            write!(out, "{rest}")?;
         }
         writeln!(out)?;
         eprintln!(
