@@ -172,21 +172,20 @@ impl Model {
         };
         let embed_norm = optional_norm(config.embed_norm, names.embed_norm)?;
         let final_norm = optional_norm(config.final_norm, names.final_norm)?;
-        let (project_in, project_out) = match (
-            config.projects(),
-            names.project_in,
-            names.project_out,
-        ) {
-            (false, ..) => (None, None),
-            (true, Some(pi), Some(po)) => (
-                Some(w.linear(&w.name(pi), Layout::OutIn, d, e, false)?),
-                Some(w.linear(&w.name(po), Layout::OutIn, e, d, false)?),
-            ),
-            _ => return Err(config_err(format!(
+        let (project_in, project_out) =
+            match (config.projects(), names.project_in, names.project_out) {
+                (false, ..) => (None, None),
+                (true, Some(pi), Some(po)) => (
+                    Some(w.linear(&w.name(pi), Layout::OutIn, d, e, false)?),
+                    Some(w.linear(&w.name(po), Layout::OutIn, e, d, false)?),
+                ),
+                _ => {
+                    return Err(config_err(format!(
                 "embedding width {e} differs from the hidden width {d}, but {} has no projections",
                 config.arch
-            ))),
-        };
+            )))
+                }
+            };
         let sites = linear_sites(&config, root);
         let blocks = (0..config.n_layer())
             .map(|i| w.block(i, &sites))

@@ -6,11 +6,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{max_abs_diff, ref_model, shared};
+use common::{check_in_place, max_abs_diff, ref_model, shared};
 use slimlm::compress::writer::{self, OutTensor};
 use slimlm::compress::{self, FactorDtype, MethodName, Options, Plan, Spec};
 use slimlm::sampler::log_prob;
-use slimlm::tensor_file::{TensorFile, TensorStore};
+use slimlm::tensor_file::TensorStore;
 use slimlm::Model;
 
 const MODELS: [&str; 2] = ["ref-gpt2", "ref-gptneo"];
@@ -62,37 +62,6 @@ fn score(model: &Model, ids: &[u32]) -> (f64, Vec<f32>) {
     })
     .unwrap();
     (nll / (ids.len() - 1) as f64, s.last_logits_slice().to_vec())
-}
-
-/// Every stored weight buffer points into the mapping; nothing was copied; every tensor is 64-byte aligned.
-fn check_in_place(model: &Model) {
-    let store = model.store();
-    let mut mats = vec![&model.embed, model.positions.as_ref().unwrap()];
-    for (_, _, lin) in model.linears() {
-        mats.extend(lin.matrices());
-    }
-    for m in mats {
-        for p in m.data_ptrs() {
-            assert!(
-                store.is_mapped(p),
-                "{}: a weight buffer is not in the mapping",
-                model.dir().display()
-            );
-        }
-    }
-    assert_eq!(
-        model.copied_bytes(),
-        0,
-        "{}: bytes copied at load",
-        model.dir().display()
-    );
-    let f = TensorFile::open(&model.dir().join("model.safetensors")).unwrap();
-    for name in f.names().filter(|n| !n.starts_with(writer::PAD_PREFIX)) {
-        assert!(
-            f.get(name).unwrap().is_aligned(64),
-            "{name} is not 64-byte aligned"
-        );
-    }
 }
 
 fn udhr(code: &str) -> String {
@@ -265,22 +234,25 @@ fn int8_and_lowrank_storage_is_what_the_plan_says() {
 
 #[test]
 fn full_rank_f32_factors_reproduce_dense_logits() {
-    for name in MODELS {
+    for name in common::REFERENCE_MODELS {
+        let dense = Model::open(ref_model(name)).unwrap();
+        // Every block matrix is d × d or d × 4d (3d for fused q/k/v): rank d is full rank.
+        let d = dense.config.d_model;
         let plan = Plan::uniform(
             Spec {
                 force: Some(true),
-                ..lowrank(256, FactorDtype::F32)
+                ..lowrank(d, FactorDtype::F32)
             },
             spec(MethodName::Keep),
         );
         let (_t, out, report) = compress_to(name, &plan, &Options::default());
         assert!(report.matrices.iter().all(|r| r.note.is_none()));
-        let dense = Model::open(ref_model(name)).unwrap();
         let model = Model::open(&out).unwrap();
+        check_in_place(&model);
         assert!(model.linears()[0]
             .2
             .describe()
-            .starts_with("lowrank r=256 f32"));
+            .starts_with(&format!("lowrank r={d} f32")));
         let ids = text_ids(&dense, 64);
         for n in [1, 7, 64] {
             let (_, a) = score(&dense, &ids[..n.max(2)]);

@@ -71,6 +71,8 @@ struct Comparer<'r> {
     next: usize,
     stats: &'r mut BTreeMap<Key, Stat>,
     d_model: usize,
+    /// Width of the final hidden states (`embed_dim`: narrower after OPT's `project_out`).
+    d_final: usize,
     n_layer: usize,
     /// Tokens of the current prefill chunk.
     tokens: usize,
@@ -99,8 +101,13 @@ impl Comparer<'_> {
 
 impl Observer for Comparer<'_> {
     fn hidden(&mut self, layer: usize, _pos0: usize, xs: &[f32]) {
-        self.tokens = xs.len() / self.d_model;
-        self.see((true, layer, "hidden"), xs, self.d_model);
+        let width = if layer == self.n_layer {
+            self.d_final
+        } else {
+            self.d_model
+        };
+        self.tokens = xs.len() / width;
+        self.see((true, layer, "hidden"), xs, width);
         if layer == self.n_layer {
             self.last.extend_from_slice(xs);
         }
@@ -131,7 +138,7 @@ pub fn compare(
     if ids.is_empty() {
         return Err(Error::input("the text has no tokens: nothing to compare"));
     }
-    let (d, v) = (c.d_model, c.vocab_size);
+    let (d, e, v) = (c.d_model, c.embed_dim, c.vocab_size);
     let mut stats: BTreeMap<Key, Stat> = BTreeMap::new();
     let (mut kl, mut top1, mut positions) = (Stat::default(), 0usize, 0usize);
     let windows: Vec<&[u32]> = ids.chunks(context).collect();
@@ -147,6 +154,7 @@ pub fn compare(
             next: 0,
             stats: &mut stats,
             d_model: d,
+            d_final: e,
             n_layer: c.n_layer(),
             tokens: 0,
             last: Vec::new(),
@@ -170,8 +178,8 @@ pub fn compare(
             let rows = ROWS.min(window.len() - t0);
             let (ra, ca) = (&mut rl[..rows * v], &mut cl[..rows * v]);
             let (rh, ch) = (
-                &rlast[t0 * d..(t0 + rows) * d],
-                &last[t0 * d..(t0 + rows) * d],
+                &rlast[t0 * e..(t0 + rows) * e],
+                &last[t0 * e..(t0 + rows) * e],
             );
             if rows == 1 {
                 reference.lm_head.forward(rh, ra);

@@ -20,6 +20,17 @@ pub fn shared() -> PathBuf {
     p
 }
 
+/// Every reference model: one or two per family.
+pub const REFERENCE_MODELS: [&str; 7] = [
+    "ref-gpt2",
+    "ref-gptneo",
+    "ref-opt",
+    "ref-opt-postln",
+    "ref-neox",
+    "ref-neox-seq",
+    "ref-bloom",
+];
+
 /// A reference model directory in ../shared/models.
 pub fn ref_model(name: &str) -> PathBuf {
     shared().join("models").join(name)
@@ -318,4 +329,40 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// Every stored weight buffer points into the mapping; nothing was copied; every tensor is 64-byte aligned.
+pub fn check_in_place(model: &slimlm::Model) {
+    let store = model.store();
+    let mut mats: Vec<_> = std::iter::once(&model.embed)
+        .chain(model.positions.as_ref())
+        .collect();
+    for (_, _, lin) in model.linears() {
+        mats.extend(lin.matrices());
+    }
+    for m in mats {
+        for p in m.data_ptrs() {
+            assert!(
+                store.is_mapped(p),
+                "{}: a weight buffer is not in the mapping",
+                model.dir().display()
+            );
+        }
+    }
+    assert_eq!(
+        model.copied_bytes(),
+        0,
+        "{}: bytes copied at load",
+        model.dir().display()
+    );
+    let f = TensorFile::open(&model.dir().join("model.safetensors")).unwrap();
+    for name in f
+        .names()
+        .filter(|n| !n.starts_with(slimlm::compress::writer::PAD_PREFIX))
+    {
+        assert!(
+            f.get(name).unwrap().is_aligned(64),
+            "{name} is not 64-byte aligned"
+        );
+    }
 }
