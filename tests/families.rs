@@ -198,9 +198,13 @@ fn with_config(
     dir
 }
 
+/// An edit of a config.json.
+type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+
 #[test]
 fn configs_inconsistent_with_the_weights_are_clear_errors() {
-    let cases: Vec<(&str, &str, Box<dyn FnOnce(&mut serde_json::Value)>, &str)> = vec![
+    // (model, tag, edit, what the error must say)
+    let cases: Vec<(&str, &str, Edit, &str)> = vec![
         (
             "ref-neox",
             "fewer-layers",
