@@ -158,15 +158,7 @@ fn matches_hugging_face_on_edge_cases() {
 
 #[test]
 fn encodes_like_the_goldens() {
-    for model in [
-        "ref-gpt2",
-        "ref-gptneo",
-        "ref-opt",
-        "ref-opt-postln",
-        "ref-neox",
-        "ref-neox-seq",
-        "ref-bloom",
-    ] {
+    for model in common::REFERENCE_MODELS {
         let tok = Tokenizer::from_dir(&common::ref_model(model)).unwrap();
         let g = common::golden(model);
         assert!(!g.prompts.is_empty());

@@ -360,14 +360,9 @@ fn gelu_erf_body(x: &mut [f32]) {
     }
 }
 
+/// The largest value (−∞ for an empty slice), in lanes.
 #[inline(always)]
-fn log_sum_exp_body(x: &[f32]) -> f64 {
-    if x.is_empty() {
-        return f64::NEG_INFINITY;
-    }
-    if x.iter().any(|v| v.is_nan()) {
-        return f64::NAN;
-    }
+fn max_lanes(x: &[f32]) -> f32 {
     let mut mx = [f32::NEG_INFINITY; L];
     let chunks = x.chunks_exact(L);
     let mut m = chunks
@@ -382,6 +377,18 @@ fn log_sum_exp_body(x: &[f32]) -> f64 {
     for v in mx {
         m = m.max(v);
     }
+    m
+}
+
+#[inline(always)]
+fn log_sum_exp_body(x: &[f32]) -> f64 {
+    if x.is_empty() {
+        return f64::NEG_INFINITY;
+    }
+    if x.iter().any(|v| v.is_nan()) {
+        return f64::NAN;
+    }
+    let m = max_lanes(x);
     if !m.is_finite() {
         return m as f64;
     }
@@ -404,20 +411,7 @@ fn softmax_body(x: &mut [f32]) {
     if x.is_empty() {
         return;
     }
-    let mut mx = [f32::NEG_INFINITY; L];
-    let chunks = x.chunks_exact(L);
-    let mut m = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    for c in chunks {
-        for j in 0..L {
-            mx[j] = mx[j].max(c[j]);
-        }
-    }
-    for v in mx {
-        m = m.max(v);
-    }
+    let m = max_lanes(x);
     let mut acc = [0.0f32; L];
     let mut chunks = x.chunks_exact_mut(L);
     for c in &mut chunks {

@@ -79,19 +79,9 @@ fn parse(f: &Fields) -> Result<Config, String> {
         activation: Activation::GeluNew,
         qkv: QkvLayout::FusedPerHead,
         scale_at: ScaleAt::Scores,
-        biases: Biases {
-            qkv: true,
-            attn_out: true,
-            mlp: true,
-        },
+        biases: Biases::all(true),
         tie_word_embeddings: f.bool_or("tie_word_embeddings", true)?,
         eos_token_ids: f.token_ids("eos_token_id", vocab_size)?,
-        layers: vec![
-            LayerSpec {
-                window: None,
-                attn_scale: 1.0 / (head_dim as f32).sqrt(),
-            };
-            n_layer
-        ],
+        layers: LayerSpec::uniform(n_layer, head_dim),
     })
 }

@@ -94,11 +94,7 @@ fn parse(f: &Fields) -> Result<Config, String> {
         activation: Activation::parse(f.str_or("activation_function", "gelu_new")?)?,
         qkv: QkvLayout::Fused,
         scale_at: ScaleAt::Scores,
-        biases: Biases {
-            qkv: true,
-            attn_out: true,
-            mlp: true,
-        },
+        biases: Biases::all(true),
         tie_word_embeddings: f.bool_or("tie_word_embeddings", true)?,
         eos_token_ids: f.token_ids("eos_token_id", vocab_size)?,
         layers,

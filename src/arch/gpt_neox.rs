@@ -91,13 +91,7 @@ fn parse(f: &Fields) -> Result<Config, String> {
         },
         tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
         eos_token_ids: f.token_ids("eos_token_id", vocab_size)?,
-        layers: vec![
-            LayerSpec {
-                window: None,
-                attn_scale: 1.0 / (head_dim as f32).sqrt(),
-            };
-            n_layer
-        ],
+        layers: LayerSpec::uniform(n_layer, head_dim),
     })
 }
 

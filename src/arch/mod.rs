@@ -246,6 +246,17 @@ pub struct Biases {
     pub mlp: bool,
 }
 
+impl Biases {
+    /// Every linear layer with a bias (`true`) or none.
+    pub const fn all(on: bool) -> Biases {
+        Biases {
+            qkv: on,
+            attn_out: on,
+            mlp: on,
+        }
+    }
+}
+
 /// What differs from one layer to the next.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerSpec {
@@ -253,6 +264,19 @@ pub struct LayerSpec {
     pub window: Option<usize>,
     /// Multiplier of q·k (applied where [`Config::scale_at`] says).
     pub attn_scale: f32,
+}
+
+impl LayerSpec {
+    /// `n` layers of global attention scaled by `1/√head_dim`.
+    pub fn uniform(n: usize, head_dim: usize) -> Vec<LayerSpec> {
+        vec![
+            LayerSpec {
+                window: None,
+                attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            };
+            n
+        ]
+    }
 }
 
 /// A model's sizes and architecture spec, from `config.json`.

@@ -64,7 +64,6 @@ fn parse(f: &Fields) -> Result<Config, String> {
         return Err("OPT without LayerNorm weights (layer_norm_elementwise_affine = false) is not supported".into());
     }
     let bias = f.bool_or("enable_bias", true)?;
-    let scale = 1.0 / ((d / n_head) as f32).sqrt();
     Ok(Config {
         arch: Arch(&FAMILY),
         vocab_size,
@@ -88,19 +87,9 @@ fn parse(f: &Fields) -> Result<Config, String> {
         activation: Activation::parse(f.str_or("activation_function", "relu")?)?,
         qkv: QkvLayout::Separate,
         scale_at: ScaleAt::Query,
-        biases: Biases {
-            qkv: bias,
-            attn_out: bias,
-            mlp: bias,
-        },
+        biases: Biases::all(bias),
         tie_word_embeddings: f.bool_or("tie_word_embeddings", true)?,
         eos_token_ids: f.token_ids("eos_token_id", vocab_size)?,
-        layers: vec![
-            LayerSpec {
-                window: None,
-                attn_scale: scale,
-            };
-            n_layer
-        ],
+        layers: LayerSpec::uniform(n_layer, d / n_head),
     })
 }

@@ -85,7 +85,7 @@ pub fn run(a: Args) -> CliResult {
     let layers = model.config.n_layer();
     print!("\n{:<12}", "bytes");
     for p in PARTS {
-        print!("{p:>11}");
+        print!("{p:>12}");
     }
     println!("{:>12}", "total");
     let row = |label: String, l: Option<usize>| {
@@ -95,7 +95,7 @@ pub fn run(a: Args) -> CliResult {
             .collect();
         print!("{label:<12}");
         for v in &vals {
-            print!("{v:>11}");
+            print!("{v:>12}");
         }
         println!("{:>12}", vals.iter().sum::<usize>());
     };
