@@ -324,13 +324,7 @@ impl<'m> Session<'m> {
             }
         }
         match &m.final_norm {
-            Some(norm) => layer_norm_rows(
-                norm,
-                c.layer_norm_eps,
-                &self.x[..n * d],
-                &mut self.h[..n * d],
-                &mut self.norm_scratch,
-            ),
+            Some(norm) => self.norm_x_into_h(norm, n),
             None => self.h[..n * d].copy_from_slice(&self.x[..n * d]),
         }
         if let Some(po) = &m.project_out {
@@ -353,15 +347,9 @@ impl<'m> Session<'m> {
 
     /// `x = LayerNorm(x)` for the first `n` rows.
     fn norm_x_in_place(&mut self, norm: &Norm, n: usize) {
-        let (d, eps) = (self.model.config.d_model, self.model.config.layer_norm_eps);
-        layer_norm_rows(
-            norm,
-            eps,
-            &self.x[..n * d],
-            &mut self.h[..n * d],
-            &mut self.norm_scratch,
-        );
-        self.x[..n * d].copy_from_slice(&self.h[..n * d]);
+        self.norm_x_into_h(norm, n);
+        let nd = n * self.model.config.d_model;
+        self.x[..nd].copy_from_slice(&self.h[..nd]);
     }
 
     /// Cosines and sines of the rotary angles of the `n` new positions (nothing without rotary).
@@ -382,54 +370,55 @@ impl<'m> Session<'m> {
 
     fn block(&mut self, l: usize, b: &Block, n: usize, obs: &mut dyn Observer) {
         let c = &self.model.config;
-        let (d, eps) = (c.d_model, c.layer_norm_eps);
-        let nd = n * d;
         // The attention's input: LayerNorm(x) before (pre-LN), x itself (post-LN).
         match c.norm {
-            NormPlacement::Pre => layer_norm_rows(
-                &b.ln1,
-                eps,
-                &self.x[..nd],
-                &mut self.h[..nd],
-                &mut self.norm_scratch,
-            ),
-            NormPlacement::Post => self.h[..nd].copy_from_slice(&self.x[..nd]),
+            NormPlacement::Pre => self.norm_x_into_h(&b.ln1, n),
+            NormPlacement::Post => {
+                let nd = n * c.d_model;
+                self.h[..nd].copy_from_slice(&self.x[..nd]);
+            }
         }
         self.attention_half(l, b, n, obs);
         match (c.norm, c.residual) {
             (NormPlacement::Pre, Residual::Sequential) => {
-                add_assign(&mut self.x[..nd], &self.tmp[..nd]);
-                layer_norm_rows(
-                    &b.ln2,
-                    eps,
-                    &self.x[..nd],
-                    &mut self.h[..nd],
-                    &mut self.norm_scratch,
-                );
+                self.add_tmp_to_x(n);
+                self.norm_x_into_h(&b.ln2, n);
                 self.mlp_half(l, b, n, obs);
-                add_assign(&mut self.x[..nd], &self.tmp[..nd]);
+                self.add_tmp_to_x(n);
             }
             (NormPlacement::Pre, Residual::Parallel) => {
                 // Both halves read the block's input x: normalise it before adding the attention.
-                layer_norm_rows(
-                    &b.ln2,
-                    eps,
-                    &self.x[..nd],
-                    &mut self.h[..nd],
-                    &mut self.norm_scratch,
-                );
-                add_assign(&mut self.x[..nd], &self.tmp[..nd]);
+                self.norm_x_into_h(&b.ln2, n);
+                self.add_tmp_to_x(n);
                 self.mlp_half(l, b, n, obs);
-                add_assign(&mut self.x[..nd], &self.tmp[..nd]);
+                self.add_tmp_to_x(n);
             }
             (NormPlacement::Post, _) => {
-                add_assign(&mut self.x[..nd], &self.tmp[..nd]);
+                self.add_tmp_to_x(n);
                 self.norm_x_in_place(&b.ln1, n);
                 self.mlp_half(l, b, n, obs);
-                add_assign(&mut self.x[..nd], &self.tmp[..nd]);
+                self.add_tmp_to_x(n);
                 self.norm_x_in_place(&b.ln2, n);
             }
         }
+    }
+
+    /// `h = LayerNorm(x)` for the first `n` rows.
+    fn norm_x_into_h(&mut self, norm: &Norm, n: usize) {
+        let (d, eps) = (self.model.config.d_model, self.model.config.layer_norm_eps);
+        layer_norm_rows(
+            norm,
+            eps,
+            &self.x[..n * d],
+            &mut self.h[..n * d],
+            &mut self.norm_scratch,
+        );
+    }
+
+    /// `x += tmp` (a half-block's output joins the residual stream) for the first `n` rows.
+    fn add_tmp_to_x(&mut self, n: usize) {
+        let nd = n * self.model.config.d_model;
+        add_assign(&mut self.x[..nd], &self.tmp[..nd]);
     }
 
     /// Attention over `self.h` (the block's normalised input): the result, after the output
