@@ -309,40 +309,37 @@ impl Model {
 
     /// Bytes of weights a forward pass reads (the tied LM head counted once, with the embedding).
     pub fn weight_bytes(&self) -> usize {
-        let blocks: usize = self
-            .blocks
-            .iter()
-            .flat_map(|b| b.linears())
-            .map(|(_, l)| l.weight_bytes())
-            .sum();
-        self.embed.weight_bytes()
-            + self.positions.as_ref().map_or(0, Matrix::weight_bytes)
-            + blocks
-            + self.norms().iter().map(|n| n.bytes()).sum::<usize>()
-            + self
-                .extra_linears()
-                .iter()
-                .map(|l| l.weight_bytes())
-                .sum::<usize>()
+        self.tally(Matrix::weight_bytes, Linear::weight_bytes, Norm::bytes)
     }
 
     /// Bytes of weights copied into process memory at load (unaligned or converted tensors); ideally 0.
     pub fn copied_bytes(&self) -> usize {
+        self.tally(
+            Matrix::copied_bytes,
+            Linear::copied_bytes,
+            Norm::copied_bytes,
+        )
+    }
+
+    /// A measure summed over every part of the model: embedding, positions, every linear layer (the tied
+    /// head once, with the embedding) and every norm.
+    fn tally(
+        &self,
+        matrix: fn(&Matrix) -> usize,
+        linear: fn(&Linear) -> usize,
+        norm: fn(&Norm) -> usize,
+    ) -> usize {
         let blocks: usize = self
             .blocks
             .iter()
             .flat_map(|b| b.linears())
-            .map(|(_, l)| l.copied_bytes())
+            .map(|(_, l)| linear(l))
             .sum();
-        self.embed.copied_bytes()
-            + self.positions.as_ref().map_or(0, Matrix::copied_bytes)
+        matrix(&self.embed)
+            + self.positions.as_ref().map_or(0, matrix)
             + blocks
-            + self.norms().iter().map(|n| n.copied_bytes()).sum::<usize>()
-            + self
-                .extra_linears()
-                .iter()
-                .map(|l| l.copied_bytes())
-                .sum::<usize>()
+            + self.norms().into_iter().map(norm).sum::<usize>()
+            + self.extra_linears().into_iter().map(linear).sum::<usize>()
     }
 }
 
