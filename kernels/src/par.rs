@@ -7,11 +7,19 @@
 //! threads instead spin between products (parking only after [`SPIN`] idle), so the fork costs a cache
 //! line transfer and the join a spin on a counter. Tasks are claimed from a shared counter, so a member
 //! that runs late (preempted) simply takes fewer.
+//!
+//! On a busy machine a helper may not get a core for milliseconds. The leader therefore never waits for a
+//! helper that has not started: a helper *joins* a job before touching it, and once the leader has run
+//! out of tasks it *closes* the job and waits only for those that joined. A helper that arrives after the
+//! close skips the job. A helper that joined and then lost its core mid-task still holds the leader for
+//! up to a scheduler slice; when such stalls outweigh the helpers' help, the team runs its jobs on the
+//! leader alone for a while ([`Pace`]), then tries again. So contention costs at most about the speed of
+//! one thread, never a scheduler slice per product.
 
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -39,18 +47,32 @@ thread_local! {
 /// A job as the team threads see it: a type-erased `&dyn Fn()` that outlives the job.
 type JobRef = *const (dyn Fn() + Sync);
 
+/// Layout of [`Shared::state`]: the job's epoch in the high 32 bits, the helpers that joined it in
+/// bits 1..32, and bit 0 set once the leader has closed it.
+const EPOCH_SHIFT: u32 = 32;
+const CLOSED: u64 = 1;
+const JOINED_ONE: u64 = 2;
+
+fn epoch_of(state: u64) -> u64 {
+    state >> EPOCH_SHIFT
+}
+
 struct Shared {
-    /// Bumped (SeqCst) once per job; a member runs the job when it sees a new value.
-    epoch: AtomicUsize,
-    /// The current job, written before `epoch` is bumped. A thin pointer to a `JobRef`.
+    /// The current job's epoch, joiners and closed flag (see [`EPOCH_SHIFT`]). A new epoch is
+    /// published (SeqCst) once per job; a helper runs the job only if it joins it before it is closed.
+    state: AtomicU64,
+    /// The current job, written before its epoch is published. A thin pointer to a `JobRef`.
     job: AtomicPtr<JobRef>,
-    /// Helpers done with the current job.
+    /// Helpers that joined the current job and are done with it.
     done: AtomicUsize,
     /// Helpers that are parked (or about to park).
     sleepers: AtomicUsize,
     /// Some helper's task panicked during the current job.
     panicked: AtomicBool,
     stop: AtomicBool,
+    /// Tests hold helpers back here, as a busy machine would, before they try to join a job.
+    #[cfg(test)]
+    hold: AtomicBool,
 }
 
 /// A fixed set of threads that run parallel loops with spin-waiting instead of sleeping: the leader
@@ -60,20 +82,81 @@ struct Shared {
 pub struct Team {
     shared: Arc<Shared>,
     helpers: Vec<JoinHandle<()>>,
+    /// When to run jobs on the leader alone (the leader's own bookkeeping; `Team` is not `Sync`).
+    pace: Cell<Pace>,
     /// Not `Sync`: two leaders at once would mix up the job protocol.
     _one_leader: PhantomData<Cell<()>>,
+}
+
+/// The leader's record of what its helpers cost: the time it spent on its own share of recent jobs and
+/// the time it then waited for helpers that had joined. When the waiting exceeds half the own work (and
+/// [`STALL_FLOOR`]), the helpers are being descheduled mid-task, and the leader works alone for
+/// [`SOLO_MIN`], doubling up to [`SOLO_MAX`] while the stalls persist.
+#[derive(Clone, Copy)]
+struct Pace {
+    own: Duration,
+    stalled: Duration,
+    jobs: u32,
+    solo_until: Option<Instant>,
+    solo_for: Duration,
+}
+
+/// Jobs after which a clean record is forgotten (and the solo period shrinks back).
+const PACE_WINDOW: u32 = 256;
+/// Waiting below this, summed over a window, never counts as contention.
+const STALL_FLOOR: Duration = Duration::from_micros(500);
+const SOLO_MIN: Duration = Duration::from_millis(50);
+const SOLO_MAX: Duration = Duration::from_secs(1);
+
+impl Pace {
+    const START: Pace = Pace {
+        own: Duration::ZERO,
+        stalled: Duration::ZERO,
+        jobs: 0,
+        solo_until: None,
+        solo_for: SOLO_MIN,
+    };
+
+    /// True while the leader should work alone.
+    fn solo(&mut self, now: Instant) -> bool {
+        match self.solo_until {
+            Some(t) if now < t => true,
+            Some(_) => {
+                self.solo_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Records one shared job: `own` on the leader's share, `stalled` waiting for helpers after it.
+    fn record(&mut self, own: Duration, stalled: Duration, now: Instant) {
+        self.own += own;
+        self.stalled += stalled;
+        self.jobs += 1;
+        if self.stalled > STALL_FLOOR && self.stalled > self.own / 2 {
+            self.solo_until = Some(now + self.solo_for);
+            self.solo_for = (self.solo_for * 2).min(SOLO_MAX);
+            (self.own, self.stalled, self.jobs) = (Duration::ZERO, Duration::ZERO, 0);
+        } else if self.jobs >= PACE_WINDOW {
+            self.solo_for = (self.solo_for / 2).max(SOLO_MIN);
+            (self.own, self.stalled, self.jobs) = (Duration::ZERO, Duration::ZERO, 0);
+        }
+    }
 }
 
 impl Team {
     /// A team of `threads` (the caller included; at least 1).
     pub fn new(threads: usize) -> Team {
         let shared = Arc::new(Shared {
-            epoch: AtomicUsize::new(0),
+            state: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
             done: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            #[cfg(test)]
+            hold: AtomicBool::new(false),
         });
         let helpers = (1..threads.max(1))
             .map(|i| {
@@ -87,6 +170,7 @@ impl Team {
         Team {
             shared,
             helpers,
+            pace: Cell::new(Pace::START),
             _one_leader: PhantomData,
         }
     }
@@ -102,19 +186,28 @@ impl Team {
         f()
     }
 
-    /// Runs `job` on every member (the leader included) and returns when all are done.
+    /// Runs `job` on the leader and on every helper that joins before the leader's own run returns;
+    /// returns when all who ran it are done.
     fn run(&self, job: &(dyn Fn() + Sync)) {
+        let mut pace = self.pace.get();
+        let start = Instant::now();
+        if self.helpers.is_empty() || pace.solo(start) {
+            self.pace.set(pace);
+            let _ctx = CtxGuard::set(Ctx::Serial);
+            return job();
+        }
         let s = &*self.shared;
-        // SAFETY: erases the lifetime of `job` so helpers can see it. They only call it between observing
-        // the epoch bump below and incrementing `done`, and this function does not return (nor unwind)
-        // before `done` counts every helper, so the borrow outlives every use.
+        // SAFETY: erases the lifetime of `job` so helpers can see it. A helper only calls it after joining
+        // the job (which the leader's close below stops), and this function does not return (nor unwind)
+        // before `done` counts every helper that joined, so the borrow outlives every use.
         let job_ref: JobRef =
             unsafe { std::mem::transmute::<*const (dyn Fn() + Sync + '_), JobRef>(job) };
         s.done.store(0, Ordering::Relaxed);
         s.panicked.store(false, Ordering::Relaxed);
         s.job
             .store(&job_ref as *const JobRef as *mut JobRef, Ordering::Relaxed);
-        s.epoch.fetch_add(1, Ordering::SeqCst);
+        let epoch = (epoch_of(s.state.load(Ordering::Relaxed)) + 1) & u64::from(u32::MAX);
+        s.state.store(epoch << EPOCH_SHIFT, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             for h in &self.helpers {
                 h.thread().unpark();
@@ -124,16 +217,24 @@ impl Team {
             let _ctx = CtxGuard::set(Ctx::Serial);
             panic::catch_unwind(AssertUnwindSafe(job))
         };
-        let helpers = self.helpers.len();
+        let mine_done = Instant::now();
+        // Close the job: helpers that have not joined yet will skip it.
+        let joined = (s.state.fetch_or(CLOSED, Ordering::AcqRel) & !CLOSED) as u32 as usize
+            / JOINED_ONE as usize;
         let mut spins = 0u32;
-        while s.done.load(Ordering::Acquire) < helpers {
+        while s.done.load(Ordering::Acquire) < joined {
             spins += 1;
             if spins < 1 << 14 {
                 std::hint::spin_loop();
             } else {
-                // A helper is descheduled (more runnable threads than cores): let it run.
+                // A helper that joined is descheduled mid-task: let it run.
                 thread::yield_now();
             }
+        }
+        if joined > 0 {
+            let now = Instant::now();
+            pace.record(mine_done - start, now - mine_done, now);
+            self.pace.set(pace);
         }
         if let Err(p) = mine {
             panic::resume_unwind(p);
@@ -148,7 +249,9 @@ impl Team {
 impl Drop for Team {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        self.shared
+            .state
+            .fetch_add(1 << EPOCH_SHIFT, Ordering::SeqCst);
         for h in &self.helpers {
             h.thread().unpark();
         }
@@ -158,7 +261,8 @@ impl Drop for Team {
     }
 }
 
-/// A helper's life: wait for a new epoch (spin, then park), run the job, report, repeat.
+/// A helper's life: wait for a new epoch (spin, then park), join the job unless it is closed, run it,
+/// report, repeat.
 fn helper(s: &Shared) {
     CTX.with(|c| c.set(Ctx::Serial));
     // The epoch the team was made with (not a fresh load: a job may already be published).
@@ -167,7 +271,7 @@ fn helper(s: &Shared) {
         let mut idle_since: Option<Instant> = None;
         let mut spins = 0u32;
         loop {
-            let e = s.epoch.load(Ordering::Acquire);
+            let e = epoch_of(s.state.load(Ordering::Acquire));
             if e != seen {
                 seen = e;
                 break;
@@ -182,10 +286,10 @@ fn helper(s: &Shared) {
                 std::hint::spin_loop();
                 continue;
             }
-            // Park. Announcing first (SeqCst) pairs with the leader's bump-then-check: either we see
+            // Park. Announcing first (SeqCst) pairs with the leader's publish-then-check: either we see
             // the new epoch here or the leader sees us and unparks (a token `park` keeps if early).
             s.sleepers.fetch_add(1, Ordering::SeqCst);
-            if s.epoch.load(Ordering::SeqCst) == seen {
+            if epoch_of(s.state.load(Ordering::SeqCst)) == seen {
                 thread::park();
             }
             s.sleepers.fetch_sub(1, Ordering::SeqCst);
@@ -194,14 +298,41 @@ fn helper(s: &Shared) {
         if s.stop.load(Ordering::SeqCst) {
             return;
         }
+        #[cfg(test)]
+        while s.hold.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+        if !join(s, seen) {
+            continue;
+        }
         let job = s.job.load(Ordering::Relaxed);
-        // SAFETY: the leader stored a pointer to a live `JobRef` before bumping the epoch (which we
-        // observed with Acquire ordering), and keeps it and the job alive until `done` counts us.
+        // SAFETY: the leader stored a pointer to a live `JobRef` before publishing the epoch we joined
+        // (our successful join read the state with Acquire ordering), and keeps it and the job alive until
+        // `done` counts every helper that joined.
         let r = panic::catch_unwind(AssertUnwindSafe(|| unsafe { (**job)() }));
         if r.is_err() {
             s.panicked.store(true, Ordering::Relaxed);
         }
         s.done.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Joins the job of `epoch` unless it is closed or already replaced; true if joined.
+fn join(s: &Shared, epoch: u64) -> bool {
+    let mut state = s.state.load(Ordering::Acquire);
+    loop {
+        if epoch_of(state) != epoch || state & CLOSED != 0 {
+            return false;
+        }
+        match s.state.compare_exchange_weak(
+            state,
+            state + JOINED_ONE,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return true,
+            Err(now) => state = now,
+        }
     }
 }
 
@@ -367,6 +498,66 @@ mod tests {
             assert!(r.is_err());
         }
         team.install(|| assert_eq!(sum_of_squares(10), 285));
+    }
+
+    #[test]
+    fn the_leader_does_not_wait_for_a_helper_that_has_not_joined() {
+        let team = Team::new(2);
+        team.shared.hold.store(true, Ordering::Release);
+        let me = thread::current().id();
+        for _ in 0..100 {
+            // A held helper never joins: every task must run on the leader, and the loop must return.
+            team.install(|| for_each(8, |_| assert_eq!(thread::current().id(), me)));
+        }
+        team.shared.hold.store(false, Ordering::Release);
+        let others = AtomicUsize::new(0);
+        for _ in 0..200 {
+            team.install(|| {
+                for_each(64, |_| {
+                    if thread::current().id() != me {
+                        others.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (0..20_000u64).for_each(|i| {
+                        std::hint::black_box(i);
+                    });
+                })
+            });
+        }
+        assert!(others.into_inner() > 0, "the released helper never joined");
+        team.install(|| assert_eq!(sum_of_squares(10), 285));
+    }
+
+    #[test]
+    fn the_leader_works_alone_while_helpers_stall_mid_task() {
+        let team = Team::new(2);
+        let me = thread::current().id();
+        let helped = |stall: bool| {
+            let others = AtomicUsize::new(0);
+            team.install(|| {
+                for_each(2, |_| {
+                    if thread::current().id() != me {
+                        others.fetch_add(1, Ordering::Relaxed);
+                        if stall {
+                            // A helper descheduled mid-task, as on a busy machine.
+                            thread::sleep(Duration::from_millis(5));
+                        }
+                    } else {
+                        (0..20_000u64).for_each(|i| {
+                            std::hint::black_box(i);
+                        });
+                    }
+                })
+            });
+            others.into_inner() > 0
+        };
+        // Until a helper joins (and stalls) once...
+        assert!((0..1000).any(|_| helped(true)), "no helper ever joined");
+        // ...after which the leader runs the next jobs alone (for at least SOLO_MIN)...
+        assert!((0..10).all(|_| !helped(true)));
+        // ...and shares them again afterwards.
+        thread::sleep(SOLO_MAX + SOLO_MIN);
+        team.pace.set(Pace::START);
+        assert!((0..1000).any(|_| helped(false)));
     }
 
     #[test]
