@@ -15,6 +15,8 @@ pub enum Error {
     Format { path: PathBuf, msg: String },
     #[error("{path}: invalid config: {msg}")]
     Config { path: PathBuf, msg: String },
+    #[error("{path}: the model file changed while in use ({msg}); replace model files by renaming a new file over them, never by writing into them")]
+    Changed { path: PathBuf, msg: String },
     #[error("{path}: missing tensor `{name}`")]
     MissingTensor { path: PathBuf, name: String },
     #[error("{path}: tensor `{name}`: {msg}")]
@@ -29,6 +31,8 @@ pub enum Error {
     Input(String),
     #[error("kernels: {0}")]
     Kernels(String),
+    #[error("non-finite values: {0}")]
+    NonFinite(String),
     #[error("compression plan: {0}")]
     Plan(String),
 }

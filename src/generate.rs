@@ -52,8 +52,9 @@ impl<'m> Session<'m> {
         opts.sampling.validate().map_err(Error::Input)?;
         let n_ctx = self.model().config.n_ctx;
         // The last generated token is never fed back, so `max_tokens - 1` positions follow the prompt.
-        let needed = self.position() + prompt.len() + opts.max_tokens.saturating_sub(1);
-        if needed > n_ctx {
+        let needed =
+            (self.position() + prompt.len()).checked_add(opts.max_tokens.saturating_sub(1));
+        if !matches!(needed, Some(n) if n <= n_ctx) {
             return Err(Error::input(format!(
                 "prompt of {} tokens + {} new tokens{} exceeds the context length {n_ctx}; \
                  shorten the prompt or lower --max-tokens",

@@ -240,6 +240,12 @@ impl Model {
         self.root
     }
 
+    /// Checks that the mapped weight files have not changed since they were opened (see the mmap
+    /// contract in [`crate::tensor_file`]); every forward pass does this first.
+    pub fn check_files(&self) -> Result<()> {
+        self.store.check_unchanged()
+    }
+
     /// A new session (KV cache and scratch buffers) over this model.
     pub fn session(&self) -> Session<'_> {
         Session::new(self)
@@ -305,6 +311,30 @@ impl Model {
             v.push(&self.lm_head);
         }
         v
+    }
+
+    /// The first tensor (by name) holding NaN or infinity among the float tensors of the weight files,
+    /// if any: what to blame when a forward pass produces non-finite values. Reads every float tensor.
+    pub fn find_non_finite(&self) -> Option<String> {
+        let mut names: Vec<&str> = self.store.names().collect();
+        names.sort_unstable();
+        names.into_iter().find_map(|n| {
+            let t = self.store.get(n)?;
+            let b = t.bytes();
+            let finite = match t.dtype {
+                DType::F32 => b
+                    .chunks_exact(4)
+                    .all(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()),
+                DType::F16 => b
+                    .chunks_exact(2)
+                    .all(|c| half::f16::from_le_bytes([c[0], c[1]]).is_finite()),
+                DType::BF16 => b
+                    .chunks_exact(2)
+                    .all(|c| half::bf16::from_le_bytes([c[0], c[1]]).is_finite()),
+                _ => true,
+            };
+            (!finite).then(|| n.to_string())
+        })
     }
 
     /// Bytes of weights a forward pass reads (the tied LM head counted once, with the embedding).

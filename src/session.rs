@@ -1,7 +1,9 @@
 //! A session: the KV cache and scratch buffers of one conversation, and the forward pass.
 //!
-//! Everything that changes per request lives here; the [`Model`] is shared and immutable. Buffers are
-//! allocated once, when the session is made, so decoding a token allocates nothing.
+//! Everything that changes per request lives here; the [`Model`] is shared and immutable. The scratch
+//! buffers are allocated when the session is made; the KV cache grows with the context actually used
+//! (doubling, up to the model's context length), so a decode step allocates nothing except when it
+//! crosses a power of two.
 
 use slimlm_kernels::{ops, par, Team};
 
@@ -14,6 +16,8 @@ use crate::model::{Block, Model, Norm, Qkv};
 const PREFILL_CHUNK: usize = 128;
 /// Rows of logits computed together when every position's logits are wanted.
 const LOGIT_ROWS: usize = 32;
+/// Positions the KV cache holds at first (it doubles from there as the context grows).
+const KV_MIN: usize = 256;
 
 /// Sees intermediate results of a forward pass (for analysis; the default methods do nothing).
 pub trait Observer {
@@ -38,7 +42,7 @@ impl Observer for NoObserver {}
 pub struct Session<'m> {
     model: &'m Model,
     pos: usize,
-    /// `[layer][head][n_ctx][head_dim]`.
+    /// `[layer][head][cap][head_dim]`.
     k_cache: Vec<f32>,
     v_cache: Vec<f32>,
     x: Vec<f32>,
@@ -58,7 +62,9 @@ pub struct Session<'m> {
     rope: Vec<f32>,
     /// ALiBi slope of each head (empty without ALiBi).
     slopes: Vec<f32>,
-    /// Attention work of every head: `[head][n × head_dim outputs, then n_ctx scores]`.
+    /// Positions the KV cache has room for (`≤ n_ctx`).
+    cap: usize,
+    /// Attention work of every head: `[head][n × head_dim outputs, then cap scores]`.
     heads_work: Vec<f32>,
     logits: Vec<f32>,
     logits_rows: Vec<f32>,
@@ -70,18 +76,18 @@ pub struct Session<'m> {
 }
 
 impl<'m> Session<'m> {
-    /// A fresh session (position 0) with its buffers allocated.
+    /// A fresh session (position 0) with its scratch buffers allocated; the KV cache is allocated as
+    /// the context grows.
     pub fn new(model: &'m Model) -> Session<'m> {
         let c = &model.config;
         let chunk = PREFILL_CHUNK.min(c.n_ctx);
-        let cache = c.n_layer() * c.n_ctx * c.d_model;
         let proj = if c.projects() { chunk * c.embed_dim } else { 0 };
         let inv_freq = c.rotary_inv_freq();
         Session {
             model,
             pos: 0,
-            k_cache: vec![0.0; cache],
-            v_cache: vec![0.0; cache],
+            k_cache: Vec::new(),
+            v_cache: Vec::new(),
             x: vec![0.0; chunk * c.d_model],
             h: vec![0.0; chunk * c.d_model],
             qkv: vec![0.0; chunk * 3 * c.d_model],
@@ -94,7 +100,8 @@ impl<'m> Session<'m> {
             rope: vec![0.0; chunk * 2 * inv_freq.len()],
             inv_freq,
             slopes: c.alibi_slopes(),
-            heads_work: vec![0.0; c.n_head * head_work_len(chunk, c.head_dim(), c.n_ctx)],
+            cap: 0,
+            heads_work: Vec::new(),
             logits: vec![0.0; c.vocab_size],
             logits_rows: Vec::new(),
             rows_used: 0,
@@ -109,10 +116,11 @@ impl<'m> Session<'m> {
         self.threads
     }
 
-    /// Sets the threads of the forward pass (at least 1). The session keeps `threads - 1` helper
-    /// threads, which spin briefly between the products of a pass and park when idle.
+    /// Sets the threads of the forward pass (clamped to 1..=[`par::MAX_THREADS`]). The session keeps
+    /// `threads - 1` helper threads, which spin briefly between the products of a pass and park when idle
+    /// (and work alone for a while when the machine is too busy to give them cores).
     pub fn set_threads(&mut self, threads: usize) {
-        let threads = threads.max(1);
+        let threads = threads.clamp(1, par::MAX_THREADS);
         if threads != self.threads {
             self.threads = threads;
             self.team = None;
@@ -139,9 +147,14 @@ impl<'m> Session<'m> {
         self.pos = self.pos.min(position);
     }
 
-    /// Bytes of the KV cache.
+    /// Bytes of the KV cache allocated so far (room for [`Session::kv_capacity`] positions).
     pub fn kv_cache_bytes(&self) -> usize {
         4 * (self.k_cache.len() + self.v_cache.len())
+    }
+
+    /// Positions the KV cache has room for before it grows.
+    pub fn kv_capacity(&self) -> usize {
+        self.cap
     }
 
     /// Bytes of the KV cache that hold the tokens so far (the rest is allocated but never touched).
@@ -161,7 +174,7 @@ impl<'m> Session<'m> {
         let heads = if rows == 0 {
             0
         } else {
-            c.n_head * head_work_len(rows, c.head_dim(), c.n_ctx)
+            c.n_head * head_work_len(rows, c.head_dim(), self.cap)
         };
         4 * (rows * per_row + heads + self.logits.len() + self.logits_rows.capacity())
     }
@@ -179,6 +192,8 @@ impl<'m> Session<'m> {
             &self.fin,
             &self.norm_scratch,
             &self.rope,
+            &self.inv_freq,
+            &self.slopes,
             &self.heads_work,
             &self.logits,
             &self.logits_rows,
@@ -256,6 +271,8 @@ impl<'m> Session<'m> {
         sink: Option<LogitSink>,
     ) -> Result<()> {
         self.check_tokens(tokens)?;
+        self.model.check_files()?;
+        self.reserve(self.pos + tokens.len())?;
         if self.threads <= 1 {
             return par::serial(|| self.run_chunks(tokens, obs, sink));
         }
@@ -266,6 +283,48 @@ impl<'m> Session<'m> {
         let r = team.install(|| self.run_chunks(tokens, obs, sink));
         self.team = Some(team);
         r
+    }
+
+    /// Grows the KV cache (and the attention scores) to hold `positions` tokens: doubling, at least
+    /// [`KV_MIN`], at most the context length. The old contents move to the new layout.
+    fn reserve(&mut self, positions: usize) -> Result<()> {
+        if positions <= self.cap {
+            return Ok(());
+        }
+        let c = &self.model.config;
+        let (heads, hd) = (c.n_head, c.head_dim());
+        let cap = positions.max(2 * self.cap).max(KV_MIN).min(c.n_ctx);
+        let chunk = PREFILL_CHUNK.min(c.n_ctx);
+        let too_big = |what: &str, floats: Option<usize>| {
+            Error::input(format!(
+                "cannot allocate the {what} for {cap} positions ({} bytes); use a shorter context",
+                floats.map_or("over 2^64".into(), |f| (4 * f as u128).to_string())
+            ))
+        };
+        let len = (c.n_layer() * heads * hd)
+            .checked_mul(cap)
+            .filter(|&n| n <= isize::MAX as usize / 8);
+        let len = len.ok_or_else(|| too_big("KV cache", None))?;
+        let work = heads * head_work_len(chunk, hd, cap);
+        // Probe that the allocator can serve the sizes, then allocate zeroed (untouched pages stay
+        // unresident); a failed probe is an error, where a failed `vec!` would abort.
+        for n in [len, len, work] {
+            Vec::<f32>::new()
+                .try_reserve_exact(n)
+                .map_err(|_| too_big("KV cache", Some(2 * len + work)))?;
+        }
+        let (old, pos) = (self.cap, self.pos);
+        for cache in [&mut self.k_cache, &mut self.v_cache] {
+            let mut grown = vec![0.0; len];
+            for (block, dst) in grown.chunks_exact_mut(cap * hd).enumerate() {
+                let src = &cache[block * old * hd..][..pos * hd];
+                dst[..pos * hd].copy_from_slice(src);
+            }
+            *cache = grown;
+        }
+        self.heads_work = vec![0.0; work];
+        self.cap = cap;
+        Ok(())
     }
 
     fn run_chunks(
@@ -280,8 +339,8 @@ impl<'m> Session<'m> {
             self.forward_chunk(part, obs)?;
             let n = part.len();
             match sink.as_deref_mut() {
-                Some(f) => self.all_logits(n, &mut |i, l| f(done + i, l)),
-                None if done + n == tokens.len() => self.last_logits(n),
+                Some(f) => self.all_logits(n, &mut |i, l| f(done + i, l))?,
+                None if done + n == tokens.len() => self.last_logits(n)?,
                 None => {}
             }
             done += n;
@@ -499,7 +558,7 @@ impl<'m> Session<'m> {
     /// Copies the keys and values of the `n` new tokens into the cache of layer `l`.
     fn store_kv(&mut self, l: usize, n: usize) {
         let c = &self.model.config;
-        let (d, hd, ctx) = (c.d_model, c.head_dim(), c.n_ctx);
+        let (d, hd, ctx) = (c.d_model, c.head_dim(), self.cap);
         let layer = l * c.n_head * ctx * hd;
         for t in 0..n {
             let p = self.pos + t;
@@ -517,7 +576,7 @@ impl<'m> Session<'m> {
     /// One task per head; each writes its outputs and scores into its own piece of `heads_work`.
     fn attention(&mut self, l: usize, b: &Block, n: usize) {
         let c = &self.model.config;
-        let (d, hd, ctx, heads) = (c.d_model, c.head_dim(), c.n_ctx, c.n_head);
+        let (d, hd, ctx, heads) = (c.d_model, c.head_dim(), self.cap, c.n_head);
         let layer = l * heads * ctx * hd;
         let (kc, vc) = (&self.k_cache[layer..], &self.v_cache[layer..]);
         let (qkv, p0, spec, layout) = (&self.qkv, self.pos, &b.spec, c.qkv);
@@ -550,7 +609,7 @@ impl<'m> Session<'m> {
     }
 
     /// Logits of the last of the `n` final rows into `self.logits`.
-    fn last_logits(&mut self, n: usize) {
+    fn last_logits(&mut self, n: usize) -> Result<()> {
         let e = self.model.config.embed_dim;
         let rows = if self.model.project_out.is_some() {
             &self.fin
@@ -560,10 +619,26 @@ impl<'m> Session<'m> {
         self.model
             .lm_head
             .forward(&rows[(n - 1) * e..n * e], &mut self.logits);
+        self.check_finite(&self.logits, self.pos - 1)
+    }
+
+    /// An error if `logits` (those after the token at `position`) hold NaN or infinity, naming the
+    /// first weight tensor with non-finite values if there is one: garbage is never handed on.
+    fn check_finite(&self, logits: &[f32], position: usize) -> Result<()> {
+        if logits.iter().all(|x| x.is_finite()) {
+            return Ok(());
+        }
+        let cause = match self.model.find_non_finite() {
+            Some(t) => format!("tensor `{t}` holds NaN or infinite values"),
+            None => "the activations overflowed (the weights are finite)".into(),
+        };
+        Err(Error::NonFinite(format!(
+            "the logits after position {position} hold NaN or infinity: {cause}"
+        )))
     }
 
     /// Logits of every one of the `n` final rows, `LOGIT_ROWS` at a time.
-    fn all_logits(&mut self, n: usize, sink: &mut dyn FnMut(usize, &[f32])) {
+    fn all_logits(&mut self, n: usize, sink: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
         let model = self.model;
         let (e, v) = (model.config.embed_dim, model.config.vocab_size);
         if self.logits_rows.len() < LOGIT_ROWS * v {
@@ -575,6 +650,15 @@ impl<'m> Session<'m> {
             let out = &mut logits_rows[..rows * v];
             let xs = &self.final_rows(n)[t0 * e..(t0 + rows) * e];
             apply(&model.lm_head, xs, out, rows);
+            let first = self.pos - n + t0;
+            let checked = out
+                .chunks_exact(v)
+                .enumerate()
+                .try_for_each(|(r, row)| self.check_finite(row, first + r));
+            if let Err(e) = checked {
+                self.logits_rows = logits_rows;
+                return Err(e);
+            }
             for (r, row) in out.chunks_exact(v).enumerate() {
                 sink(t0 + r, row);
             }
@@ -583,12 +667,13 @@ impl<'m> Session<'m> {
             }
         }
         self.logits_rows = logits_rows;
+        Ok(())
     }
 }
 
-/// Floats of one head's attention work for `n` queries: the outputs, then scores for `n_ctx` keys.
-fn head_work_len(n: usize, head_dim: usize, n_ctx: usize) -> usize {
-    n * head_dim + n_ctx
+/// Floats of one head's attention work for `n` queries: the outputs, then scores for `cap` keys.
+fn head_work_len(n: usize, head_dim: usize, cap: usize) -> usize {
+    n * head_dim + cap
 }
 
 /// `ys = lin(xs)` for `n` tokens: the one-token kernel for decode, the batched one for prefill.

@@ -159,6 +159,7 @@ pub fn write_model(
     tokenizer_dir: &Path,
     overwrite: bool,
 ) -> Result<()> {
+    writer::check_output(None, out, overwrite)?;
     let tensors: Vec<OutTensor> = preset
         .tensors()
         .into_iter()

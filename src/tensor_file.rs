@@ -2,11 +2,23 @@
 //!
 //! Nothing here copies weight data. A [`TensorStore`] resolves names across one file or a sharded set
 //! (`model.safetensors.index.json`); a [`TensorView`] holds the mapping (`Arc`) and a byte range.
+//!
+//! **The mmap contract.** A mapping is shared and read-only: the weights *are* the file's pages. A model
+//! file in use must therefore never change in place; replace it by writing a new file and renaming it
+//! over the old one (what `slimlm compress` does), and the running process keeps the old contents. If a
+//! mapped file is changed anyway, slimlm reports it instead of computing on garbage: every forward pass
+//! first checks that the file's size and modification time are those it had when mapped
+//! ([`TensorStore::check_unchanged`]), and on Linux a read of pages cut off by a truncation (SIGBUS)
+//! prints which file changed and exits with status 1.
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod sigbus;
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
@@ -71,8 +83,17 @@ impl DType {
 /// compression sweep) an owned, 64-byte-aligned buffer.
 #[derive(Debug)]
 pub enum Backing {
-    Mapped(Mmap),
+    Mapped(Mapping),
     Owned(Vec<Align64>, usize),
+}
+
+/// A read-only shared mapping of a file, registered for the SIGBUS report while it lives.
+#[derive(Debug)]
+pub struct Mapping {
+    // Declared first: unregisters before the mapping goes.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    _registration: sigbus::Registration,
+    map: Mmap,
 }
 
 /// 64 bytes, 64-byte aligned: the unit of owned backing buffers, so tensors aligned in the file are
@@ -85,7 +106,7 @@ impl std::ops::Deref for Backing {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Backing::Mapped(m) => m,
+            Backing::Mapped(m) => &m.map,
             Backing::Owned(v, n) => &bytemuck::cast_slice::<Align64, u8>(v)[..*n],
         }
     }
@@ -98,17 +119,70 @@ pub struct TensorFile {
     map: Arc<Backing>,
     tensors: HashMap<String, (DType, Vec<usize>, usize, usize)>,
     metadata: HashMap<String, String>,
+    /// The open file and what it was when mapped (`None` for files held in memory).
+    source: Option<(File, Identity)>,
+}
+
+/// What a mapped file must still be for its mapping to hold what was read: size and modification time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Identity {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl Identity {
+    fn of(file: &File) -> std::io::Result<Identity> {
+        let m = file.metadata()?;
+        Ok(Identity {
+            len: m.len(),
+            modified: m.modified().ok(),
+        })
+    }
 }
 
 impl TensorFile {
     /// Maps `path` and parses its header; the weights themselves are not read.
+    ///
+    /// Only regular files are accepted (a FIFO or device would block or never end); the open itself
+    /// never blocks.
     pub fn open(path: &Path) -> Result<TensorFile> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the mapping is read-only and private to this process. Memory safety relies on the file not
-        // being truncated or rewritten while mapped, the contract of every mmap-based loader (safetensors,
-        // llama.cpp); slimlm itself writes models atomically to a new file and renames it into place.
+        let file = open_regular(path)?;
+        let identity = Identity::of(&file).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the mapping is read-only and shared with the file: its bytes change if the file is
+        // written in place, and reading pages past a truncation raises SIGBUS. Memory safety relies on
+        // the mmap contract of every mmap-based loader (safetensors, llama.cpp): model files are replaced
+        // by rename, never modified in place (see the module docs). slimlm writes models that way, checks
+        // size and mtime before each forward pass, and reports a SIGBUS on a mapping instead of dying.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        TensorFile::from_backing(path, Backing::Mapped(map))
+        let mapping = Mapping {
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            _registration: sigbus::Registration::new(map.as_ptr() as usize, map.len(), path),
+            map,
+        };
+        let mut f = TensorFile::from_backing(path, Backing::Mapped(mapping))?;
+        f.source = Some((file, identity));
+        Ok(f)
+    }
+
+    /// Checks that the mapped file still has the size and modification time it had when mapped: an error
+    /// naming the file if it was changed in place (files replaced by rename are fine: the mapping keeps
+    /// the old contents).
+    pub fn check_unchanged(&self) -> Result<()> {
+        let Some((file, was)) = &self.source else {
+            return Ok(());
+        };
+        let now = Identity::of(file).map_err(|e| Error::io(&self.path, e))?;
+        if now == *was {
+            return Ok(());
+        }
+        Err(Error::Changed {
+            path: self.path.clone(),
+            msg: if now.len != was.len {
+                format!("its size changed from {} to {} bytes", was.len, now.len)
+            } else {
+                "it was modified in place".into()
+            },
+        })
     }
 
     /// A file held in memory (`path` only names it in messages). The bytes are copied once into an
@@ -145,6 +219,7 @@ impl TensorFile {
             map: Arc::new(map),
             tensors,
             metadata: meta.metadata().clone().unwrap_or_default(),
+            source: None,
         })
     }
 
@@ -193,6 +268,35 @@ impl TensorFile {
         let p = self.map.as_ptr() as usize;
         p..p + self.map.len()
     }
+}
+
+/// Opens `path` for reading if it is a regular file, without blocking (a FIFO would block an ordinary
+/// open until a writer appears).
+fn open_regular(path: &Path) -> Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|e| Error::io(path, e))?;
+    let kind = file.metadata().map_err(|e| Error::io(path, e))?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file (a FIFO, socket or device)"
+    };
+    Err(Error::io(
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("is {what}; expected a safetensors file"),
+        ),
+    ))
 }
 
 fn describe_st_error(e: &safetensors::SafeTensorError, file_len: usize) -> String {
@@ -357,6 +461,9 @@ impl TensorStore {
                     shards.push(f.to_string());
                 }
             }
+            if shards.is_empty() {
+                return Err(bad("`weight_map` names no shard".into()));
+            }
             shards.sort();
             shards.into_iter().map(|f| dir.join(f)).collect()
         } else {
@@ -387,6 +494,11 @@ impl TensorStore {
             index,
             primary: paths[0].clone(),
         })
+    }
+
+    /// Checks every mapped file with [`TensorFile::check_unchanged`].
+    pub fn check_unchanged(&self) -> Result<()> {
+        self.files.iter().try_for_each(TensorFile::check_unchanged)
     }
 
     /// A store of one file (e.g. one built in memory with [`TensorFile::from_bytes`]).

@@ -369,6 +369,13 @@ fn output_is_atomic_and_never_clobbered() {
         overwrite: true,
         ..Options::default()
     };
+    // --overwrite replaces models only, never a directory of other files.
+    let e = compress::compress(&src, &out, &plan, &opts, &mut |_, _, _| {}).unwrap_err();
+    assert!(e.to_string().contains("not look like a model"), "{e}");
+    assert!(out.join("keep.txt").exists());
+    std::fs::remove_dir_all(&out).unwrap();
+    compress::compress(&src, &out, &plan, &Options::default(), &mut |_, _, _| {}).unwrap();
+    std::fs::write(out.join("keep.txt"), "stale").unwrap();
     compress::compress(&src, &out, &plan, &opts, &mut |_, _, _| {}).unwrap();
     assert!(!out.join("keep.txt").exists());
     Model::open(&out).unwrap();

@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
+/// Most threads a team (or the `--threads` of the CLI) may have: far above any core count this crate
+/// targets, low enough that a typo cannot ask for a hundred thousand threads.
+pub const MAX_THREADS: usize = 512;
+
 /// How long an idle team thread spins for the next job before it parks.
 pub const SPIN: Duration = Duration::from_millis(2);
 
@@ -146,7 +150,8 @@ impl Pace {
 }
 
 impl Team {
-    /// A team of `threads` (the caller included; at least 1).
+    /// A team of `threads` (the caller included; clamped to `1..=`[`MAX_THREADS`]). If the system refuses
+    /// a thread, the team has the helpers it could start: fewer threads, never an error.
     pub fn new(threads: usize) -> Team {
         let shared = Arc::new(Shared {
             state: AtomicU64::new(0),
@@ -158,13 +163,13 @@ impl Team {
             #[cfg(test)]
             hold: AtomicBool::new(false),
         });
-        let helpers = (1..threads.max(1))
-            .map(|i| {
+        let helpers = (1..threads.clamp(1, MAX_THREADS))
+            .map_while(|i| {
                 let s = Arc::clone(&shared);
                 thread::Builder::new()
                     .name(format!("slimlm-team-{i}"))
                     .spawn(move || helper(&s))
-                    .expect("spawning a team thread")
+                    .ok()
             })
             .collect();
         Team {

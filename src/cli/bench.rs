@@ -118,17 +118,17 @@ fn memory(a: MemoryArgs) -> CliResult {
         "threads": rayon::current_num_threads(),
     });
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
-        println!(
+        outln!(
             "peak RSS {:.1} MiB (anonymous {:.1} MiB, file-backed {:.1} MiB); weights {:.1} MiB, KV cache {:.1} MiB",
             mib(hwm),
             mib(anon),
             mib(file),
             mib(model.weight_bytes() as u64),
             mib(session.kv_cache_bytes() as u64)
-        );
+        )?;
     }
     Ok(())
 }

@@ -229,39 +229,43 @@ pub fn run(a: Args) -> CliResult {
     bar.finish_and_clear();
     let report = report?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<44} {:>12} {:<22} {:>10} {:>9}",
-        "matrix", "shape", "stored", "bytes", "rel.err"
-    );
+        "matrix",
+        "shape",
+        "stored",
+        "bytes",
+        "rel.err"
+    )?;
     for m in &report.matrices {
-        println!(
+        outln!(
             "{:<44} {:>12} {:<22} {:>10} {:>9.5}",
             m.name,
             format!("{}x{}", m.shape[0], m.shape[1]),
             m.stored,
             m.bytes,
             m.rel_error
-        );
+        )?;
         if let Some(n) = &m.note {
-            println!("    note: {n}");
+            outln!("    note: {n}")?;
         }
     }
     let left = report.matrices.iter().filter(|m| m.note.is_some()).count();
     if left > 0 {
-        println!(
+        outln!(
             "{left} matrices left dense where the global rank would not save memory (see notes)"
-        );
+        )?;
     }
-    println!(
+    outln!(
         "{} → {}: {} → {} bytes (ratio {:.3})",
         src.display(),
         a.out.display(),
         report.source_bytes,
         report.file_bytes,
         report.file_bytes as f64 / report.source_bytes as f64
-    );
+    )?;
     Ok(())
 }

@@ -296,7 +296,7 @@ fn run_compare(a: CompareArgs) -> CliResult {
     bar.finish_and_clear();
     let r = r?;
     if a.common.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(());
     }
     let mut comps: Vec<&str> = Vec::new();
@@ -305,54 +305,59 @@ fn run_compare(a: CompareArgs) -> CliResult {
             comps.push(&s.component);
         }
     }
-    print!("{:<6} {:>10}", "layer", "hidden");
+    out!("{:<6} {:>10}", "layer", "hidden")?;
     for c in &comps {
-        print!(" {c:>10}");
+        out!(" {c:>10}")?;
     }
-    println!("   (mean cosine similarity over {} tokens)", r.tokens);
+    outln!("   (mean cosine similarity over {} tokens)", r.tokens)?;
     for h in &r.hidden {
-        print!("{:<6} {:>10.6}", h.layer, h.cosine);
+        out!("{:<6} {:>10.6}", h.layer, h.cosine)?;
         for c in &comps {
             match r
                 .linears
                 .iter()
                 .find(|s| s.layer == h.layer && s.component == *c)
             {
-                Some(s) => print!(" {:>10.6}", s.cosine),
-                None => print!(" {:>10}", ""),
+                Some(s) => out!(" {:>10.6}", s.cosine)?,
+                None => out!(" {:>10}", "")?,
             }
         }
-        println!();
+        outln!()?;
     }
-    println!(
+    outln!(
         "logits: KL(reference ‖ candidate) mean {:.6} nats, max {:.6}; top-1 agreement {:.2}% over {} positions",
         r.logits.kl_mean,
         r.logits.kl_max,
         100.0 * r.logits.top1_agreement,
         r.logits.positions
-    );
+    )?;
     Ok(())
 }
 
-fn print_languages(langs: &[disparity::LangResult]) {
-    println!(
+fn print_languages(langs: &[disparity::LangResult]) -> std::io::Result<()> {
+    outln!(
         "{:<10} {:>8} {:>14} {:>14} {:>12}",
-        "lang", "tokens", "reference ppl", "candidate ppl", "degradation"
-    );
+        "lang",
+        "tokens",
+        "reference ppl",
+        "candidate ppl",
+        "degradation"
+    )?;
     for l in langs {
-        println!(
+        outln!(
             "{:<10} {:>8} {:>14.3} {:>14.3} {:>12}",
             l.lang,
             l.tokens,
             l.reference_ppl,
             l.candidate_ppl,
             pct(l.degradation)
-        );
+        )?;
     }
+    Ok(())
 }
 
-fn print_disparity(d: &disparity::Disparity) {
-    println!(
+fn print_disparity(d: &disparity::Disparity) -> std::io::Result<()> {
+    outln!(
         "disparity: worst {} {}, best {} {}; ratio {}, ppl ratio {:.4}, spread {:.2} pts; mean degradation {}",
         d.worst_lang,
         pct(d.worst),
@@ -362,7 +367,7 @@ fn print_disparity(d: &disparity::Disparity) {
         d.ppl_ratio,
         100.0 * d.spread,
         pct(d.mean_degradation)
-    );
+    )
 }
 
 fn run_disparity(a: DisparityArgs) -> CliResult {
@@ -399,11 +404,11 @@ fn run_disparity(a: DisparityArgs) -> CliResult {
         )?;
     }
     if a.common.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(());
     }
-    print_languages(&r.languages);
-    print_disparity(&r.disparity);
+    print_languages(&r.languages)?;
+    print_disparity(&r.disparity)?;
     Ok(())
 }
 
@@ -471,33 +476,33 @@ fn run_sweep(a: SweepArgs) -> CliResult {
         write_svg(p, &sweep::chart(&r, &title))?;
     }
     if a.common.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(());
     }
-    print!("{:<22} {:>8} {:>6} {:>9}", "point", "MB", "ratio", "mean");
+    out!("{:<22} {:>8} {:>6} {:>9}", "point", "MB", "ratio", "mean")?;
     if let Some(p) = r.points.first() {
         for l in &p.languages {
-            print!(" {:>9}", l.lang);
+            out!(" {:>9}", l.lang)?;
         }
     }
-    println!(" {:>9}", "ppl ratio");
+    outln!(" {:>9}", "ppl ratio")?;
     for p in &r.points {
-        print!(
+        out!(
             "{:<22} {:>8.2} {:>6.3} {:>9}",
             p.label,
             p.file_bytes as f64 / 1e6,
             p.size_ratio,
             pct(p.disparity.mean_degradation)
-        );
+        )?;
         for l in &p.languages {
-            print!(" {:>9}", pct(l.degradation));
+            out!(" {:>9}", pct(l.degradation))?;
         }
-        println!(" {:>9.4}", p.disparity.ppl_ratio);
+        outln!(" {:>9.4}", p.disparity.ppl_ratio)?;
     }
-    println!(
+    outln!(
         "reference: {:.2} MB; degradation = candidate ppl / reference ppl − 1",
         r.reference_bytes as f64 / 1e6
-    );
+    )?;
     Ok(())
 }
 
@@ -565,19 +570,25 @@ fn run_sensitivity(a: SensitivityArgs) -> CliResult {
         write_svg(p, &sensitivity::comparison_chart(&r, &title))?;
     }
     if a.common.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<4} {:<22} {:>10} {:>10} {:>10} {:>11} {:>9}",
-        "rank", "unit", "mean", "worst", "worst lang", "extra KB", "protected"
-    );
+        "rank",
+        "unit",
+        "mean",
+        "worst",
+        "worst lang",
+        "extra KB",
+        "protected"
+    )?;
     for (i, u) in r.units.iter().enumerate() {
         let worst = u
             .languages
             .iter()
             .max_by(|a, b| a.degradation.total_cmp(&b.degradation));
-        println!(
+        outln!(
             "{:<4} {:<22} {:>10} {:>10} {:>10} {:>11.1} {:>9}",
             i + 1,
             u.unit,
@@ -586,35 +597,35 @@ fn run_sensitivity(a: SensitivityArgs) -> CliResult {
             worst.map_or("", |w| w.lang.as_str()),
             u.extra_bytes as f64 / 1e3,
             if u.protected { "yes" } else { "" }
-        );
+        )?;
     }
-    println!(
+    outln!(
         "sizes: uniform {} {:.3} MB, all protected {:.3} MB, budget {:.3} MB",
         r.base,
         r.base_bytes as f64 / 1e6,
         r.protect_all_bytes as f64 / 1e6,
         r.budget_bytes as f64 / 1e6
-    );
+    )?;
     let c = &r.comparison;
-    println!(
+    outln!(
         "judged on {} text:",
         if c.held_out {
             "held-out"
         } else {
             "the ranking"
         }
-    );
+    )?;
     let mut evals = vec![&c.base, &c.plan];
     evals.extend(c.uniform.as_ref());
     for e in evals {
-        println!(
+        outln!(
             "  {:<34} {:>8.3} MB  mean degradation {:>9}  worst {} {}",
             e.label,
             e.file_bytes as f64 / 1e6,
             pct(e.disparity.mean_degradation),
             e.disparity.worst_lang,
             pct(e.disparity.worst)
-        );
+        )?;
     }
     Ok(())
 }

@@ -71,46 +71,46 @@ pub fn run(a: Args) -> CliResult {
             "source_bytes": source_bytes,
             "ratio": ratio,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
-    println!("model       {}", a.dir.display());
+    outln!("model       {}", a.dir.display())?;
     match md.get(META_FORMAT) {
-        Some(v) => println!("format      slimlm compressed, version {v}"),
-        None => println!("format      not compressed by slimlm"),
+        Some(v) => outln!("format      slimlm compressed, version {v}")?,
+        None => outln!("format      not compressed by slimlm")?,
     }
     if let Some(p) = &plan {
-        println!("plan        {}", serde_json::to_string(p)?);
+        outln!("plan        {}", serde_json::to_string(p)?)?;
     }
     let layers = model.config.n_layer();
-    print!("\n{:<12}", "bytes");
+    out!("\n{:<12}", "bytes")?;
     for p in PARTS {
-        print!("{p:>12}");
+        out!("{p:>12}")?;
     }
-    println!("{:>12}", "total");
+    outln!("{:>12}", "total")?;
     let row = |label: String, l: Option<usize>| {
         let vals: Vec<usize> = PARTS
             .iter()
             .map(|p| bytes.get(&(l, *p)).copied().unwrap_or(0))
             .collect();
-        print!("{label:<12}");
+        out!("{label:<12}")?;
         for v in &vals {
-            print!("{v:>12}");
+            out!("{v:>12}")?;
         }
-        println!("{:>12}", vals.iter().sum::<usize>());
+        outln!("{:>12}", vals.iter().sum::<usize>())
     };
-    row("global".into(), None);
+    row("global".into(), None)?;
     for l in 0..layers {
-        row(format!("layer {l}"), Some(l));
+        row(format!("layer {l}"), Some(l))?;
     }
-    println!("\nstorage per linear layer:");
+    outln!("\nstorage per linear layer:")?;
     for (n, s) in &storage {
-        println!("  {n:<14} {s}");
+        outln!("  {n:<14} {s}")?;
     }
-    println!("\nfile        {file_bytes} bytes");
+    outln!("\nfile        {file_bytes} bytes")?;
     if let (Some(s), Some(r)) = (source_bytes, ratio) {
-        println!("original    {s} bytes");
-        println!("ratio       {r:.4} ({:.2}x smaller)", 1.0 / r);
+        outln!("original    {s} bytes")?;
+        outln!("ratio       {r:.4} ({:.2}x smaller)", 1.0 / r)?;
     }
     Ok(())
 }

@@ -1,5 +1,20 @@
 //! Command-line front end: argument parsing and output; the work is done by the library.
 
+/// `println!` to stdout that returns the write's error (a closed or full stdout) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::cli::output_error)
+    }};
+}
+/// `print!` to stdout that returns the write's error instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*).map_err($crate::cli::output_error)
+    }};
+}
+
 mod bench;
 mod compress;
 mod eval;
@@ -59,8 +74,9 @@ pub fn model_dir(arg: Option<PathBuf>) -> PathBuf {
 /// Sets the size of the global thread pool (`None`: one thread per core).
 pub fn set_threads(threads: Option<usize>) -> Result<(), String> {
     if let Some(n) = threads {
-        if n == 0 {
-            return Err("--threads must be at least 1".into());
+        let max = slimlm::kernels::par::MAX_THREADS;
+        if !(1..=max).contains(&n) {
+            return Err(format!("--threads must be between 1 and {max}, got {n}"));
         }
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -87,6 +103,7 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&*e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -96,3 +113,20 @@ pub fn main() -> ExitCode {
 
 /// Errors of the command line: the library's, or a message.
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A failed write to stdout, saying so (the kind is kept, for [`is_broken_pipe`]).
+pub fn output_error(e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("writing the output: {e}"))
+}
+
+/// True if `e` is a write to a closed pipe (`slimlm ... | head`): the reader is gone, so stop quietly.
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::BrokenPipe;
+        }
+        cur = e.source();
+    }
+    false
+}

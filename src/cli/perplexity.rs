@@ -47,12 +47,17 @@ pub fn run(a: Args) -> CliResult {
         let mut v = serde_json::to_value(&r)?;
         v["model"] = serde_json::json!(model.dir());
         v["text"] = serde_json::json!(a.text);
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        println!(
+        outln!(
             "perplexity {:.4}  (mean NLL {:.6} over {} tokens, {} windows of {} stride {})",
-            r.ppl, r.mean_nll, r.tokens_scored, r.windows, r.context, r.stride
-        );
+            r.ppl,
+            r.mean_nll,
+            r.tokens_scored,
+            r.windows,
+            r.context,
+            r.stride
+        )?;
     }
     Ok(())
 }

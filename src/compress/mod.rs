@@ -105,6 +105,19 @@ pub struct Report {
 
 pub use crate::layers::{classify, linear_sites, resolve_root, LinearSite};
 
+/// The values of a float tensor as f32; an error naming the tensor if one is NaN or infinite (the
+/// compressor never quantizes, factors or converts garbage).
+fn finite_values(t: &TensorView) -> Result<Vec<f32>> {
+    let v = t.to_f32_vec()?;
+    match v.iter().position(|x| !x.is_finite()) {
+        None => Ok(v),
+        Some(i) => Err(t.error(format!(
+            "element {i} is {}: the compressor refuses non-finite weights",
+            v[i]
+        ))),
+    }
+}
+
 /// A weight as a row-major `[out, in]` f32 matrix, transposing `[in, out]` storage.
 fn weight_out_in(
     t: &TensorView,
@@ -112,7 +125,7 @@ fn weight_out_in(
     out_dim: usize,
     in_dim: usize,
 ) -> Result<Vec<f32>> {
-    let v = t.to_f32_vec()?;
+    let v = finite_values(t)?;
     Ok(match layout {
         Layout::OutIn => {
             t.expect_shape(&[out_dim, in_dim])?;
@@ -280,7 +293,7 @@ fn factor_tensors(
         FactorDtype::F32 => (vec![OutTensor::f32(name, vec![rows, cols], v)], v.to_vec()),
         FactorDtype::F16 => {
             let back = v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
-            (vec![OutTensor::f16(name, vec![rows, cols], v)], back)
+            (vec![OutTensor::f16(name, vec![rows, cols], v)?], back)
         }
         FactorDtype::Int8 => {
             // The group must divide the row length (the rank for U); fall back to whole rows otherwise.
@@ -293,12 +306,11 @@ fn factor_tensors(
 /// A dense matrix in the source layout, as F16 (or copied as is).
 fn dense_tensor(t: &TensorView, f16: bool) -> Result<OutTensor> {
     if f16 {
-        Ok(OutTensor::f16(
-            t.name.clone(),
-            t.shape.clone(),
-            &t.to_f32_vec()?,
-        ))
+        OutTensor::f16(t.name.clone(), t.shape.clone(), &finite_values(t)?)
     } else {
+        if matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) {
+            finite_values(t)?;
+        }
         Ok(OutTensor {
             name: t.name.clone(),
             dtype: t.dtype,
@@ -323,7 +335,7 @@ fn compress_linear(ctx: &Ctx, site: &LinearSite, t: &TensorView) -> Result<Produ
                 let f16 = method == Method::F16;
                 let out = dense_tensor(t, f16)?;
                 let rel = if f16 {
-                    let w = t.to_f32_vec()?;
+                    let w = finite_values(t)?;
                     let back: Vec<f32> =
                         w.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
                     rel_error(&w, &back)
@@ -472,7 +484,7 @@ fn compress_embedding(method: Method, t: &TensorView) -> Result<Produced> {
         Method::Keep | Method::F16 => {
             let f16 = method == Method::F16;
             let rel = if f16 {
-                let w = t.to_f32_vec()?;
+                let w = finite_values(t)?;
                 let back: Vec<f32> = w.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
                 rel_error(&w, &back)
             } else {
@@ -491,7 +503,7 @@ fn compress_embedding(method: Method, t: &TensorView) -> Result<Produced> {
             })
         }
         Method::Int8 { group } => {
-            let w = t.to_f32_vec()?;
+            let w = finite_values(t)?;
             let (ts, deq) = int8_tensors(&t.name, &w, rows, cols, group)
                 .map_err(|e| Error::Plan(format!("embeddings: {e}")))?;
             Ok(Produced {
@@ -523,6 +535,7 @@ pub fn compress(
     opts: &Options,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Report> {
+    writer::check_output(Some(src), dst, opts.overwrite)?;
     let model = Model::open(src)?;
     let (bytes, report) = compress_model(&model, plan, opts, progress)?;
     writer::write_dir_atomically(dst, opts.overwrite, |tmp| {
@@ -635,7 +648,7 @@ pub fn compress_model(
         }
         let t = store.require(name)?;
         if t.shape.len() == 1 && matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) {
-            out.push(OutTensor::f32(name, t.shape.clone(), &t.to_f32_vec()?));
+            out.push(OutTensor::f32(name, t.shape.clone(), &finite_values(&t)?));
         } else {
             out.push(dense_tensor(&t, false)?);
         }

@@ -38,15 +38,26 @@ impl OutTensor {
         }
     }
 
-    /// F32 values converted to F16.
-    pub fn f16(name: impl Into<String>, shape: Vec<usize>, v: &[f32]) -> OutTensor {
+    /// F32 values converted to F16; an error if a value is not finite or beyond F16's range (±65504),
+    /// which F16 would silently turn into infinity.
+    pub fn f16(name: impl Into<String>, shape: Vec<usize>, v: &[f32]) -> Result<OutTensor> {
+        let name = name.into();
+        if let Some((i, &x)) = v
+            .iter()
+            .enumerate()
+            .find(|(_, x)| !x.is_finite() || x.abs() > half::f16::MAX.to_f32())
+        {
+            return Err(Error::Plan(format!(
+                "tensor `{name}`: element {i} is {x}, which F16 cannot hold (finite values up to                  ±65504); keep this tensor in F32 or INT8"
+            )));
+        }
         let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
-        OutTensor {
-            name: name.into(),
+        Ok(OutTensor {
+            name,
             dtype: DType::F16,
             shape,
             data: bytemuck::cast_slice(&h).to_vec(),
-        }
+        })
     }
 
     /// INT8 values.
@@ -141,7 +152,12 @@ fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Builds a model directory atomically: `fill` writes into a temporary directory beside `dest`, which is
 /// fsynced and renamed to `dest`. A crash or error leaves no partial `dest`. An existing `dest` is an
-/// error unless `overwrite`, in which case it is replaced (moved aside, then removed after the rename).
+/// error unless `overwrite`, and even then only an empty directory or a model directory (a
+/// `config.json` beside safetensors files) is replaced (moved aside, then removed after the rename).
+///
+/// Temporaries are named `.NAME.tmp-PID-…` and `.NAME.old-PID-…`; ones left by a process that no longer
+/// runs (killed mid-write) are removed before the next write to the same `dest`, and a model that was
+/// moved aside when the crash came is moved back first.
 pub fn write_dir_atomically(
     dest: &Path,
     overwrite: bool,
@@ -149,30 +165,26 @@ pub fn write_dir_atomically(
 ) -> Result<()> {
     let name = dest
         .file_name()
-        .ok_or_else(|| Error::input(format!("{}: not a directory name", dest.display())))?;
+        .ok_or_else(|| Error::input(format!("{}: not a directory name", dest.display())))?
+        .to_string_lossy()
+        .into_owned();
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if dest.exists() && !overwrite {
-        return Err(Error::io(
-            dest,
-            std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "output directory exists (pass --overwrite to replace it)",
-            ),
-        ));
-    }
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    recover_stale(&parent, &name, dest)?;
+    check_replaceable(dest, overwrite)?;
+    let pid = std::process::id();
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.tmp-", name.to_string_lossy()))
+        .prefix(&format!(".{name}.tmp-{pid}-"))
         .tempdir_in(&parent)
         .map_err(io(&parent))?;
     fill(tmp.path())?;
     sync_dir(tmp.path())?;
     let old = if dest.exists() {
         let aside = tempfile::Builder::new()
-            .prefix(&format!(".{}.old-", name.to_string_lossy()))
+            .prefix(&format!(".{name}.old-{pid}-"))
             .tempdir_in(&parent)
             .map_err(io(&parent))?
             .keep();
@@ -197,6 +209,95 @@ pub fn write_dir_atomically(
     Ok(())
 }
 
+/// Checks up front that [`write_dir_atomically`] may write `dest`: an error if `dest` is the input
+/// model `src`, a file, or a directory it may not replace (see there).
+pub fn check_output(src: Option<&Path>, dest: &Path, overwrite: bool) -> Result<()> {
+    if let (Some(src), Ok(d)) = (src, dest.canonicalize()) {
+        if src.canonicalize().is_ok_and(|s| s == d) {
+            return Err(Error::input(format!(
+                "{}: the output is the input model; write the compressed model to another directory",
+                dest.display()
+            )));
+        }
+    }
+    check_replaceable(dest, overwrite)
+}
+
+/// Errors unless `dest` is absent, or (with `overwrite`) a directory that is empty or holds a model.
+fn check_replaceable(dest: &Path, overwrite: bool) -> Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(dest) else {
+        return Ok(());
+    };
+    let refuse = |msg: &str| {
+        Err(Error::io(
+            dest,
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, msg.to_string()),
+        ))
+    };
+    if !meta.is_dir() {
+        return refuse("exists and is not a directory; choose another output path");
+    }
+    if !overwrite {
+        return refuse("output directory exists (pass --overwrite to replace it)");
+    }
+    let entries: Vec<PathBuf> = std::fs::read_dir(dest)
+        .map_err(io(dest))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    let has_weights = entries
+        .iter()
+        .any(|p| p.extension().is_some_and(|e| e == "safetensors"));
+    if entries.is_empty() || (dest.join("config.json").is_file() && has_weights) {
+        return Ok(());
+    }
+    refuse(
+        "exists and does not look like a model directory (no config.json beside safetensors \
+         files); --overwrite only replaces model directories: remove it yourself or choose another \
+         output path",
+    )
+}
+
+/// Removes the temporaries of earlier writes to `dest` whose process is gone, first moving back a
+/// model that was moved aside (the crash came between the two renames, so `dest` is missing).
+fn recover_stale(parent: &Path, name: &str, dest: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Ok(());
+    };
+    let (tmp, old) = (format!(".{name}.tmp-"), format!(".{name}.old-"));
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let (is_old, rest) = if let Some(r) = file_name.strip_prefix(&old) {
+            (true, r)
+        } else if let Some(r) = file_name.strip_prefix(&tmp) {
+            (false, r)
+        } else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if process_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        if is_old && !dest.exists() {
+            std::fs::rename(&path, dest).map_err(io(&path))?;
+        } else {
+            std::fs::remove_dir_all(&path).map_err(io(&path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether process `pid` still runs (this one always does). Where that cannot be known, assumed alive,
+/// so nothing of a running write is ever removed.
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() || !cfg!(target_os = "linux") {
+        return true;
+    }
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,7 +308,7 @@ mod tests {
         let ts = vec![
             OutTensor::f32("a", vec![3], &[1.0, 2.0, 3.0]),
             OutTensor::i8("b", vec![5], &[1, -2, 3, -4, 5]),
-            OutTensor::f16("c", vec![2, 2], &[0.5, 1.5, -2.0, 4.0]),
+            OutTensor::f16("c", vec![2, 2], &[0.5, 1.5, -2.0, 4.0]).unwrap(),
         ];
         let mut md = BTreeMap::new();
         md.insert("k".into(), "v".into());
@@ -222,5 +323,14 @@ mod tests {
         }
         assert_eq!(f.get("b").unwrap().bytes(), &[1u8, 254, 3, 252, 5]);
         assert_eq!(f.metadata()["k"], "v");
+    }
+
+    #[test]
+    fn f16_refuses_what_it_cannot_hold() {
+        assert!(OutTensor::f16("ok", vec![2], &[65504.0, -65504.0]).is_ok());
+        for bad in [65536.0, -1e5, f32::NAN, f32::INFINITY] {
+            let e = OutTensor::f16("w", vec![2], &[1.0, bad]).unwrap_err();
+            assert!(e.to_string().contains("element 1"), "{e}");
+        }
     }
 }

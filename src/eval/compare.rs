@@ -207,7 +207,7 @@ pub fn compare(
         linears: linear_order(stats.iter().filter(|(k, _)| !k.0).map(stat).collect()),
         logits: LogitStats {
             kl_mean: kl.mean(),
-            kl_max: kl.max.max(0.0),
+            kl_max: if kl.count == 0 { 0.0 } else { kl.max },
             top1_agreement: top1 as f64 / positions.max(1) as f64,
             positions,
         },

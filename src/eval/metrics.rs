@@ -41,7 +41,12 @@ pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
             }
         })
         .sum();
-    kl.max(0.0)
+    // Rounding can make a true 0 slightly negative; NaN (non-finite logits) stays NaN.
+    if kl < 0.0 {
+        0.0
+    } else {
+        kl
+    }
 }
 
 /// Index of the largest logit (the first of equals); `None` for an empty slice.
@@ -85,8 +90,17 @@ impl Stat {
     /// Adds one value.
     pub fn push(&mut self, v: f64) {
         self.sum += v;
-        self.min = self.min.min(v);
-        self.max = self.max.max(v);
+        // `f64::min`/`max` would drop a NaN; keep it visible.
+        self.min = if v.is_nan() || v < self.min {
+            v
+        } else {
+            self.min
+        };
+        self.max = if v.is_nan() || v > self.max {
+            v
+        } else {
+            self.max
+        };
         self.count += 1;
     }
 
@@ -97,5 +111,22 @@ impl Stat {
         } else {
             self.sum / self.count as f64
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nan_is_kept_not_clamped_away() {
+        let p = [1.0f32, 2.0, 3.0];
+        assert_eq!(kl_divergence(&p, &p), 0.0);
+        assert!(kl_divergence(&p, &[1.0, f32::NAN, 3.0]).is_nan());
+        let mut s = Stat::default();
+        for v in [0.5, f64::NAN, 0.25] {
+            s.push(v);
+        }
+        assert!(s.max.is_nan() && s.min.is_nan() && s.mean().is_nan());
     }
 }
