@@ -450,3 +450,25 @@ fn compress_killed_at_any_point_leaves_the_output_absent_or_complete() {
          behind and then removed"
     );
 }
+
+#[test]
+fn config_and_tokenizer_errors_name_the_file_at_fault() {
+    let mut m = TinyModel::new(true);
+    m.config["attention_types"] = "global".into();
+    let dir = scratch_dir("neo-attention-types-string");
+    m.write(&dir);
+    let e = Model::open(&dir).expect_err("a string attention_types was accepted");
+    assert!(
+        e.to_string().contains("`attention_types` must be a list"),
+        "{e}"
+    );
+
+    let dir = scratch_dir("merge-not-in-vocab");
+    let src = ref_model("ref-gpt2");
+    std::fs::copy(src.join("vocab.json"), dir.join("vocab.json")).unwrap();
+    let mut merges = std::fs::read_to_string(src.join("merges.txt")).unwrap();
+    merges.push_str("zzqx zzqy\n");
+    std::fs::write(dir.join("merges.txt"), merges).unwrap();
+    let e = slimlm::Tokenizer::from_dir(&dir).expect_err("a merge of unknown tokens was accepted");
+    assert!(e.to_string().contains("merges.txt"), "{e}");
+}

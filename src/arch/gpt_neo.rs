@@ -101,6 +101,11 @@ fn parse(f: &Fields) -> Result<Config, String> {
 /// local. The expansion is checked against `num_layers` before it is made.
 fn attention_layers(f: &Fields, n_layer: usize) -> Result<Vec<bool>, String> {
     let mut kinds = Vec::new();
+    for key in ["attention_types", "attention_layers"] {
+        if f.get(key).is_some_and(|v| !v.is_array() && !v.is_null()) {
+            return Err(format!("`{key}` must be a list"));
+        }
+    }
     if let Some(types) = f.get("attention_types").and_then(Value::as_array) {
         let mut total = 0u128;
         let mut entries = Vec::new();

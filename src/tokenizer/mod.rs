@@ -122,7 +122,15 @@ impl Tokenizer {
             pre,
             PostProcessor::default(),
         )
-        .map_err(|m| Error::Tokenizer(format!("{}: {m}", vocab.display())))
+        .map_err(|m| {
+            // "model.merges[i]: ..." is about merges.txt (its i-th merge); the rest about vocab.json.
+            let file = if m.starts_with("model.merges") {
+                &merges
+            } else {
+                &vocab
+            };
+            Error::Tokenizer(format!("{}: {m}", file.display()))
+        })
     }
 
     /// Parses the text of a Hugging Face `tokenizer.json` with a byte-level `BPE` model. Anything this
