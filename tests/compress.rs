@@ -547,18 +547,7 @@ fn cli_compress_and_inspect() {
             .arg(&src)
             .arg("--out")
             .arg(&out)
-            .args([
-                "--mode",
-                "lowrank",
-                "--rank",
-                "128",
-                "--factors",
-                "int8",
-                "--embeddings",
-                "int8",
-                "--skip",
-                "mlp_out",
-            ]),
+            .args(["--mode", "lowrank", "--rank", "128", "--skip", "mlp_out"]),
     );
     assert!(text.contains("6 matrices left dense"), "{text}");
     let v: serde_json::Value =
@@ -566,7 +555,9 @@ fn cli_compress_and_inspect() {
     assert_eq!(v["format_version"], "1");
     assert_eq!(v["plan"]["default"]["rank"], 128);
     assert_eq!(v["storage"]["h.0.mlp_out"], "f32");
+    // The defaults, as in `eval`: INT8 factors and INT8 embeddings.
     assert_eq!(v["storage"]["h.0.mlp_in"], "lowrank r=128 int8/int8");
+    assert_eq!(v["storage"]["embeddings"], "int8");
     let ratio = v["ratio"].as_f64().unwrap();
     assert!(ratio > 0.1 && ratio < 0.4, "{ratio}");
     let text = run_ok(slimlm().arg("inspect").arg(&out));

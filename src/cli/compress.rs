@@ -58,10 +58,10 @@ pub struct Args {
     /// Low rank: factors hold at most this fraction of each matrix's parameters.
     #[arg(long)]
     budget: Option<f64>,
-    /// Low rank: factor storage.
+    /// Low rank: factor storage (default int8, as in `eval`).
     #[arg(long, value_parser = ["f32", "f16", "int8"])]
     factors: Option<String>,
-    /// Storage of the token embedding / tied LM head (default: as the mode; keep for lowrank).
+    /// Storage of the token embedding / tied LM head (default: as the mode; int8 for lowrank).
     #[arg(long, value_enum)]
     embeddings: Option<EmbeddingsArg>,
     /// Leave a component as it is (attn_qkv, attn_out, mlp_in, mlp_out, embeddings); repeatable.
@@ -140,11 +140,12 @@ fn build_plan(a: &Args) -> Result<Plan, Box<dyn std::error::Error>> {
                 rank: a.rank,
                 energy: a.energy,
                 budget: a.budget,
-                factors: Some(factors.unwrap_or(FactorDtype::F32)),
+                factors: Some(factors.unwrap_or(FactorDtype::Int8)),
                 group: a.group,
                 force: None,
             };
-            Plan::uniform(s, spec(MethodName::Keep))
+            // The same defaults as `eval` (factors and embeddings INT8): what serves users best.
+            Plan::uniform(s, spec(MethodName::Int8))
         }
     };
     if let Some(e) = a.embeddings {

@@ -45,14 +45,17 @@ pub fn run(a: Args) -> CliResult {
     let source_bytes: Option<usize> = md.get(META_SOURCE_BYTES).and_then(|s| s.parse().ok());
     let plan: Option<serde_json::Value> =
         md.get(META_PLAN).and_then(|s| serde_json::from_str(s).ok());
-    let storage: Vec<(String, String)> = model
-        .linears()
-        .iter()
-        .map(|(l, c, lin)| {
-            let at = l.map_or("head".to_string(), |l| format!("h.{l}"));
-            (format!("{at}.{c}"), lin.describe())
-        })
-        .collect();
+    let mut storage: Vec<(String, String)> = vec![(
+        "embeddings".to_string(),
+        model.embed.storage_name().to_string(),
+    )];
+    if let Some(p) = &model.positions {
+        storage.push(("positions".into(), p.storage_name().into()));
+    }
+    storage.extend(model.linears().iter().map(|(l, c, lin)| {
+        let at = l.map_or("head".to_string(), |l| format!("h.{l}"));
+        (format!("{at}.{c}"), lin.describe())
+    }));
     let ratio = source_bytes.map(|s| file_bytes as f64 / s as f64);
     if a.json {
         let parts: Vec<_> = bytes
@@ -103,7 +106,7 @@ pub fn run(a: Args) -> CliResult {
     for l in 0..layers {
         row(format!("layer {l}"), Some(l))?;
     }
-    outln!("\nstorage per linear layer:")?;
+    outln!("\nstorage (embeddings, positions, every linear layer):")?;
     for (n, s) in &storage {
         outln!("  {n:<14} {s}")?;
     }
