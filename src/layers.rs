@@ -153,7 +153,7 @@ pub fn resolve_root(config: &Config, store: &TensorStore) -> Result<&'static str
 /// `positions`, `projections`, `padding`, `other`.
 pub fn classify(config: &Config, root: &str, name: &str) -> (Option<usize>, &'static str) {
     let names = &config.family().names;
-    if name.starts_with(crate::compress::writer::PAD_PREFIX) {
+    if name.starts_with(crate::tensor_file::PAD_PREFIX) {
         return (None, "padding");
     }
     // `part` names the tensor itself or a tensor derived from it (`.weight_scale`, `.lowrank.u`).

@@ -16,8 +16,10 @@
 //! ```
 
 pub mod arch;
+#[cfg(feature = "compress")]
 pub mod compress;
 pub mod error;
+#[cfg(feature = "eval")]
 pub mod eval;
 pub mod generate;
 pub mod layers;
@@ -26,6 +28,7 @@ pub mod model;
 pub mod perplexity;
 pub mod sampler;
 pub mod session;
+#[cfg(feature = "compress")]
 pub mod synth;
 pub mod tensor_file;
 pub mod tokenizer;

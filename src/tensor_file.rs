@@ -25,6 +25,10 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 
+/// Prefix of the names of padding tensors that align the next tensor (ignored by the loader and by
+/// `inspect`).
+pub const PAD_PREFIX: &str = "__pad__.";
+
 /// Element type of a stored tensor (the subset slimlm reads).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {

@@ -1,5 +1,7 @@
 //! The `slimlm` binary: its contract flags, JSON output and error behaviour.
 
+#![cfg(feature = "cli")]
+
 mod common;
 
 use std::process::Command;

@@ -1,6 +1,8 @@
 //! The compressor: round trips (compress → open → forward) on both reference models, weights used in
 //! place, 64-byte alignment, full-rank exactness, plan errors, damaged files, atomic output, memory.
 
+#![cfg(feature = "cli")]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 //! perturbed models, a two-point sweep, a sensitivity plan that the compressor accepts, and clear errors.
 //! Texts are cut short (two languages, 64–128 tokens) to keep this fast.
 
+#![cfg(feature = "cli")]
+
 mod common;
 
 use std::path::{Path, PathBuf};

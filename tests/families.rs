@@ -3,6 +3,8 @@
 //! is classified; `eval compare` runs on each family; `synth` makes each family's presets; a config that
 //! disagrees with the weights is a clear error.
 
+#![cfg(feature = "eval")]
+
 mod common;
 
 use common::{check_in_place, ref_model, scratch_dir, shared, REFERENCE_MODELS};

@@ -1,6 +1,8 @@
 //! Hostile input and faults (issue 12): every case ends in a clear error naming what is wrong, never a
 //! panic, a signal, a hang, an unbounded allocation or success on garbage.
 
+#![cfg(feature = "cli")]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -15,8 +15,7 @@ use crate::tensor_file::DType;
 /// Every tensor starts at a multiple of this many bytes from the start of the file.
 pub const ALIGN: usize = 64;
 
-/// Prefix of the names of padding tensors (ignored by the loader and by `inspect`).
-pub const PAD_PREFIX: &str = "__pad__.";
+pub use crate::tensor_file::PAD_PREFIX;
 
 /// A tensor to write.
 #[derive(Clone, Debug)]

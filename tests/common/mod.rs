@@ -358,7 +358,7 @@ pub fn check_in_place(model: &slimlm::Model) {
     let f = TensorFile::open(&model.dir().join("model.safetensors")).unwrap();
     for name in f
         .names()
-        .filter(|n| !n.starts_with(slimlm::compress::writer::PAD_PREFIX))
+        .filter(|n| !n.starts_with(slimlm::tensor_file::PAD_PREFIX))
     {
         assert!(
             f.get(name).unwrap().is_aligned(64),
