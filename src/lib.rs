@@ -22,6 +22,7 @@ pub mod error;
 #[cfg(feature = "eval")]
 pub mod eval;
 pub mod generate;
+pub mod kv_cache;
 pub mod layers;
 pub mod linear;
 pub mod model;
@@ -36,6 +37,7 @@ pub mod tokenizer;
 pub use arch::{Arch, Config};
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generation};
+pub use kv_cache::KvDtype;
 pub use linear::Linear;
 pub use model::Model;
 pub use perplexity::{perplexity, Perplexity};

@@ -9,6 +9,7 @@ use slimlm_kernels::{Int8Act, Layout};
 
 use crate::arch::{Config, LayerSpec};
 use crate::error::{Error, Result};
+use crate::kv_cache::KvDtype;
 use crate::layers::{block_prefix, linear_sites, resolve_root, LinearSite};
 use crate::linear::{Linear, LinearKind, Matrix, Vector};
 use crate::session::Session;
@@ -103,6 +104,8 @@ pub struct Model {
     pub final_norm: Option<Norm>,
     /// The LM head (the token embedding itself when tied).
     pub lm_head: Linear,
+    /// KV cache element type of new sessions.
+    kv_dtype: KvDtype,
 }
 
 impl Model {
@@ -217,6 +220,7 @@ impl Model {
             blocks,
             final_norm,
             lm_head,
+            kv_dtype: KvDtype::F32,
         })
     }
 
@@ -249,6 +253,16 @@ impl Model {
     /// A new session (KV cache and scratch buffers) over this model.
     pub fn session(&self) -> Session<'_> {
         Session::new(self)
+    }
+
+    /// The KV cache element type of sessions made from now on (see [`Session::set_kv_dtype`]).
+    pub fn set_kv_dtype(&mut self, dtype: KvDtype) {
+        self.kv_dtype = dtype;
+    }
+
+    /// The KV cache element type new sessions start with.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
     }
 
     /// Sets the context length (see [`Config::set_context`]); sessions made afterwards use it.

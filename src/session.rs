@@ -9,6 +9,7 @@ use slimlm_kernels::{ops, par, Team};
 
 use crate::arch::{Activation, NormPlacement, Positions, Residual, ScaleAt};
 use crate::error::{Error, Result};
+use crate::kv_cache::{self, KvCache, KvDtype};
 use crate::linear::{Linear, Matrix};
 use crate::model::{Block, Model, Norm, Qkv};
 
@@ -16,8 +17,6 @@ use crate::model::{Block, Model, Norm, Qkv};
 const PREFILL_CHUNK: usize = 128;
 /// Rows of logits computed together when every position's logits are wanted.
 const LOGIT_ROWS: usize = 32;
-/// Positions the KV cache holds at first (it doubles from there as the context grows).
-const KV_MIN: usize = 256;
 
 /// Sees intermediate results of a forward pass (for analysis; the default methods do nothing).
 pub trait Observer {
@@ -42,9 +41,7 @@ impl Observer for NoObserver {}
 pub struct Session<'m> {
     model: &'m Model,
     pos: usize,
-    /// `[layer][head][cap][head_dim]`.
-    k_cache: Vec<f32>,
-    v_cache: Vec<f32>,
+    kv: KvCache,
     x: Vec<f32>,
     h: Vec<f32>,
     qkv: Vec<f32>,
@@ -62,8 +59,6 @@ pub struct Session<'m> {
     rope: Vec<f32>,
     /// ALiBi slope of each head (empty without ALiBi).
     slopes: Vec<f32>,
-    /// Positions the KV cache has room for (`≤ n_ctx`).
-    cap: usize,
     /// Attention work of every head: `[head][n × head_dim outputs, then cap scores]`.
     heads_work: Vec<f32>,
     logits: Vec<f32>,
@@ -86,8 +81,7 @@ impl<'m> Session<'m> {
         Session {
             model,
             pos: 0,
-            k_cache: Vec::new(),
-            v_cache: Vec::new(),
+            kv: KvCache::new(model.kv_dtype(), c.n_layer(), c.n_head, c.head_dim()),
             x: vec![0.0; chunk * c.d_model],
             h: vec![0.0; chunk * c.d_model],
             qkv: vec![0.0; chunk * 3 * c.d_model],
@@ -100,7 +94,6 @@ impl<'m> Session<'m> {
             rope: vec![0.0; chunk * 2 * inv_freq.len()],
             inv_freq,
             slopes: c.alibi_slopes(),
-            cap: 0,
             heads_work: Vec::new(),
             logits: vec![0.0; c.vocab_size],
             logits_rows: Vec::new(),
@@ -149,18 +142,33 @@ impl<'m> Session<'m> {
 
     /// Bytes of the KV cache allocated so far (room for [`Session::kv_capacity`] positions).
     pub fn kv_cache_bytes(&self) -> usize {
-        4 * (self.k_cache.len() + self.v_cache.len())
+        self.kv.bytes()
+    }
+
+    /// The element type of the KV cache.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv.dtype()
+    }
+
+    /// Sets the element type of the KV cache: [`KvDtype::F16`] halves its bytes, at the cost of rounding
+    /// keys and values to F16. Changing it empties the cache (the session restarts at position 0).
+    pub fn set_kv_dtype(&mut self, dtype: KvDtype) {
+        if dtype != self.kv.dtype() {
+            let c = &self.model.config;
+            self.kv = KvCache::new(dtype, c.n_layer(), c.n_head, c.head_dim());
+            self.heads_work = Vec::new();
+            self.pos = 0;
+        }
     }
 
     /// Positions the KV cache has room for before it grows.
     pub fn kv_capacity(&self) -> usize {
-        self.cap
+        self.kv.capacity()
     }
 
     /// Bytes of the KV cache that hold the tokens so far (the rest is allocated but never touched).
     pub fn kv_cache_used_bytes(&self) -> usize {
-        let c = &self.model.config;
-        2 * 4 * c.n_layer() * c.d_model * self.pos
+        self.kv.bytes_per_position() * self.pos
     }
 
     /// Bytes of the activation buffers written so far, an upper bound of their resident memory (they are
@@ -174,7 +182,8 @@ impl<'m> Session<'m> {
         let heads = if rows == 0 {
             0
         } else {
-            c.n_head * head_work_len(rows, c.head_dim(), self.cap)
+            c.n_head
+                * (head_work_len(rows, c.head_dim(), self.kv.capacity()) + self.kv.row_scratch())
         };
         4 * (rows * per_row + heads + self.logits.len() + self.logits_rows.capacity())
     }
@@ -285,45 +294,21 @@ impl<'m> Session<'m> {
         r
     }
 
-    /// Grows the KV cache (and the attention scores) to hold `positions` tokens: doubling, at least
-    /// [`KV_MIN`], at most the context length. The old contents move to the new layout.
+    /// Grows the KV cache (and the attention scores) to hold `positions` tokens (see [`KvCache`]).
     fn reserve(&mut self, positions: usize) -> Result<()> {
-        if positions <= self.cap {
-            return Ok(());
-        }
         let c = &self.model.config;
-        let (heads, hd) = (c.n_head, c.head_dim());
-        let cap = positions.max(2 * self.cap).max(KV_MIN).min(c.n_ctx);
-        let chunk = PREFILL_CHUNK.min(c.n_ctx);
-        let too_big = |what: &str, floats: Option<usize>| {
-            Error::input(format!(
-                "cannot allocate the {what} for {cap} positions ({} bytes); use a shorter context",
-                floats.map_or("over 2^64".into(), |f| (4 * f as u128).to_string())
-            ))
+        let Some(cap) = self.kv.grown_capacity(positions, c.n_ctx) else {
+            return Ok(());
         };
-        let len = (c.n_layer() * heads * hd)
-            .checked_mul(cap)
-            .filter(|&n| n <= isize::MAX as usize / 8);
-        let len = len.ok_or_else(|| too_big("KV cache", None))?;
-        let work = heads * head_work_len(chunk, hd, cap);
-        // Probe that the allocator can serve the sizes, then allocate zeroed (untouched pages stay
-        // unresident); a failed probe is an error, where a failed `vec!` would abort.
-        for n in [len, len, work] {
-            Vec::<f32>::new()
-                .try_reserve_exact(n)
-                .map_err(|_| too_big("KV cache", Some(2 * len + work)))?;
-        }
-        let (old, pos) = (self.cap, self.pos);
-        for cache in [&mut self.k_cache, &mut self.v_cache] {
-            let mut grown = vec![0.0; len];
-            for (block, dst) in grown.chunks_exact_mut(cap * hd).enumerate() {
-                let src = &cache[block * old * hd..][..pos * hd];
-                dst[..pos * hd].copy_from_slice(src);
-            }
-            *cache = grown;
-        }
+        let chunk = PREFILL_CHUNK.min(c.n_ctx);
+        let work = c.n_head * (head_work_len(chunk, c.head_dim(), cap) + self.kv.row_scratch());
+        Vec::<f32>::new().try_reserve_exact(work).map_err(|_| {
+            Error::input(format!(
+                "cannot allocate attention scores for {cap} positions; use a shorter context"
+            ))
+        })?;
+        self.kv.grow(cap, self.pos)?;
         self.heads_work = vec![0.0; work];
-        self.cap = cap;
         Ok(())
     }
 
@@ -558,16 +543,13 @@ impl<'m> Session<'m> {
     /// Copies the keys and values of the `n` new tokens into the cache of layer `l`.
     fn store_kv(&mut self, l: usize, n: usize) {
         let c = &self.model.config;
-        let (d, hd, ctx) = (c.d_model, c.head_dim(), self.cap);
-        let layer = l * c.n_head * ctx * hd;
+        let (d, hd) = (c.d_model, c.head_dim());
         for t in 0..n {
-            let p = self.pos + t;
             let row = &self.qkv[t * 3 * d..(t + 1) * 3 * d];
             for h in 0..c.n_head {
                 let (_, k, v) = c.qkv.offsets(h, hd, d);
-                let at = layer + (h * ctx + p) * hd;
-                self.k_cache[at..at + hd].copy_from_slice(&row[k..k + hd]);
-                self.v_cache[at..at + hd].copy_from_slice(&row[v..v + hd]);
+                self.kv
+                    .store(l, h, self.pos + t, &row[k..k + hd], &row[v..v + hd]);
             }
         }
     }
@@ -576,28 +558,25 @@ impl<'m> Session<'m> {
     /// One task per head; each writes its outputs and scores into its own piece of `heads_work`.
     fn attention(&mut self, l: usize, b: &Block, n: usize) {
         let c = &self.model.config;
-        let (d, hd, ctx, heads) = (c.d_model, c.head_dim(), self.cap, c.n_head);
-        let layer = l * heads * ctx * hd;
-        let (kc, vc) = (&self.k_cache[layer..], &self.v_cache[layer..]);
+        let (d, hd, heads) = (c.d_model, c.head_dim(), c.n_head);
+        let kv = &self.kv;
         let (qkv, p0, spec, layout) = (&self.qkv, self.pos, &b.spec, c.qkv);
         let scale = match c.scale_at {
             ScaleAt::Scores => spec.attn_scale,
             ScaleAt::Query => 1.0,
         };
         let slopes = &self.slopes;
-        let stride = head_work_len(n, hd, ctx);
+        let stride = head_work_len(n, hd, kv.capacity()) + kv.row_scratch();
         par::for_each_chunk_mut(&mut self.heads_work[..heads * stride], stride, |h, work| {
             let (outs, scores) = work.split_at_mut(n * hd);
-            let base = h * ctx * hd;
             let (q_at, _, _) = layout.offsets(h, hd, d);
             let slope = slopes.get(h).copied().unwrap_or(0.0);
             for (t, out) in outs.chunks_exact_mut(hd).enumerate() {
                 let p = p0 + t;
                 let lo = spec.window.map_or(0, |w| (p + 1).saturating_sub(w));
                 let q = &qkv[t * 3 * d + q_at..t * 3 * d + q_at + hd];
-                let keys = &kc[base + lo * hd..base + (p + 1) * hd];
-                let vals = &vc[base + lo * hd..base + (p + 1) * hd];
-                ops::attend(q, keys, vals, scale, slope, scores, out);
+                let (keys, vals) = kv.head(l, h, lo, p + 1);
+                kv_cache::attend(q, keys, vals, scale, slope, scores, out);
             }
         });
         for h in 0..heads {

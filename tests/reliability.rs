@@ -474,3 +474,32 @@ fn config_and_tokenizer_errors_name_the_file_at_fault() {
     let e = slimlm::Tokenizer::from_dir(&dir).expect_err("a merge of unknown tokens was accepted");
     assert!(e.to_string().contains("merges.txt"), "{e}");
 }
+
+/// Found by the fuzzer (`fuzz/`): the source's alignment padding was copied and then clashed with the
+/// writer's own, giving a file slimlm could not read back.
+#[test]
+fn a_source_with_padding_tensors_compresses_to_a_readable_model() {
+    let mut m = TinyModel::new(false);
+    m.tensors.push((
+        format!("{}0", slimlm::tensor_file::PAD_PREFIX),
+        safetensors::Dtype::U8,
+        vec![40],
+        vec![0; 40],
+    ));
+    let src = scratch_dir("padded-source");
+    m.write(&src);
+    for method in [MethodName::Int8, MethodName::F16] {
+        let out = scratch_dir("padded-out");
+        std::fs::remove_dir(&out).unwrap();
+        compress::compress(
+            &src,
+            &out,
+            &uniform(method),
+            &Options::default(),
+            &mut |_, _, _| {},
+        )
+        .unwrap();
+        let model = Model::open(&out).unwrap();
+        model.session().prefill(&[1, 2]).unwrap();
+    }
+}

@@ -10,7 +10,11 @@
 //! * `softmax`: f32 `exp` with 7th-order polynomial (≤ 2 ulp), f32 lane sums: relative ≤ ~1e-6;
 //! * `gelu_erf`: `0.5·x·(1 + erf(x/√2))` through `erfc` (Numerical Recipes' Chebyshev fit, relative
 //!   error < 1.2e-7 everywhere, so the negative tail keeps its relative accuracy), in f64: ≤ ~5e-7;
-//! * `attend`: f32 lane dot products + the softmax above.
+//! * `attend`: f32 lane dot products + the softmax above; `attend_f16` the same over an F16 KV cache (each
+//!   row widened to f32, exactly, before use).
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use crate::isa::{self, Isa};
 use crate::reference;
@@ -84,6 +88,20 @@ pub fn attend(
     out: &mut [f32],
 ) {
     attend_with(isa::active(), q, keys, values, scale, slope, scores, out)
+}
+
+/// [`attend`] over keys and values stored as F16 (an F16 KV cache: half the bytes). Each row is widened
+/// to f32 (exactly) into the tail of `scores`, which must hold at least `n + head_dim` floats.
+pub fn attend_f16(
+    q: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    scale: f32,
+    slope: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_f16_with(isa::active(), q, keys, values, scale, slope, scores, out)
 }
 
 fn check(isa: Isa) {
@@ -172,6 +190,59 @@ pub fn attend_with(
         "attend: scores scratch too short"
     );
     dispatch!(isa, attend(q, keys, values, scale, slope, scores, out), scalar => attend_scalar(q, keys, values, scale, slope, scores, out))
+}
+
+/// [`attend_f16`] on an explicit path.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_f16_with(
+    isa: Isa,
+    q: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    scale: f32,
+    slope: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = q.len();
+    assert!(
+        d > 0 && keys.len().is_multiple_of(d) && values.len() == keys.len() && out.len() == d,
+        "attend_f16: lengths"
+    );
+    assert!(
+        scores.len() >= keys.len() / d + d,
+        "attend_f16: scores scratch too short"
+    );
+    dispatch!(isa, attend_f16(q, keys, values, scale, slope, scores, out), scalar => attend_f16_scalar(q, keys, values, scale, slope, scores, out))
+}
+
+fn attend_f16_scalar(
+    q: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    scale: f32,
+    slope: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = q.len();
+    let n = keys.len() / d;
+    let scores = &mut scores[..n];
+    for (j, s) in scores.iter_mut().enumerate() {
+        *s = scale
+            * q.iter()
+                .zip(&keys[j * d..(j + 1) * d])
+                .map(|(a, b)| a * b.to_f32())
+                .sum::<f32>()
+            - slope * (n - 1 - j) as f32;
+    }
+    reference::softmax(scores);
+    out.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        for (o, v) in out.iter_mut().zip(&values[j * d..(j + 1) * d]) {
+            *o += p * v.to_f32();
+        }
+    }
 }
 
 fn attend_scalar(
@@ -461,6 +532,34 @@ fn attend_body(
     }
 }
 
+#[inline(always)]
+fn attend_f16_body(
+    q: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    scale: f32,
+    slope: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = q.len();
+    let n = keys.len() / d;
+    let (scores, rest) = scores.split_at_mut(n);
+    let row = &mut rest[..d];
+    for (j, (s, k)) in scores.iter_mut().zip(keys.chunks_exact(d)).enumerate() {
+        k.convert_to_f32_slice(row);
+        *s = scale * dot(q, row) - slope * (n - 1 - j) as f32;
+    }
+    softmax_body(scores);
+    out.fill(0.0);
+    for (&p, v) in scores.iter().zip(values.chunks_exact(d)) {
+        v.convert_to_f32_slice(row);
+        for (o, &vv) in out.iter_mut().zip(row.iter()) {
+            *o += p * vv;
+        }
+    }
+}
+
 macro_rules! instantiate_ops {
     ($name:ident, #[$feat:meta]) => {
         mod $name {
@@ -513,6 +612,20 @@ macro_rules! instantiate_ops {
                 out: &mut [f32],
             ) {
                 super::attend_body(q, keys, values, scale, slope, scores, out)
+            }
+            /// # Safety
+            /// The CPU must support this instruction set.
+            #[$feat]
+            pub(super) unsafe fn attend_f16(
+                q: &[f32],
+                keys: &[half::f16],
+                values: &[half::f16],
+                scale: f32,
+                slope: f32,
+                scores: &mut [f32],
+                out: &mut [f32],
+            ) {
+                super::attend_f16_body(q, keys, values, scale, slope, scores, out)
             }
         }
     };

@@ -586,8 +586,8 @@ fn quantize_bit_exact() {
 mod ops_tests {
     use super::*;
     use slimlm_kernels::ops::{
-        attend_with, gelu_erf_with, gelu_new_with, layer_norm_with, log_sum_exp_with, rotate_half,
-        softmax_with,
+        attend_f16_with, attend_with, gelu_erf_with, gelu_new_with, layer_norm_with,
+        log_sum_exp_with, rotate_half, softmax_with,
     };
 
     #[test]
@@ -762,6 +762,51 @@ mod ops_tests {
                         assert!(
                             (g - w).abs() <= 2e-6 * w + 1e-37,
                             "softmax n={n} {isa:?}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn attend_f16_all_paths() {
+        let mut rng = Rng(47);
+        for &d in &[1usize, 7, 64, 80, 129] {
+            for &n in &[1usize, 2, 7, 100, 513] {
+                let q = rng.vec(d, 2.0);
+                let to_f16 = |v: Vec<f32>| -> Vec<half::f16> {
+                    v.into_iter().map(half::f16::from_f32).collect()
+                };
+                let keys = to_f16(rng.vec(n * d, 2.0));
+                let values = to_f16(rng.vec(n * d, 3.0));
+                // The reference sees the same (exactly widened) values.
+                let kf: Vec<f32> = keys.iter().map(|h| h.to_f32()).collect();
+                let vf: Vec<f32> = values.iter().map(|h| h.to_f32()).collect();
+                let scale = 1.0 / (d as f32).sqrt();
+                for slope in [0.0f32, 0.5] {
+                    let mut want = vec![0.0; d];
+                    reference::attend(&q, &kf, &vf, scale, slope, &mut want);
+                    let vmax = vf.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    for isa in isas() {
+                        let mut scores = vec![0.0; n + d];
+                        let mut got = vec![f32::NAN; d];
+                        attend_f16_with(
+                            isa,
+                            &q,
+                            &keys,
+                            &values,
+                            scale,
+                            slope,
+                            &mut scores,
+                            &mut got,
+                        );
+                        assert_close(
+                            &format!("attend_f16 d={d} n={n} slope={slope} {isa:?}"),
+                            &got,
+                            &want,
+                            &[vmax],
+                            1e-5,
                         );
                     }
                 }

@@ -31,6 +31,9 @@ pub struct MemoryArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// KV cache element type: f32 (exact) or f16 (half the bytes).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    kv_cache: String,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -64,7 +67,8 @@ fn proc_status() -> Result<[u64; 4], String> {
 fn memory(a: MemoryArgs) -> CliResult {
     super::set_threads(a.threads)?;
     let before = proc_status()?;
-    let model = Model::open(super::model_dir(a.model))?;
+    let mut model = Model::open(super::model_dir(a.model))?;
+    model.set_kv_dtype(slimlm::KvDtype::parse(&a.kv_cache)?);
     let prompt = match a.prompt_tokens {
         None => model.tokenizer().encode("The Debian package manager")?,
         Some(n) => {
@@ -106,6 +110,7 @@ fn memory(a: MemoryArgs) -> CliResult {
         "file_bytes": model.store().file_bytes(),
         "copied_bytes": model.copied_bytes(),
         "kv_cache_bytes": session.kv_cache_bytes(),
+        "kv_cache_dtype": format!("{:?}", session.kv_dtype()).to_lowercase(),
         "kv_cache_used_bytes": session.kv_cache_used_bytes(),
         "activation_bytes": session.activation_bytes_used(),
         "activation_bytes_allocated": session.state_bytes() - session.kv_cache_bytes(),

@@ -43,6 +43,9 @@ pub struct Args {
     /// Context length (default: the model's; BLOOM, which sets none, 2048).
     #[arg(long)]
     context: Option<usize>,
+    /// KV cache element type: f32 (exact) or f16 (half the bytes).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    kv_cache: String,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -54,6 +57,7 @@ pub struct Args {
 pub fn run(a: Args) -> CliResult {
     super::set_threads(a.threads)?;
     let mut model = Model::open(super::model_dir(a.model))?;
+    model.set_kv_dtype(slimlm::KvDtype::parse(&a.kv_cache)?);
     if let Some(n) = a.context {
         model.set_context(n)?;
     }

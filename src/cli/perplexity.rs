@@ -20,6 +20,9 @@ pub struct Args {
     /// Distance between window starts.
     #[arg(long, default_value_t = 256)]
     stride: usize,
+    /// KV cache element type: f32 (exact) or f16 (half the bytes).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    kv_cache: String,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -30,7 +33,8 @@ pub struct Args {
 
 pub fn run(a: Args) -> CliResult {
     super::set_threads(a.threads)?;
-    let model = Model::open(super::model_dir(a.model))?;
+    let mut model = Model::open(super::model_dir(a.model))?;
+    model.set_kv_dtype(slimlm::KvDtype::parse(&a.kv_cache)?);
     let text =
         std::fs::read_to_string(&a.text).map_err(|e| format!("{}: {e}", a.text.display()))?;
     let ids = model.tokenizer().encode(&text)?;

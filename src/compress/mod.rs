@@ -643,7 +643,10 @@ pub fn compress_model(
     let mut rest: Vec<&str> = store.names().filter(|n| !consumed.contains(*n)).collect();
     rest.sort_unstable();
     for name in rest {
-        if names.ignored.iter().any(|suffix| name.ends_with(suffix)) {
+        // Ignored buffers, and the source's own alignment padding (the writer pads anew).
+        if names.ignored.iter().any(|suffix| name.ends_with(suffix))
+            || name.starts_with(crate::tensor_file::PAD_PREFIX)
+        {
             continue;
         }
         let t = store.require(name)?;

@@ -98,6 +98,12 @@ pub fn serialize(tensors: &[OutTensor], metadata: &BTreeMap<String, String>) -> 
         if header.contains_key(&t.name) {
             return Err(Error::input(format!("tensor `{}` written twice", t.name)));
         }
+        if t.name.starts_with(PAD_PREFIX) {
+            return Err(Error::input(format!(
+                "tensor `{}`: names starting with `{PAD_PREFIX}` are reserved for alignment padding",
+                t.name
+            )));
+        }
         if pos % ALIGN != 0 {
             let k = ALIGN - pos % ALIGN;
             header.insert(
