@@ -180,14 +180,6 @@ impl KvCache {
         let (a, b) = (base + lo * hd, base + hi * hd);
         (self.k.rows(a, b), self.v.rows(a, b))
     }
-
-    /// Floats of scratch [`attend`] needs beyond the scores (a row widened from F16).
-    pub fn row_scratch(&self) -> usize {
-        match self.dtype {
-            KvDtype::F32 => 0,
-            KvDtype::F16 => self.shape.head_dim,
-        }
-    }
 }
 
 /// A cache of `len` zeroed elements holding the first `pos` rows of each `old_cap`-long block of `v`,
@@ -229,7 +221,7 @@ impl Zeroed for Vec<u16> {
 }
 
 /// Attention of one query over `keys`/`values` rows of one head (see [`ops::attend`]); `scores` needs
-/// `n` floats plus [`KvCache::row_scratch`].
+/// `n` floats.
 pub fn attend(
     q: &[f32],
     keys: Rows,

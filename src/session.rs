@@ -182,8 +182,7 @@ impl<'m> Session<'m> {
         let heads = if rows == 0 {
             0
         } else {
-            c.n_head
-                * (head_work_len(rows, c.head_dim(), self.kv.capacity()) + self.kv.row_scratch())
+            c.n_head * (head_work_len(rows, c.head_dim(), self.kv.capacity()))
         };
         4 * (rows * per_row + heads + self.logits.len() + self.logits_rows.capacity())
     }
@@ -301,7 +300,7 @@ impl<'m> Session<'m> {
             return Ok(());
         };
         let chunk = PREFILL_CHUNK.min(c.n_ctx);
-        let work = c.n_head * (head_work_len(chunk, c.head_dim(), cap) + self.kv.row_scratch());
+        let work = c.n_head * (head_work_len(chunk, c.head_dim(), cap));
         Vec::<f32>::new().try_reserve_exact(work).map_err(|_| {
             Error::input(format!(
                 "cannot allocate attention scores for {cap} positions; use a shorter context"
@@ -566,7 +565,7 @@ impl<'m> Session<'m> {
             ScaleAt::Query => 1.0,
         };
         let slopes = &self.slopes;
-        let stride = head_work_len(n, hd, kv.capacity()) + kv.row_scratch();
+        let stride = head_work_len(n, hd, kv.capacity());
         par::for_each_chunk_mut(&mut self.heads_work[..heads * stride], stride, |h, work| {
             let (outs, scores) = work.split_at_mut(n * hd);
             let (q_at, _, _) = layout.offsets(h, hd, d);

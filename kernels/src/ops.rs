@@ -11,10 +11,9 @@
 //! * `gelu_erf`: `0.5·x·(1 + erf(x/√2))` through `erfc` (Numerical Recipes' Chebyshev fit, relative
 //!   error < 1.2e-7 everywhere, so the negative tail keeps its relative accuracy), in f64: ≤ ~5e-7;
 //! * `attend`: f32 lane dot products + the softmax above; `attend_f16` the same over an F16 KV cache (each
-//!   row widened to f32, exactly, before use).
+//!   value widened to f32, exactly, as it is used).
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
 use crate::isa::{self, Isa};
 use crate::reference;
@@ -90,8 +89,8 @@ pub fn attend(
     attend_with(isa::active(), q, keys, values, scale, slope, scores, out)
 }
 
-/// [`attend`] over keys and values stored as F16 (an F16 KV cache: half the bytes). Each row is widened
-/// to f32 (exactly) into the tail of `scores`, which must hold at least `n + head_dim` floats.
+/// [`attend`] over keys and values stored as F16 (an F16 KV cache: half the bytes), each value widened to
+/// f32 exactly as it is used. `scores` needs `n` floats, as for [`attend`].
 pub fn attend_f16(
     q: &[f32],
     keys: &[f16],
@@ -210,7 +209,7 @@ pub fn attend_f16_with(
         "attend_f16: lengths"
     );
     assert!(
-        scores.len() >= keys.len() / d + d,
+        scores.len() >= keys.len() / d,
         "attend_f16: scores scratch too short"
     );
     dispatch!(isa, attend_f16(q, keys, values, scale, slope, scores, out), scalar => attend_f16_scalar(q, keys, values, scale, slope, scores, out))
@@ -532,6 +531,22 @@ fn attend_body(
     }
 }
 
+/// F16 bits to f32, exactly, branch-free (vectorises): exponent and mantissa moved into place and
+/// rescaled by 2^112 (exact for normals and subnormals alike); infinities and NaN selected apart.
+#[inline(always)]
+fn widen_f16(h: u16) -> f32 {
+    let h = h as u32;
+    let sign = (h & 0x8000) << 16;
+    let magnitude = f32::from_bits((h & 0x7fff) << 13) * f32::from_bits(0x7780_0000); // × 2^112
+    let special = f32::from_bits(0x7f80_0000 | ((h & 0x03ff) << 13)); // inf, or NaN with its payload
+    let v = if h & 0x7c00 == 0x7c00 {
+        special
+    } else {
+        magnitude
+    };
+    f32::from_bits(v.to_bits() | sign)
+}
+
 #[inline(always)]
 fn attend_f16_body(
     q: &[f32],
@@ -544,18 +559,30 @@ fn attend_f16_body(
 ) {
     let d = q.len();
     let n = keys.len() / d;
-    let (scores, rest) = scores.split_at_mut(n);
-    let row = &mut rest[..d];
+    let scores = &mut scores[..n];
+    let (keys, values): (&[u16], &[u16]) =
+        (bytemuck::cast_slice(keys), bytemuck::cast_slice(values));
     for (j, (s, k)) in scores.iter_mut().zip(keys.chunks_exact(d)).enumerate() {
-        k.convert_to_f32_slice(row);
-        *s = scale * dot(q, row) - slope * (n - 1 - j) as f32;
+        let mut acc = [0.0f32; L];
+        let (qc, kc) = (q.chunks_exact(L), k.chunks_exact(L));
+        let tail: f32 = qc
+            .remainder()
+            .iter()
+            .zip(kc.remainder())
+            .map(|(&a, &b)| a * widen_f16(b))
+            .sum();
+        for (x, y) in qc.zip(kc) {
+            for l in 0..L {
+                acc[l] += x[l] * widen_f16(y[l]);
+            }
+        }
+        *s = scale * (sum_lanes(&acc) + tail) - slope * (n - 1 - j) as f32;
     }
     softmax_body(scores);
     out.fill(0.0);
     for (&p, v) in scores.iter().zip(values.chunks_exact(d)) {
-        v.convert_to_f32_slice(row);
-        for (o, &vv) in out.iter_mut().zip(row.iter()) {
-            *o += p * vv;
+        for (o, &vv) in out.iter_mut().zip(v) {
+            *o += p * widen_f16(vv);
         }
     }
 }
@@ -636,3 +663,19 @@ instantiate_ops!(portable, #[inline(never)]);
 instantiate_ops!(avx2, #[target_feature(enable = "avx2,fma,f16c")]);
 #[cfg(target_arch = "x86_64")]
 instantiate_ops!(avx512, #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]);
+
+#[cfg(test)]
+mod widen_tests {
+    #[test]
+    fn widen_f16_is_exact_for_every_bit_pattern() {
+        for h in 0..=u16::MAX {
+            let want = half::f16::from_bits(h).to_f32();
+            let got = super::widen_f16(h);
+            if want.is_nan() {
+                assert!(got.is_nan(), "{h:#06x}: {got} vs NaN");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}: {got} vs {want}");
+            }
+        }
+    }
+}
