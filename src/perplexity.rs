@@ -30,6 +30,19 @@ pub fn perplexity(
     stride: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Perplexity> {
+    perplexity_per_token(model, ids, context, stride, &mut |_, _| {}, progress)
+}
+
+/// [`perplexity`], also handing every scored token to `token(index, nll)`: its index in `ids` (1 ..
+/// `ids.len()`, in order, each once) and its negative log-likelihood in nats.
+pub fn perplexity_per_token(
+    model: &Model,
+    ids: &[u32],
+    context: usize,
+    stride: usize,
+    token: &mut dyn FnMut(usize, f64),
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Perplexity> {
     let n_ctx = model.config.n_ctx;
     if context < 2 || context > n_ctx {
         return Err(Error::input(format!(
@@ -56,7 +69,9 @@ pub fn perplexity(
         session.prefill_all(window, &mut |i, logits| {
             let target = s + i + 1;
             if target < e && target >= next {
-                nll -= log_prob(logits, ids[target] as usize);
+                let t = -log_prob(logits, ids[target] as usize);
+                token(target, t);
+                nll += t;
                 scored += 1;
             }
         })?;
