@@ -607,6 +607,15 @@ fn bad_tokenizer_files_are_errors() {
         },
         &["post_processor", "99999"],
     );
+    // Found by the fuzzer: a template repeating the text multiplied every encoding's size.
+    expect(
+        &|v| {
+            v["post_processor"] = json!({"type": "TemplateProcessing",
+                "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [], "special_tokens": {}})
+        },
+        &["TemplateProcessing", "sequence A more than once"],
+    );
     expect(
         &|v| v["decoder"] = json!({"type": "Metaspace"}),
         &["decoder", "Metaspace"],

@@ -104,6 +104,13 @@ fn template_pieces(v: &Value) -> Result<Vec<Piece>, String> {
     for item in list(v, "single", what)? {
         if let Some(s) = item.get("Sequence") {
             match s.get("id").and_then(Value::as_str) {
+                // Repeating the text would multiply every encoding (a template of n copies makes each
+                // text n times longer): at most once, as every real tokenizer has it.
+                Some("A") if pieces.iter().any(|p| matches!(p, Piece::Text)) => {
+                    return Err(format!(
+                        "{what}: the single template has the sequence A more than once"
+                    ))
+                }
                 Some("A") => pieces.push(Piece::Text),
                 _ => {
                     return Err(format!(
