@@ -224,30 +224,28 @@ fn attend_f16_scalar(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let d = q.len();
-    let n = keys.len() / d;
-    let scores = &mut scores[..n];
-    for (j, s) in scores.iter_mut().enumerate() {
-        *s = scale
-            * q.iter()
-                .zip(&keys[j * d..(j + 1) * d])
-                .map(|(a, b)| a * b.to_f32())
-                .sum::<f32>()
-            - slope * (n - 1 - j) as f32;
-    }
-    reference::softmax(scores);
-    out.fill(0.0);
-    for (j, &p) in scores.iter().enumerate() {
-        for (o, v) in out.iter_mut().zip(&values[j * d..(j + 1) * d]) {
-            *o += p * v.to_f32();
-        }
-    }
+    attend_scalar_by(q, keys, values, f16::to_f32, scale, slope, scores, out)
 }
 
 fn attend_scalar(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
+    scale: f32,
+    slope: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_scalar_by(q, keys, values, |x| x, scale, slope, scores, out)
+}
+
+/// The scalar attention of [`attend`] over rows of any element type, each value widened by `widen`.
+#[allow(clippy::too_many_arguments)]
+fn attend_scalar_by<T: Copy>(
+    q: &[f32],
+    keys: &[T],
+    values: &[T],
+    widen: impl Fn(T) -> f32,
     scale: f32,
     slope: f32,
     scores: &mut [f32],
@@ -260,15 +258,15 @@ fn attend_scalar(
         *s = scale
             * q.iter()
                 .zip(&keys[j * d..(j + 1) * d])
-                .map(|(a, b)| a * b)
+                .map(|(&a, &b)| a * widen(b))
                 .sum::<f32>()
             - slope * (n - 1 - j) as f32;
     }
     reference::softmax(scores);
     out.fill(0.0);
     for (j, &p) in scores.iter().enumerate() {
-        for (o, v) in out.iter_mut().zip(&values[j * d..(j + 1) * d]) {
-            *o += p * v;
+        for (o, &v) in out.iter_mut().zip(&values[j * d..(j + 1) * d]) {
+            *o += p * widen(v);
         }
     }
 }
