@@ -20,6 +20,7 @@ fn main() -> Result<(), slimlm::Error> {
         max_tokens: 32,
         sampling: Sampling::Greedy,
         stop_at_eos: true,
+        ..Default::default()
     };
     let mut text = model.tokenizer().stream();
     let mut out = std::io::stdout().lock();

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong in slimlm, with enough context to act on it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error("{path}: {source}")]
     Io {
@@ -29,6 +30,23 @@ pub enum Error {
     Tokenizer(String),
     #[error("invalid input: {0}")]
     Input(String),
+    /// A token id the vocabulary does not have.
+    #[error("invalid input: token id {token} is out of range (vocabulary of {vocab})")]
+    TokenOutOfRange { token: u32, vocab: usize },
+    /// More tokens than the context holds (for generation, `new` counts the prompt and the tokens to
+    /// generate but the last, which is never fed back).
+    #[error("invalid input: context overflow: {cached} cached + {new} new tokens exceed the context length {n_ctx}")]
+    ContextOverflow {
+        cached: usize,
+        new: usize,
+        n_ctx: usize,
+    },
+    /// Sampling parameters out of their domain (temperature, top-p, top-k, ...).
+    #[error("invalid sampling parameters: {0}")]
+    Sampling(String),
+    /// Generation stopped by [`crate::decode::Cancel`].
+    #[error("cancelled")]
+    Cancelled,
     #[error("kernels: {0}")]
     Kernels(String),
     #[error("non-finite values: {0}")]

@@ -16,11 +16,14 @@
 //! ```
 
 pub mod arch;
+pub mod batch;
 #[cfg(feature = "compress")]
 pub mod compress;
+pub mod decode;
 pub mod error;
 #[cfg(feature = "eval")]
 pub mod eval;
+mod forward;
 pub mod generate;
 pub mod kv_cache;
 pub mod layers;
@@ -35,6 +38,8 @@ pub mod tensor_file;
 pub mod tokenizer;
 
 pub use arch::{Arch, Config};
+pub use batch::{Batch, SeqId};
+pub use decode::{Cancel, Decoder, Finish, Step, TokenLogprob};
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generation};
 pub use kv_cache::KvDtype;

@@ -365,7 +365,7 @@ fn output_is_atomic_and_never_clobbered() {
     let src = ref_model("ref-gpt2");
     let e =
         compress::compress(&src, &out, &plan, &Options::default(), &mut |_, _, _| {}).unwrap_err();
-    assert!(e.to_string().contains("--overwrite"), "{e}");
+    assert!(e.to_string().contains("overwrit"), "{e}");
     assert!(out.join("keep.txt").exists());
     let opts = Options {
         overwrite: true,

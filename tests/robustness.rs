@@ -226,7 +226,13 @@ fn bad_tokens_and_prompts() {
     let mut s = model.session();
     let e = s.prefill(&[1, 50257]).unwrap_err();
     assert!(
-        matches!(e, Error::Input(_)) && e.to_string().contains("50257"),
+        matches!(
+            e,
+            Error::TokenOutOfRange {
+                token: 50257,
+                vocab: 50257
+            }
+        ) && e.to_string().contains("50257"),
         "{e}"
     );
     let e = s.prefill(&[]).unwrap_err();
@@ -243,7 +249,10 @@ fn bad_tokens_and_prompts() {
         .generate(&prompt, &opts(4))
         .err()
         .expect("overflow must be refused");
-    assert!(e.to_string().contains("context length 32"), "{e}");
+    assert!(
+        matches!(e, Error::ContextOverflow { n_ctx: 32, .. }) && e.to_string().contains("32"),
+        "{e}"
+    );
     // Filling the cache exactly, then one more token.
     s.reset();
     s.prefill(&[7u32; 32]).unwrap();

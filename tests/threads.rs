@@ -24,6 +24,7 @@ fn four_sessions_on_four_threads_match_serial() {
                 seed: i as u64,
             },
             stop_at_eos: false,
+            ..Default::default()
         };
         let mut s = model.session();
         let ids: Vec<u32> = s.generate(p, &opts).unwrap().map(Result::unwrap).collect();

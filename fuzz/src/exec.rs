@@ -199,6 +199,7 @@ fn use_model(model: &Model, case: &Case) -> slimlm::Result<()> {
             Sampling::Greedy
         },
         stop_at_eos: true,
+        ..Default::default()
     };
     let mut stream = tok.stream();
     for t in session.generate(&ids, &opts)? {

@@ -1,98 +1,59 @@
-//! The decode loop behind `Model.generate` and `Model.stream`: the library's session, sampler and
-//! incremental detokenizer, plus stop strings and per-token log-probabilities.
+//! The generation behind `Model.generate` and `Model.stream`: the library's [`slimlm::Decoder`]
+//! (sampling, end-of-text, stop strings, log-probabilities, whole characters) over a session this
+//! object owns.
 //!
-//! It follows `slimlm::Generation` (prompt and context checked up front, end-of-text token included in
-//! the output) with one difference: a sampled token is run through the model when the *next* token is
-//! asked for, so a stream hands each piece of text over as soon as it is sampled, and a stop string ends
-//! generation without a wasted forward pass.
+//! It is `slimlm::Generation`'s loop (a sampled token is run through the model when the *next* one is
+//! asked for, so a stream hands each piece over as soon as it is sampled and the last token costs no
+//! forward pass), kept here because a `Generation` borrows its session while a Python object must own
+//! it.
 
 use std::time::{Duration, Instant};
 
-use slimlm::sampler::log_prob;
-use slimlm::{Error, Model, Result, Sampler, Sampling, Session, TextStream};
+use slimlm::{Error, Finish, GenerateOptions, Model, Result, Session};
 
-/// What to generate.
+/// What to generate: the library's options, and the threads of the session.
 #[derive(Clone, Debug)]
 pub struct Params {
-    pub max_tokens: usize,
-    pub sampling: Sampling,
-    pub stop_at_eos: bool,
-    /// Generation ends when the text contains one of these; the text is cut before it.
-    pub stop: Vec<String>,
-    pub logprobs: bool,
+    pub opts: GenerateOptions,
     pub threads: Option<usize>,
 }
 
-/// Why generation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Finish {
-    /// The end-of-text token (included in the ids and the text, as transformers does).
-    Eos,
-    /// `max_tokens` reached.
-    Length,
-    /// A stop string appeared (the text ends before it; the ids include the token that completed it).
-    Stop,
-}
-
-impl Finish {
-    pub fn name(self) -> &'static str {
-        match self {
-            Finish::Eos => "eos",
-            Finish::Length => "length",
-            Finish::Stop => "stop",
-        }
-    }
-}
-
-/// A generation in progress over one session.
-pub struct Decoder<'m> {
+/// A generation in progress over its own session.
+pub struct Generator<'m> {
     session: Session<'m>,
-    text: TextStream<'m>,
-    sampler: Sampler,
-    eos: Vec<u32>,
-    stop: Vec<String>,
-    pub logprobs_on: bool,
-    remaining: usize,
+    decoder: slimlm::Decoder,
     /// The last sampled token, not yet run through the model.
     feed: Option<u32>,
-    /// Text withheld because it may be the start of a stop string.
-    held: String,
-    pub prompt: Vec<u32>,
-    pub ids: Vec<u32>,
-    pub logprobs: Vec<f32>,
-    /// The text handed out so far.
-    pub out: String,
-    pub finish: Option<Finish>,
     /// An error ended generation (no finish reason; nothing more is generated).
     failed: bool,
+    pub prompt: Vec<u32>,
+    /// With `logprobs=True`, one per generated token.
+    pub logprobs: Option<Vec<f32>>,
     pub prefill_time: Duration,
     pub decode_time: Duration,
     pub steps: usize,
 }
 
-impl<'m> Decoder<'m> {
+impl<'m> Generator<'m> {
     /// Checks the request, prefills the prompt and gets ready to sample the first token.
-    pub fn new(model: &'m Model, prompt: Vec<u32>, p: &Params) -> Result<Decoder<'m>> {
-        p.sampling.validate().map_err(Error::Input)?;
+    pub fn new(model: &'m Model, prompt: Vec<u32>, p: &Params) -> Result<Generator<'m>> {
+        let decoder = slimlm::Decoder::new(&p.opts, model.eos_token_ids())?;
         if prompt.is_empty() {
             return Err(Error::Input(
                 "the prompt is empty: give a text with at least one token, or token ids".into(),
             ));
         }
-        if p.stop.iter().any(String::is_empty) {
-            return Err(Error::Input("stop strings must not be empty".into()));
-        }
-        let n_ctx = model.config.n_ctx;
-        // The last generated token is never fed back, so `max_tokens - 1` positions follow the prompt.
-        let needed = prompt.len().checked_add(p.max_tokens.saturating_sub(1));
-        if !matches!(needed, Some(n) if n <= n_ctx) {
-            return Err(Error::Input(format!(
-                "prompt of {} tokens + {} new tokens exceeds the context length {n_ctx}; \
-                 shorten the prompt or lower max_tokens",
-                prompt.len(),
-                p.max_tokens
-            )));
-        }
+        p.opts
+            .check_fits(0, prompt.len(), model.config.n_ctx)
+            .map_err(|e| match e {
+                Error::ContextOverflow { n_ctx, .. } => Error::Input(format!(
+                    "prompt of {} tokens + {} new tokens exceeds the context length {n_ctx}; \
+                     shorten the prompt or lower max_tokens",
+                    prompt.len(),
+                    p.opts.max_tokens
+                )),
+                e => e,
+            })?;
         let mut session = model.session();
         if let Some(t) = p.threads {
             session.set_threads(t);
@@ -100,30 +61,32 @@ impl<'m> Decoder<'m> {
         let t = Instant::now();
         session.prefill(&prompt)?;
         let prefill_time = t.elapsed();
-        Ok(Decoder {
+        Ok(Generator {
             session,
-            text: model.tokenizer().stream(),
-            sampler: Sampler::new(p.sampling.clone()),
-            eos: if p.stop_at_eos {
-                model.eos_token_ids()
-            } else {
-                Vec::new()
-            },
-            stop: p.stop.clone(),
-            logprobs_on: p.logprobs,
-            remaining: p.max_tokens,
+            decoder,
             feed: None,
-            held: String::new(),
-            prompt,
-            ids: Vec::with_capacity(p.max_tokens.min(4096)),
-            logprobs: Vec::new(),
-            out: String::new(),
-            finish: (p.max_tokens == 0).then_some(Finish::Length),
             failed: false,
+            prompt,
+            logprobs: p.opts.logprobs.map(|_| Vec::new()),
             prefill_time,
             decode_time: Duration::ZERO,
             steps: 0,
         })
+    }
+
+    /// The tokens generated so far.
+    pub fn ids(&self) -> &[u32] {
+        self.decoder.tokens()
+    }
+
+    /// The text handed out so far.
+    pub fn text(&self) -> &str {
+        self.decoder.text()
+    }
+
+    /// Why generation ended, once it has.
+    pub fn finish(&self) -> Option<Finish> {
+        self.decoder.finish()
     }
 
     /// The next piece of text (whole characters), or `None` when generation has ended. A token that
@@ -139,77 +102,28 @@ impl<'m> Decoder<'m> {
     }
 
     fn advance(&mut self) -> Result<Option<String>> {
-        while self.finish.is_none() && !self.failed {
+        while self.decoder.finish().is_none() && !self.failed {
             if let Some(tok) = self.feed.take() {
                 let t = Instant::now();
                 self.session.step(tok)?;
                 self.decode_time += t.elapsed();
                 self.steps += 1;
             }
-            let logits = self.session.last_logits_slice();
-            let tok = self.sampler.sample(logits);
-            if self.logprobs_on {
-                self.logprobs.push(log_prob(logits, tok as usize) as f32);
+            let step = self.decoder.next(
+                self.session.model().tokenizer(),
+                self.session.last_logits_slice(),
+            )?;
+            if let (Some(v), Some(lp)) = (&mut self.logprobs, &step.logprob) {
+                v.push(lp.logprob);
             }
-            self.ids.push(tok);
-            self.remaining -= 1;
-            let is_eos = self.eos.contains(&tok);
-            let ending = is_eos || self.remaining == 0;
-            let mut piece = self.text.push(tok)?.unwrap_or_default();
-            if ending {
-                piece.extend(self.text.finish());
+            if step.finish.is_none() {
+                self.feed = Some(step.token);
             }
-            let emit = self.accept(piece, ending);
-            if self.finish.is_none() {
-                if ending {
-                    self.finish = Some(if is_eos { Finish::Eos } else { Finish::Length });
-                } else {
-                    self.feed = Some(tok);
-                }
-            }
-            if !emit.is_empty() {
-                self.out.push_str(&emit);
-                return Ok(Some(emit));
+            if !step.text.is_empty() {
+                return Ok(Some(step.text));
             }
         }
         Ok(None)
-    }
-
-    /// Adds `piece` to the withheld text and returns what can be handed out: everything before a stop
-    /// string (ending generation), or everything but the longest tail that could still start one.
-    fn accept(&mut self, piece: String, ending: bool) -> String {
-        if self.stop.is_empty() {
-            return piece;
-        }
-        self.held.push_str(&piece);
-        let first_stop = self
-            .stop
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min();
-        if let Some(at) = first_stop {
-            self.held.truncate(at);
-            self.finish = Some(Finish::Stop);
-            return std::mem::take(&mut self.held);
-        }
-        if ending {
-            return std::mem::take(&mut self.held);
-        }
-        let keep = self
-            .stop
-            .iter()
-            .map(|s| {
-                s.char_indices()
-                    .skip(1)
-                    .map(|(i, _)| i)
-                    .filter(|&i| self.held.ends_with(&s[..i]))
-                    .max()
-                    .unwrap_or(0)
-            })
-            .max()
-            .unwrap_or(0);
-        let rest = self.held.split_off(self.held.len() - keep);
-        std::mem::replace(&mut self.held, rest)
     }
 
     /// Runs to the end.

@@ -1,7 +1,9 @@
 //! Python exceptions: `slimlm.Error` and one subclass per variant of `slimlm::Error`.
 //!
 //! `IoError` is also an `OSError`, and `InputError` and `PlanError` are also `ValueError`s, so code that
-//! already catches the built-in kinds keeps working.
+//! already catches the built-in kinds keeps working. The library's invalid-argument variants (token out
+//! of range, context overflow, sampling parameters) are all `InputError`s; a variant added to the
+//! library after these bindings raises the base `Error`.
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOSError, PyValueError};
@@ -17,7 +19,7 @@ create_exception!(
 );
 
 /// The subclasses: name, extra built-in base, docstring.
-const KINDS: [(&str, Option<&str>, &str); 11] = [
+const KINDS: [(&str, Option<&str>, &str); 12] = [
     (
         "IoError",
         Some("OSError"),
@@ -73,6 +75,11 @@ const KINDS: [(&str, Option<&str>, &str); 11] = [
         Some("ValueError"),
         "A compression plan is invalid (also a ValueError).",
     ),
+    (
+        "CancelledError",
+        None,
+        "A generation was cancelled before it ended.",
+    ),
 ];
 
 static TYPES: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
@@ -113,9 +120,11 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
-fn kind_index(e: &slimlm::Error) -> usize {
+/// The index in `KINDS` of a library error's class; `None` (the base `Error`) for a variant these
+/// bindings do not know yet.
+fn kind_index(e: &slimlm::Error) -> Option<usize> {
     use slimlm::Error as E;
-    match e {
+    Some(match e {
         E::Io { .. } => 0,
         E::Format { .. } => 1,
         E::Config { .. } => 2,
@@ -123,20 +132,23 @@ fn kind_index(e: &slimlm::Error) -> usize {
         E::MissingTensor { .. } => 4,
         E::Tensor { .. } => 5,
         E::Tokenizer(_) => 6,
-        E::Input(_) => 7,
+        E::Input(_) | E::TokenOutOfRange { .. } | E::ContextOverflow { .. } | E::Sampling(_) => 7,
         E::Kernels(_) => 8,
         E::NonFinite(_) => 9,
         E::Plan(_) => 10,
-    }
+        E::Cancelled => 11,
+        _ => return None,
+    })
 }
 
 /// The Python exception for a library error, with `path` (and `tensor`, `errno`, `filename` where they
 /// apply) set on it.
 pub fn to_py(e: slimlm::Error) -> PyErr {
     Python::attach(|py| {
-        let ty = match types(py) {
-            Ok(t) => t[kind_index(&e)].bind(py).clone(),
-            Err(err) => return err,
+        let ty = match (types(py), kind_index(&e)) {
+            (Ok(t), Some(i)) => t[i].bind(py).clone(),
+            (Ok(_), None) => py.get_type::<Error>(),
+            (Err(err), _) => return err,
         };
         let err = PyErr::from_type(ty, e.to_string());
         let value = err.value(py);

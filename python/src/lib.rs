@@ -47,6 +47,7 @@ fn _rust_iterator_decode(
             max_tokens,
             sampling: Sampling::Greedy,
             stop_at_eos: false,
+            ..Default::default()
         };
         let mut gen = s.generate(&prompt, &opts)?;
         let mut text = m.tokenizer().stream();

@@ -9,9 +9,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use slimlm::arch::{Activation, Positions, QkvLayout};
 use slimlm::compress::{self, META_FORMAT, META_MATRICES, META_PLAN, META_SOURCE_BYTES};
-use slimlm::{KvDtype, Model, Observer, Sampling};
+use slimlm::{GenerateOptions, KvDtype, Model, Observer, Sampling};
 
-use crate::decode::{Decoder, Params};
+use crate::decode::{Generator, Params};
 use crate::errors::{input, IntoPy};
 use crate::session::{PyCompletion, PySession, PyStream};
 use crate::util::{check_threads, to_python, Prompt};
@@ -109,6 +109,7 @@ impl PyModel {
         .py_err()
     }
 
+    /// The keyword arguments of `generate` and `stream` as the library's options.
     #[allow(clippy::too_many_arguments)]
     fn params(
         &self,
@@ -135,11 +136,15 @@ impl PyModel {
             },
         };
         Ok(Params {
-            max_tokens,
-            sampling,
-            stop_at_eos: !ignore_eos,
-            stop: stop.unwrap_or_default(),
-            logprobs,
+            opts: GenerateOptions {
+                max_tokens,
+                sampling,
+                stop_at_eos: !ignore_eos,
+                stop: stop.unwrap_or_default(),
+                // Only the chosen token's log-probability: no alternatives.
+                logprobs: logprobs.then_some(0),
+                cancel: None,
+            },
             threads,
         })
     }
@@ -343,9 +348,9 @@ impl PyModel {
         let model = self.inner();
         py.detach(move || {
             let ids = prompt.ids(&model)?;
-            let mut d = Decoder::new(&model, ids, &p)?;
-            d.run()?;
-            Ok(PyCompletion::from_decoder(&d))
+            let mut g = Generator::new(&model, ids, &p)?;
+            g.run()?;
+            Ok(PyCompletion::from_generator(&g))
         })
         .py_err()
     }

@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use self_cell::self_cell;
 use slimlm::{Model, Session};
 
-use crate::decode::{Decoder, Params};
+use crate::decode::{Generator, Params};
 use crate::errors::IntoPy;
 use crate::util::{check_threads, Prompt};
 
@@ -25,10 +25,10 @@ self_cell!(
 );
 
 self_cell!(
-    struct DecoderCell {
+    struct GeneratorCell {
         owner: Arc<Model>,
         #[covariant]
-        dependent: Decoder,
+        dependent: Generator,
     }
 );
 
@@ -215,20 +215,20 @@ pub struct PyCompletion {
 }
 
 impl PyCompletion {
-    pub fn from_decoder(d: &Decoder<'_>) -> PyCompletion {
-        let prefill = d.prefill_time.as_secs_f64();
+    pub fn from_generator(g: &Generator<'_>) -> PyCompletion {
+        let prefill = g.prefill_time.as_secs_f64();
         PyCompletion {
-            text: d.out.clone(),
-            ids: d.ids.clone(),
-            prompt_ids: d.prompt.clone(),
-            finish_reason: d.finish.map_or("", |f| f.name()),
-            logprobs: d.logprobs_on.then(|| d.logprobs.clone()),
-            prompt_tokens: d.prompt.len(),
-            generated_tokens: d.ids.len(),
+            text: g.text().to_string(),
+            ids: g.ids().to_vec(),
+            prompt_ids: g.prompt.clone(),
+            finish_reason: g.finish().map_or("", |f| f.name()),
+            logprobs: g.logprobs.clone(),
+            prompt_tokens: g.prompt.len(),
+            generated_tokens: g.ids().len(),
             prefill_ms: prefill * 1e3,
-            decode_ms: d.decode_time.as_secs_f64() * 1e3,
-            prefill_tokens_per_s: d.prompt.len() as f64 / prefill.max(1e-9),
-            decode_tokens_per_s: d.decode_tokens_per_s(),
+            decode_ms: g.decode_time.as_secs_f64() * 1e3,
+            prefill_tokens_per_s: g.prompt.len() as f64 / prefill.max(1e-9),
+            decode_tokens_per_s: g.decode_tokens_per_s(),
         }
     }
 }
@@ -260,16 +260,16 @@ impl PyCompletion {
 /// `completion()` gives the ids, finish reason and timings once the iteration has ended.
 #[pyclass(name = "Stream", module = "slimlm", frozen)]
 pub struct PyStream {
-    cell: Mutex<DecoderCell>,
+    cell: Mutex<GeneratorCell>,
 }
 
 impl PyStream {
     pub fn new(py: Python<'_>, model: Arc<Model>, prompt: Prompt, p: Params) -> PyResult<PyStream> {
         let cell = py
             .detach(move || {
-                DecoderCell::try_new(model, |m| {
+                GeneratorCell::try_new(model, |m| {
                     let ids = prompt.ids(m)?;
-                    Decoder::new(m, ids, &p)
+                    Generator::new(m, ids, &p)
                 })
             })
             .py_err()?;
@@ -278,11 +278,11 @@ impl PyStream {
         })
     }
 
-    /// Reads the decoder (waiting, with the GIL released, for a `__next__` in another thread).
+    /// Reads the generation (waiting, with the GIL released, for a `__next__` in another thread).
     fn look<R: Send>(
         &self,
         py: Python<'_>,
-        f: impl FnOnce(&Decoder<'_>) -> R + Send,
+        f: impl FnOnce(&Generator<'_>) -> R + Send,
     ) -> PyResult<R> {
         py.detach(|| {
             let g = lock(&self.cell)?;
@@ -300,35 +300,35 @@ impl PyStream {
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<String>> {
         py.detach(|| {
             let mut g = lock(&self.cell)?;
-            g.with_dependent_mut(|_, d| d.next_piece()).py_err()
+            g.with_dependent_mut(|_, g| g.next_piece()).py_err()
         })
     }
 
     /// The new token ids so far.
     #[getter]
     fn ids(&self, py: Python<'_>) -> PyResult<Vec<u32>> {
-        self.look(py, |d| d.ids.clone())
+        self.look(py, |g| g.ids().to_vec())
     }
 
     /// The text given out so far.
     #[getter]
     fn text(&self, py: Python<'_>) -> PyResult<String> {
-        self.look(py, |d| d.out.clone())
+        self.look(py, |g| g.text().to_string())
     }
 
     /// "eos", "length" or "stop" once generation has ended, else None.
     #[getter]
     fn finish_reason(&self, py: Python<'_>) -> PyResult<Option<&'static str>> {
-        self.look(py, |d| d.finish.map(|f| f.name()))
+        self.look(py, |g| g.finish().map(|f| f.name()))
     }
 
     /// Runs the stream to its end (if it has not ended) and returns the `Completion`.
     fn completion(&self, py: Python<'_>) -> PyResult<PyCompletion> {
         py.detach(|| {
             let mut g = lock(&self.cell)?;
-            g.with_dependent_mut(|_, d| {
-                d.run()?;
-                Ok(PyCompletion::from_decoder(d))
+            g.with_dependent_mut(|_, g| {
+                g.run()?;
+                Ok(PyCompletion::from_generator(g))
             })
             .py_err()
         })

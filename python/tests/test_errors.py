@@ -38,7 +38,7 @@ def write_safetensors(path, tensors):
 def test_hierarchy():
     kinds = [slimlm.IoError, slimlm.FormatError, slimlm.ConfigError, slimlm.ChangedError, slimlm.MissingTensorError,
              slimlm.TensorError, slimlm.TokenizerError, slimlm.InputError, slimlm.KernelsError, slimlm.NonFiniteError,
-             slimlm.PlanError]
+             slimlm.PlanError, slimlm.CancelledError]
     assert all(issubclass(k, slimlm.Error) and k.__module__ == "slimlm" for k in kinds)
     assert issubclass(slimlm.Error, Exception)
     assert issubclass(slimlm.IoError, OSError)

@@ -82,6 +82,7 @@ pub fn run(a: Args) -> CliResult {
         max_tokens: a.max_tokens,
         sampling,
         stop_at_eos: !a.ignore_eos,
+        ..Default::default()
     };
     let mut session = model.session();
     let mut gen = session.generate(&prompt_ids, &opts)?;

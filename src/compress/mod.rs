@@ -218,7 +218,7 @@ fn calibrate(
     }
     if ids.len() < 2 {
         return Err(Error::input(
-            "activation-aware SVD needs calibration text (--calibration FILE)",
+            "activation-aware SVD needs calibration text",
         ));
     }
     let window = model.config.n_ctx.min(256);

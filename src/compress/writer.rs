@@ -243,7 +243,7 @@ fn check_replaceable(dest: &Path, overwrite: bool) -> Result<()> {
         return refuse("exists and is not a directory; choose another output path");
     }
     if !overwrite {
-        return refuse("output directory exists (pass --overwrite to replace it)");
+        return refuse("output directory exists (allow overwriting to replace it)");
     }
     let entries: Vec<PathBuf> = std::fs::read_dir(dest)
         .map_err(io(dest))?

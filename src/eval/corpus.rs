@@ -62,7 +62,7 @@ impl Languages {
                     .filter(|l| !l.is_empty())
                     .collect();
                 if v.is_empty() {
-                    return Err(Error::input("--languages: no language given"));
+                    return Err(Error::input("the language list is empty"));
                 }
                 Ok(Languages::List(v))
             }
@@ -79,7 +79,7 @@ pub fn load(dir: &Path, languages: &Languages, max_lines: Option<usize>) -> Resu
         )));
     }
     if max_lines == Some(0) {
-        return Err(Error::input("--max-lines must be at least 1"));
+        return Err(Error::input("the lines per language must be at least 1"));
     }
     let langs: Vec<String> = match languages {
         Languages::Default => DEFAULT_LANGUAGES.iter().map(|s| s.to_string()).collect(),
@@ -164,7 +164,7 @@ pub fn slice(texts: &[LangIds], skip: usize, max_tokens: Option<usize>) -> Resul
     if let Some(n) = max_tokens {
         if n < 2 {
             return Err(Error::input(format!(
-                "--max-tokens must be at least 2 (a token is scored against the one before it), got {n}"
+                "the tokens per text must be at least 2 (a token is scored against the one before it), got {n}"
             )));
         }
     }

@@ -26,7 +26,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
-pub use stream::TextStream;
+pub use stream::{TextStream, Utf8Stream};
 
 use crate::error::{Error, Result};
 use added::{AddedTokens, Part};

@@ -24,8 +24,7 @@ use crate::error::Result;
 #[derive(Debug)]
 pub struct TextStream<'t> {
     tokenizer: &'t Tokenizer,
-    /// Bytes of an incomplete character.
-    pending: Vec<u8>,
+    bytes: Utf8Stream,
 }
 
 impl<'t> TextStream<'t> {
@@ -33,18 +32,38 @@ impl<'t> TextStream<'t> {
     pub fn new(tokenizer: &'t Tokenizer) -> TextStream<'t> {
         TextStream {
             tokenizer,
-            pending: Vec::new(),
+            bytes: Utf8Stream::default(),
         }
     }
 
     /// Adds token `id`; returns the text completed by it, if any. An id out of range is an error and
     /// changes nothing.
     pub fn push(&mut self, id: u32) -> Result<Option<String>> {
-        let bytes = self.tokenizer.token_bytes(id)?;
+        let s = self.bytes.push(self.tokenizer.token_bytes(id)?);
+        Ok((!s.is_empty()).then_some(s))
+    }
+
+    /// Gives out what is still pending (an incomplete character becomes U+FFFD) and empties the stream.
+    pub fn finish(&mut self) -> Option<String> {
+        let s = self.bytes.finish();
+        (!s.is_empty()).then_some(s)
+    }
+}
+
+/// The byte side of [`TextStream`]: bytes in, whole characters out (no tokenizer attached).
+#[derive(Debug, Default)]
+pub struct Utf8Stream {
+    /// Bytes of an incomplete character.
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// Adds `bytes`; returns the characters they complete (possibly none).
+    pub fn push(&mut self, bytes: &[u8]) -> String {
         if self.pending.is_empty() {
             // The common case: a token of whole characters.
             if let Ok(s) = std::str::from_utf8(bytes) {
-                return Ok((!s.is_empty()).then(|| s.to_string()));
+                return s.to_string();
             }
         }
         self.pending.extend_from_slice(bytes);
@@ -78,13 +97,13 @@ impl<'t> TextStream<'t> {
         let keep = rest.len();
         let start = self.pending.len() - keep;
         self.pending.drain(..start);
-        Ok((!out.is_empty()).then_some(out))
+        out
     }
 
-    /// Gives out what is still pending (an incomplete character becomes U+FFFD) and empties the stream.
-    pub fn finish(&mut self) -> Option<String> {
+    /// What is still pending (an incomplete character becomes U+FFFD); empties the stream.
+    pub fn finish(&mut self) -> String {
         let out = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
-        (!out.is_empty()).then_some(out)
+        out
     }
 }

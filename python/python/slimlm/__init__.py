@@ -17,6 +17,7 @@ prints with ``--json``.
 """
 
 from ._slimlm import (
+    CancelledError,
     ChangedError,
     Completion,
     ConfigError,
@@ -63,6 +64,7 @@ __all__ = [
     "KernelsError",
     "NonFiniteError",
     "PlanError",
+    "CancelledError",
     "__version__",
 ]
 

@@ -9,10 +9,10 @@ import numpy.typing as npt
 from typing_extensions import final
 
 __all__ = [
-    "ChangedError", "Completion", "ConfigError", "Error", "FormatError", "InputError", "IoError",
-    "KernelsError", "MissingTensorError", "Model", "NonFiniteError", "PlanError", "Session", "Stream",
-    "TensorError", "Tokenizer", "TokenizerError", "__version__", "_rust_iterator_decode", "compare",
-    "compress", "disparity", "kernels", "perplexity", "sensitivity", "sweep",
+    "CancelledError", "ChangedError", "Completion", "ConfigError", "Error", "FormatError", "InputError",
+    "IoError", "KernelsError", "MissingTensorError", "Model", "NonFiniteError", "PlanError", "Session",
+    "Stream", "TensorError", "Tokenizer", "TokenizerError", "__version__", "_rust_iterator_decode",
+    "compare", "compress", "disparity", "kernels", "perplexity", "sensitivity", "sweep",
 ]
 
 __version__: str
@@ -68,6 +68,9 @@ class NonFiniteError(Error):
 
 class PlanError(Error, ValueError):
     """An invalid compression plan."""
+
+class CancelledError(Error):
+    """A generation was cancelled before it ended."""
 
 def kernels() -> str:
     """The kernel path this CPU runs: "scalar", "portable", "avx2" or "avx512"."""
