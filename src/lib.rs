@@ -32,6 +32,8 @@ pub mod model;
 pub mod perplexity;
 pub mod sampler;
 pub mod session;
+#[cfg(feature = "server")]
+pub mod server;
 #[cfg(feature = "compress")]
 pub mod synth;
 pub mod tensor_file;

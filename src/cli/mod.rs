@@ -21,6 +21,8 @@ mod eval;
 mod generate;
 mod inspect;
 mod perplexity;
+#[cfg(feature = "server")]
+mod serve;
 mod synth;
 
 use std::path::{Path, PathBuf};
@@ -54,6 +56,8 @@ enum Command {
     /// Quality analysis of compressed models: compare, disparity, sweep, sensitivity.
     #[command(subcommand)]
     Eval(eval::Eval),
+    #[cfg(feature = "server")]
+    Serve(serve::Args),
 }
 
 /// The model bundled with slimlm, used when `--model` is not given.
@@ -100,6 +104,8 @@ pub fn main() -> ExitCode {
         Command::Compress(a) => compress::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Eval(e) => eval::run(e),
+        #[cfg(feature = "server")]
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
