@@ -1,5 +1,6 @@
 //! Streams a greedy continuation as text, whole characters at a time (a character split across tokens —
-//! common in Arabic, Hindi or CJK text — is held back until its bytes are complete).
+//! common in Arabic, Hindi or CJK text — is held back until its bytes are complete), and ends at a stop
+//! string if one is given.
 //!
 //! `cargo run --release --example stream -- [MODEL_DIR] [PROMPT]` (default: the bundled model).
 
@@ -22,15 +23,13 @@ fn main() -> Result<(), slimlm::Error> {
         stop_at_eos: true,
         ..Default::default()
     };
-    let mut text = model.tokenizer().stream();
     let mut out = std::io::stdout().lock();
     write!(out, "{prompt}").ok();
-    for token in session.generate(&ids, &opts)? {
-        if let Some(piece) = text.push(token?)? {
-            write!(out, "{piece}").ok();
-            out.flush().ok();
-        }
+    let mut gen = session.generate(&ids, &opts)?;
+    while let Some(step) = gen.next_step() {
+        write!(out, "{}", step?.text).ok();
+        out.flush().ok();
     }
-    writeln!(out, "{}", text.finish().unwrap_or_default()).ok();
+    writeln!(out).ok();
     Ok(())
 }

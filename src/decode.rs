@@ -154,7 +154,9 @@ impl Decoder {
         });
         // An id the model has but the tokenizer does not (padded embeddings) decodes to nothing, as
         // transformers' `decode` skips it.
-        let mut piece = self.bytes.push(tokenizer.token_bytes(token).unwrap_or_default());
+        let mut piece = self
+            .bytes
+            .push(tokenizer.token_bytes(token).unwrap_or_default());
         self.tokens.push(token);
         self.remaining -= 1;
         let is_eos = self.eos.contains(&token);

@@ -31,9 +31,9 @@ pub mod linear;
 pub mod model;
 pub mod perplexity;
 pub mod sampler;
-pub mod session;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod session;
 #[cfg(feature = "compress")]
 pub mod synth;
 pub mod tensor_file;

@@ -213,7 +213,10 @@ impl<'m> Session<'m> {
             for part in tokens.chunks(chunk) {
                 let n = part.len();
                 rows.clear();
-                rows.extend((0..n).map(|t| Row { seq: 0, pos: *pos + t }));
+                rows.extend((0..n).map(|t| Row {
+                    seq: 0,
+                    pos: *pos + t,
+                }));
                 work.forward(model, std::slice::from_mut(kv), part, &rows, obs);
                 *pos += n;
                 match sink.as_deref_mut() {

@@ -23,8 +23,12 @@ const ROW_ALIGN: usize = 64;
 /// less memory bandwidth (or is preempted) takes fewer rows instead of making the others wait. (On a quiet
 /// machine 1 and 4 measure the same; 4 guards against a noisy neighbour.)
 const MATVEC_TASKS_PER_THREAD: usize = 4;
-/// `matmul` with fewer tokens than this runs the matvec kernels per token (packing would not pay off).
-const GEMM_MIN_TOKENS: usize = 4;
+/// `matmul` with fewer tokens than this runs the matvec kernels over blocks of rows, every token per
+/// block while the block is in cache ([`matmul_small`]): one pass over the weights, no packing, and
+/// outputs bit for bit those of [`matvec`] (a batch of decode steps equals the steps run alone).
+const GEMM_MIN_TOKENS: usize = 32;
+/// Weight bytes of the row block that [`matmul_small`] runs every token over (stays in L2).
+const SMALL_BLOCK_BYTES: usize = 96 * 1024;
 /// K-block of the f32 GEMM (a packed `KC × NR` panel is 16 KiB with AVX-512, so it and the packed
 /// activations of one token block stay in L1).
 const GEMM_KC: usize = 128;
@@ -346,11 +350,14 @@ pub fn matmul_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, xs: &[f32], ys: &
     if let Some(b) = bias {
         assert_eq!(b.len(), n, "matmul: bias length");
     }
-    if isa == Isa::Scalar || tokens < GEMM_MIN_TOKENS {
+    if isa == Isa::Scalar || tokens == 1 {
         for (x, y) in xs.chunks_exact(k).zip(ys.chunks_exact_mut(n)) {
             matvec_with(isa, w, bias, x, y);
         }
         return;
+    }
+    if tokens < GEMM_MIN_TOKENS {
+        return matmul_small(isa, w, bias, xs, ys, tokens);
     }
     let src = match w {
         MatRef::Dense(d) => match (d.data, d.layout) {
@@ -382,6 +389,69 @@ pub fn matmul_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, xs: &[f32], ys: &
         }
     };
     gemm_f32(isa, src, k, n, tokens, xs, ys, bias);
+}
+
+/// `matmul` for a few tokens (a batch of decode steps): the rows are cut into blocks of about
+/// [`SMALL_BLOCK_BYTES`] of weights, and each block runs the matvec row kernel for every token in turn,
+/// so the weights come from memory once and from cache for the other tokens. Per token the arithmetic is
+/// exactly [`matvec`]'s.
+fn matmul_small(
+    isa: Isa,
+    w: &MatRef,
+    bias: Option<&[f32]>,
+    xs: &[f32],
+    ys: &mut [f32],
+    tokens: usize,
+) {
+    let (k, n) = (w.in_dim(), w.out_dim());
+    let w8a8 = matches!(w, MatRef::Int8(q) if q.act == Int8Act::Int8);
+    with_scratch(&XQ, if w8a8 { tokens * k } else { 0 }, |xq| {
+        with_scratch(&ACT_SCALE, tokens, |xscale| {
+            if w8a8 {
+                for (t, x) in xs.chunks_exact(k).enumerate() {
+                    xscale[t] = quantize_with(isa, x, &mut xq[t * k..(t + 1) * k]);
+                }
+            }
+            let (xq, xscale) = (&*xq, &*xscale);
+            let row_bytes = (w.weight_bytes() / n).max(1);
+            let block = (SMALL_BLOCK_BYTES / row_bytes).clamp(16, n.max(16)) / 16 * 16;
+            let blocks = n.div_ceil(block);
+            let threads = par::threads();
+            let serial = threads <= 1 || w.weight_bytes() < PAR_MIN_BYTES;
+            // Tasks of whole blocks, a few per thread, claimed dynamically.
+            let per_task = if serial {
+                blocks
+            } else {
+                blocks.div_ceil(MATVEC_TASKS_PER_THREAD * threads)
+            };
+            let out = OutPtr(ys.as_mut_ptr());
+            let task = |ti: usize| {
+                let b0 = ti * per_task;
+                let b1 = ((ti + 1) * per_task).min(blocks);
+                for b in b0..b1 {
+                    let (o0, o1) = (b * block, ((b + 1) * block).min(n));
+                    for t in 0..tokens {
+                        let a = Acts {
+                            x: &xs[t * k..(t + 1) * k],
+                            q: w8a8.then(|| (&xq[t * k..(t + 1) * k], xscale[t])),
+                        };
+                        // SAFETY: `ys` holds `tokens × n` floats; rows o0..o1 of token t are written by
+                        // the task that owns block b alone, and `ys` outlives the parallel loop.
+                        let y = unsafe {
+                            std::slice::from_raw_parts_mut(out.get().add(t * n + o0), o1 - o0)
+                        };
+                        matvec_rows(isa, w, bias, &a, o0, y);
+                    }
+                }
+            };
+            let tasks = blocks.div_ceil(per_task);
+            if serial {
+                (0..tasks).for_each(task);
+            } else {
+                par::for_each(tasks, task);
+            }
+        })
+    })
 }
 
 /// A raw output pointer shared by GEMM tasks that write disjoint blocks.

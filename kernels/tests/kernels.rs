@@ -312,7 +312,8 @@ fn int8_zero_activations() {
 }
 
 const MM_DIMS: &[usize] = &[1, 7, 33, 64, 256, 769];
-const TOKENS: &[usize] = &[1, 4, 9, 64];
+/// 2 and 9 take the few-token path (row blocks, every token per block), 33 and 64 the GEMMs.
+const TOKENS: &[usize] = &[1, 2, 9, 33, 64];
 
 #[test]
 fn dense_matmul_all_paths() {
@@ -388,6 +389,54 @@ fn int8_matmul_all_paths() {
                             assert_close(&what, &got, &want, &mag, 1e-5);
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// A few tokens at once give exactly what each gives alone: a batch of decode steps equals the steps.
+#[test]
+fn few_token_matmul_is_matvec_bit_for_bit() {
+    let mut rng = Rng(19);
+    let (k, n) = (769, 1031);
+    let (v, s) = int8_matrix(&mut rng, n, k, k);
+    let data = DenseData::new(&mut rng, n * k, 1.0);
+    let bias = rng.vec(n, 1.0);
+    let mut mats: Vec<MatRef> = data
+        .all()
+        .into_iter()
+        .flat_map(|elems| {
+            [Layout::OutIn, Layout::InOut].map(|layout| {
+                MatRef::Dense(DenseRef {
+                    data: elems,
+                    layout,
+                    out_dim: n,
+                    in_dim: k,
+                })
+            })
+        })
+        .collect();
+    for act in [Int8Act::Int8, Int8Act::F32] {
+        mats.push(MatRef::Int8(Int8Ref {
+            values: &v,
+            scales: &s,
+            out_dim: n,
+            in_dim: k,
+            group: k,
+            act,
+        }));
+    }
+    for t in [2, 5, 31] {
+        let xs = rng.vec(t * k, 2.0);
+        for w in &mats {
+            for isa in isas() {
+                let mut got = vec![f32::NAN; t * n];
+                matmul_with(isa, w, Some(&bias), &xs, &mut got);
+                for (x, g) in xs.chunks(k).zip(got.chunks(n)) {
+                    let mut one = vec![f32::NAN; n];
+                    matvec_with(isa, w, Some(&bias), x, &mut one);
+                    assert!(one == g, "{t} tokens, {isa:?}: differs from matvec");
                 }
             }
         }

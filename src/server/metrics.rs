@@ -96,18 +96,61 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let scalars: [(&str, &str, &str, &AtomicU64); 8] = [
-            ("slimlm_requests_total", "counter", "Completion requests received.", &self.requests),
-            ("slimlm_requests_rejected_total", "counter", "Requests answered 429 (queue full).", &self.rejected),
-            ("slimlm_request_errors_total", "counter", "Requests that failed (4xx other than 429, or 5xx).", &self.errors),
-            ("slimlm_prompt_tokens_total", "counter", "Prompt tokens processed.", &self.prompt_tokens),
-            ("slimlm_generated_tokens_total", "counter", "Tokens generated.", &self.generated_tokens),
-            ("slimlm_queue_depth", "gauge", "Requests waiting for a place in the batch.", &self.queue_depth),
-            ("slimlm_active_sequences", "gauge", "Sequences in the batch.", &self.active),
-            ("slimlm_kv_cache_bytes", "gauge", "Bytes of the KV caches of the sequences in the batch.", &self.kv_cache_bytes),
+            (
+                "slimlm_requests_total",
+                "counter",
+                "Completion requests received.",
+                &self.requests,
+            ),
+            (
+                "slimlm_requests_rejected_total",
+                "counter",
+                "Requests answered 429 (queue full).",
+                &self.rejected,
+            ),
+            (
+                "slimlm_request_errors_total",
+                "counter",
+                "Requests that failed (4xx other than 429, or 5xx).",
+                &self.errors,
+            ),
+            (
+                "slimlm_prompt_tokens_total",
+                "counter",
+                "Prompt tokens processed.",
+                &self.prompt_tokens,
+            ),
+            (
+                "slimlm_generated_tokens_total",
+                "counter",
+                "Tokens generated.",
+                &self.generated_tokens,
+            ),
+            (
+                "slimlm_queue_depth",
+                "gauge",
+                "Requests waiting for a place in the batch.",
+                &self.queue_depth,
+            ),
+            (
+                "slimlm_active_sequences",
+                "gauge",
+                "Sequences in the batch.",
+                &self.active,
+            ),
+            (
+                "slimlm_kv_cache_bytes",
+                "gauge",
+                "Bytes of the KV caches of the sequences in the batch.",
+                &self.kv_cache_bytes,
+            ),
         ];
         for (name, kind, help, v) in scalars {
             let v = v.load(Ordering::Relaxed);
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
         }
         self.batch_size
             .render(&mut out, "slimlm_batch_size", "Sequences per decode step.");

@@ -205,10 +205,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
-async fn completions(
-    State(app): State<Arc<App>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
     let arrived = Instant::now();
     Metrics::add(&app.metrics.requests, 1);
     match start_completion(&app, body, arrived) {
@@ -297,7 +294,7 @@ fn start_completion(
         events: tx,
         arrived,
     };
-    if app.scheduler.submit(job).is_err() {
+    if !app.scheduler.submit(job) {
         return Err(ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,
             message: "the server is busy (its queue is full); retry after a second".into(),

@@ -275,10 +275,7 @@ fn uint(o: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, ApiEr
     match o.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            ApiError::invalid(
-                Some(name),
-                format!("{name} must be a non-negative integer"),
-            )
+            ApiError::invalid(Some(name), format!("{name} must be a non-negative integer"))
         }),
     }
 }
@@ -383,7 +380,9 @@ mod tests {
         let r = parse_completion(br#"{"model":"x","prompt":"Hi"}"#).unwrap();
         assert!(matches!(r.prompt, Prompt::Text(ref s) if s == "Hi"));
         assert_eq!(r.opts.max_tokens, 16);
-        assert!(matches!(r.opts.sampling, Sampling::Random { temperature, .. } if temperature == 1.0));
+        assert!(
+            matches!(r.opts.sampling, Sampling::Random { temperature, .. } if temperature == 1.0)
+        );
         let r = parse_completion(
             br#"{"prompt":[[1,2]],"temperature":0,"stop":"\n","logprobs":2,"seed":3}"#,
         )
@@ -414,7 +413,10 @@ mod tests {
             (r#"{"prompt":"a","logprobs":6}"#, Some("logprobs")),
             (r#"{"prompt":"a","logprobs":1,"echo":true}"#, Some("echo")),
             (r#"{"prompt":"a","stop":""}"#, Some("stop")),
-            (r#"{"prompt":"a","stop":["a","b","c","d","e"]}"#, Some("stop")),
+            (
+                r#"{"prompt":"a","stop":["a","b","c","d","e"]}"#,
+                Some("stop"),
+            ),
             (r#"{"prompt":"a","stop":3}"#, Some("stop")),
             (r#"{"prompt":"a","stream":"yes"}"#, Some("stream")),
             (r#"{"prompt":"a","seed":"x"}"#, Some("seed")),

@@ -75,20 +75,21 @@ impl Scheduler {
         }
     }
 
-    /// Queues `job`; gives it back if the queue is full (or the scheduler has stopped).
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
+    /// Queues `job`; `false` (the job dropped) if the queue is full or the scheduler has stopped.
+    pub fn submit(&self, job: Job) -> bool {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         let Some(tx) = &*jobs else {
-            return Err(job);
+            return false;
         };
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.queue {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(job);
+            return false;
         }
-        tx.send(job).map_err(|e| {
+        if tx.send(job).is_err() {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
-            e.0
-        })
+            return false;
+        }
+        true
     }
 
     /// Requests waiting for a place in the batch.
