@@ -14,6 +14,7 @@ const TOL: f32 = 1e-3;
 /// W8A8 weights in batches of 32 or more: the VNNI GEMM rounds its float epilogue in another order than
 /// the one-token kernel, and a last-bit difference can flip the rounding of an activation quantized to
 /// INT8 in a later layer — noise far below INT8's own distance from FP32.
+#[cfg(feature = "compress")]
 const TOL_W8A8: f32 = 1e-2;
 /// Below 32 sequences a step is bit for bit each sequence's own step.
 const EXACT: f32 = 0.0;
