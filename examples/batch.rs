@@ -1,7 +1,8 @@
 //! Decodes several prompts together: one forward pass over the weights per step for all of them
 //! (continuous batching: a sequence leaves as soon as it ends, and others could join between steps).
 //!
-//! `cargo run --release --example batch -- [MODEL_DIR] [TOKENS]` (default: the bundled model, 32).
+//! `cargo run --release --example batch -- [MODEL_DIR] [TOKENS] [SEQUENCES]` (default: the bundled
+//! model, 32 tokens, 4 sequences).
 
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ fn main() -> Result<(), slimlm::Error> {
     let mut args = std::env::args().skip(1);
     let dir = args.next().unwrap_or_else(|| "models/ref-gpt2".into());
     let tokens: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(32);
+    let sequences: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(4);
     let prompts = [
         "The Debian package manager",
         "Die Paketverwaltung von Debian",
@@ -26,7 +28,7 @@ fn main() -> Result<(), slimlm::Error> {
     let mut batch = Batch::new(&model);
     // Each sequence: its id, its decoder (sampling, end of text, text) and the token to feed next.
     let mut live: Vec<(SeqId, Decoder, u32)> = Vec::new();
-    for p in prompts {
+    for p in prompts.iter().cycle().take(sequences) {
         let id = batch.add();
         let logits = batch.prefill(id, &tokenizer.encode(p)?)?;
         let mut dec = Decoder::new(&opts, model.eos_token_ids())?;
@@ -54,7 +56,7 @@ fn main() -> Result<(), slimlm::Error> {
         live = going;
     }
     done.sort_by_key(|(id, _)| *id);
-    for ((_, dec), p) in done.iter().zip(prompts) {
+    for ((_, dec), p) in done.iter().zip(prompts.iter().cycle()) {
         println!("{p}{}\n---", dec.text());
     }
     let s = t.elapsed().as_secs_f64();

@@ -430,6 +430,15 @@ fn matmul_small(
                 let b1 = ((ti + 1) * per_task).min(blocks);
                 for b in b0..b1 {
                     let (o0, o1) = (b * block, ((b + 1) * block).min(n));
+                    #[cfg(target_arch = "x86_64")]
+                    if let (true, MatRef::Int8(q)) =
+                        (w8a8 && isa == Isa::Avx512 && isa::has_avx512_vnni(), w)
+                    {
+                        // SAFETY: AVX-512 checked by `check_isa`, VNNI just now; the matrix passed `check`;
+                        // rows o0..o1 of every token are this task's alone (see below).
+                        unsafe { w8a8_tokens_vnni(q, bias, xq, xscale, o0, o1, out, n) };
+                        continue;
+                    }
                     for t in 0..tokens {
                         let a = Acts {
                             x: &xs[t * k..(t + 1) * k],
@@ -452,6 +461,89 @@ fn matmul_small(
             }
         })
     })
+}
+
+/// W8A8 rows `o0..o1` of every token (`xq`/`xscale`: all tokens' quantized activations) with AVX-512
+/// VNNI, four tokens per pass over the rows, then the bias: [`matvec`]'s arithmetic for each token.
+///
+/// # Safety
+/// AVX-512 + VNNI must be available; `out` must point to `tokens × n` floats of which rows `o0..o1` of
+/// every token are written by this call alone.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn w8a8_tokens_vnni(
+    q: &Int8Ref,
+    bias: Option<&[f32]>,
+    xq: &[i8],
+    xscale: &[f32],
+    o0: usize,
+    o1: usize,
+    out: OutPtr,
+    n: usize,
+) {
+    use int8::x86::w8a8_rows_vnni_t;
+    let (v, s, k, g) = (q.values, q.scales, q.in_dim, q.group);
+    let tokens = xscale.len();
+    let x = |t: usize| &xq[t * k..(t + 1) * k];
+    let y = |t: usize| out.get().add(t * n + o0);
+    let rows = o1 - o0;
+    let mut t = 0;
+    while t < tokens {
+        match tokens - t {
+            1 => w8a8_rows_vnni_t::<1>(v, s, k, g, [x(t)], [xscale[t]], o0, rows, [y(t)]),
+            2 => {
+                let ts = [t, t + 1];
+                w8a8_rows_vnni_t::<2>(
+                    v,
+                    s,
+                    k,
+                    g,
+                    ts.map(x),
+                    ts.map(|t| xscale[t]),
+                    o0,
+                    rows,
+                    ts.map(y),
+                )
+            }
+            3 => {
+                let ts = [t, t + 1, t + 2];
+                w8a8_rows_vnni_t::<3>(
+                    v,
+                    s,
+                    k,
+                    g,
+                    ts.map(x),
+                    ts.map(|t| xscale[t]),
+                    o0,
+                    rows,
+                    ts.map(y),
+                )
+            }
+            _ => {
+                let ts = [t, t + 1, t + 2, t + 3];
+                w8a8_rows_vnni_t::<4>(
+                    v,
+                    s,
+                    k,
+                    g,
+                    ts.map(x),
+                    ts.map(|t| xscale[t]),
+                    o0,
+                    rows,
+                    ts.map(y),
+                )
+            }
+        }
+        t += (tokens - t).min(4);
+    }
+    if let Some(b) = bias {
+        for t in 0..tokens {
+            let yt = std::slice::from_raw_parts_mut(y(t), rows);
+            for (yo, bo) in yt.iter_mut().zip(&b[o0..o1]) {
+                *yo += bo;
+            }
+        }
+    }
 }
 
 /// A raw output pointer shared by GEMM tasks that write disjoint blocks.

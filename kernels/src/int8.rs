@@ -222,8 +222,10 @@ pub(crate) mod x86 {
         }
     }
 
-    /// W8A8 rows `o0 .. o0 + y.len()` with AVX-512 VNNI: per group an exact i32 vector, converted and
-    /// FMA'd with the group scale into a float vector; one horizontal sum per row.
+    /// W8A8 rows `o0 .. o0 + y.len()` with AVX-512 VNNI for one token (decode): the same arithmetic
+    /// as [`w8a8_rows_vnni_t`] — exact i32 dot per group, `acc = fma(dot, scale, acc)`, `y = acc ·
+    /// x_scale` — with the integer dots taken by sign (`|x|·(±w)`, no offset to undo) and the four rows'
+    /// totals by a short tree.
     ///
     /// # Safety
     /// AVX-512 F/BW/VL + VNNI must be available; the matrix must have passed `MatRef::check` (re-checked).
@@ -245,15 +247,14 @@ pub(crate) mod x86 {
                 && values.len() >= (o0 + y.len()) * k
                 && scales.len() >= (o0 + y.len()) * gpr
         );
+        let xsv = _mm_set1_ps(xs);
         let mut r = 0;
         while r < y.len() {
             let rows = (y.len() - r).min(4);
             let o = o0 + r;
             let p: [*const i8; 4] =
                 std::array::from_fn(|j| values.as_ptr().add((o + j.min(rows - 1)) * k));
-            let sp: [*const f32; 4] =
-                std::array::from_fn(|j| scales.as_ptr().add((o + j.min(rows - 1)) * gpr));
-            let mut accf = [_mm512_setzero_ps(); 4];
+            let mut acc = _mm_setzero_ps();
             for g in 0..gpr {
                 let lo = g * group;
                 let len = (k - lo).min(group);
@@ -263,19 +264,176 @@ pub(crate) mod x86 {
                     len,
                     PREFETCH_BYTES,
                 );
-                for j in 0..4 {
-                    accf[j] = _mm512_fmadd_ps(
-                        _mm512_cvtepi32_ps(d[j]),
-                        _mm512_set1_ps(*sp[j].add(g)),
-                        accf[j],
-                    );
-                }
+                let sc: [f32; 4] = std::array::from_fn(|j| scales[(o + j.min(rows - 1)) * gpr + g]);
+                acc = _mm_fmadd_ps(_mm_cvtepi32_ps(reduce4(d)), _mm_loadu_ps(sc.as_ptr()), acc);
             }
+            let mut out = [0.0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), _mm_mul_ps(acc, xsv));
+            y[r..r + rows].copy_from_slice(&out[..rows]);
+            r += rows;
+        }
+    }
+
+    /// The totals of 4 vectors of i32 (lane `j` of the result: the sum of `v[j]`), as [`reduce16`] does
+    /// its first levels.
+    ///
+    /// # Safety
+    /// AVX-512 F must be available.
+    #[inline(always)]
+    pub(crate) unsafe fn reduce4(v: [__m512i; 4]) -> __m128i {
+        let c0 = _mm512_add_epi32(
+            _mm512_unpacklo_epi32(v[0], v[1]),
+            _mm512_unpackhi_epi32(v[0], v[1]),
+        );
+        let c1 = _mm512_add_epi32(
+            _mm512_unpacklo_epi32(v[2], v[3]),
+            _mm512_unpackhi_epi32(v[2], v[3]),
+        );
+        // Position j of each 128-bit lane: the sum of v[j] over that lane.
+        let d = _mm512_add_epi32(_mm512_unpacklo_epi64(c0, c1), _mm512_unpackhi_epi64(c0, c1));
+        let h = _mm256_add_epi32(_mm512_castsi512_si256(d), _mm512_extracti64x4_epi64::<1>(d));
+        _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+    }
+
+    /// W8A8 rows `o0 .. o0 + n` for `T` tokens with AVX-512 VNNI, each weight loaded once for all of
+    /// them. Per group, each (row, token) dot product is exact in i32 (activations offset to `u8` by
+    /// 128, the offset's share `128·Σw` taken off); then `acc = fma(dot, scale, acc)` per group and
+    /// `y = acc · x_scale` — the VNNI GEMM's arithmetic, so one token, a few, or a GEMM's worth give
+    /// the same bits.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL + VNNI must be available; the matrix must have passed `MatRef::check` (re-checked);
+    /// every `y[t]` must be valid for writing `n` floats.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn w8a8_rows_vnni_t<const T: usize>(
+        values: &[i8],
+        scales: &[f32],
+        k: usize,
+        group: usize,
+        xq: [&[i8]; T],
+        xs: [f32; T],
+        o0: usize,
+        n: usize,
+        y: [*mut f32; T],
+    ) {
+        let gpr = k.div_ceil(group);
+        assert!(
+            xq.iter().all(|x| x.len() == k)
+                && values.len() >= (o0 + n) * k
+                && scales.len() >= (o0 + n) * gpr
+        );
+        let zero = _mm512_setzero_si512();
+        // Lane `4j + t` of the vectors below is row `j` (of 4), token `t`.
+        let xsv: [f32; 16] = std::array::from_fn(|i| xs[(i % 4).min(T - 1)]);
+        let xsv = _mm512_loadu_ps(xsv.as_ptr());
+        let mut r = 0;
+        while r < n {
+            let rows = (n - r).min(4);
+            let o = o0 + r;
+            let p: [*const i8; 4] =
+                std::array::from_fn(|j| values.as_ptr().add((o + j.min(rows - 1)) * k));
+            let mut acc = _mm512_setzero_ps();
+            for g in 0..gpr {
+                let lo = g * group;
+                let len = (k - lo).min(group);
+                let (d, sw) = group_dots_vnni_t::<T>(
+                    p.map(|q| q.add(lo)),
+                    xq.map(|x| x.as_ptr().add(lo)),
+                    len,
+                    PREFETCH_BYTES,
+                );
+                let mut v = [zero; 16];
+                for j in 0..4 {
+                    let corr = _mm512_slli_epi32::<7>(sw[j]);
+                    for t in 0..T {
+                        v[4 * j + t] = _mm512_sub_epi32(d[j][t], corr);
+                    }
+                }
+                let sc: [f32; 16] =
+                    std::array::from_fn(|i| scales[(o + (i / 4).min(rows - 1)) * gpr + g]);
+                acc = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(reduce16(v)),
+                    _mm512_loadu_ps(sc.as_ptr()),
+                    acc,
+                );
+            }
+            let mut out = [0.0f32; 16];
+            _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mul_ps(acc, xsv));
             for j in 0..rows {
-                y[r + j] = _mm512_reduce_add_ps(accf[j]) * xs;
+                for t in 0..T {
+                    *y[t].add(r + j) = out[4 * j + t];
+                }
             }
             r += rows;
         }
+    }
+
+    /// The totals of 16 vectors of i32, lane `i` of the result being the sum of `v[i]`'s lanes: a tree
+    /// of 15 additions (pairs within 128-bit lanes, then across them) instead of 16 horizontal sums.
+    ///
+    /// # Safety
+    /// AVX-512 F must be available.
+    #[inline(always)]
+    pub(crate) unsafe fn reduce16(v: [__m512i; 16]) -> __m512i {
+        // Within each 128-bit lane q: c[i] holds 2 partial sums of v[2i] and 2 of v[2i+1] ...
+        let c: [__m512i; 8] = std::array::from_fn(|i| {
+            let (a, b) = (v[2 * i], v[2 * i + 1]);
+            _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
+        });
+        // ... d[j], position r of lane q: the sum of v[4j + r] over lane q ...
+        let d: [__m512i; 4] = std::array::from_fn(|j| {
+            let (a, b) = (c[2 * j], c[2 * j + 1]);
+            _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
+        });
+        // ... then the four 128-bit lanes are added pairwise, twice.
+        let e: [__m512i; 2] = std::array::from_fn(|m| {
+            let (a, b) = (d[2 * m], d[2 * m + 1]);
+            _mm512_add_epi32(
+                _mm512_shuffle_i32x4::<0x88>(a, b),
+                _mm512_shuffle_i32x4::<0xDD>(a, b),
+            )
+        });
+        _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0x88>(e[0], e[1]),
+            _mm512_shuffle_i32x4::<0xDD>(e[0], e[1]),
+        )
+    }
+
+    /// Lane-wise i32 sums of 4 rows' group dot products with `T` tokens' activations offset to `u8`
+    /// (`Σ (x + 128)·w`), and lane-wise `Σw` of each row; exact (|w| ≤ 127, groups under 2^16).
+    ///
+    /// # Safety
+    /// AVX-512 F/BW + VNNI must be available; every pointer valid for `len` bytes.
+    #[inline(always)]
+    unsafe fn group_dots_vnni_t<const T: usize>(
+        p: [*const i8; 4],
+        x: [*const i8; T],
+        len: usize,
+        ahead: usize,
+    ) -> ([[__m512i; T]; 4], [__m512i; 4]) {
+        let zero = _mm512_setzero_si512();
+        let ones = _mm512_set1_epi8(1);
+        let flip = _mm512_set1_epi8(i8::MIN);
+        let mut acc = [[zero; T]; 4];
+        let mut sw = [zero; 4];
+        let mut i = 0;
+        while i < len {
+            let m = tail_mask(len - i);
+            let a: [__m512i; T] = std::array::from_fn(|t| {
+                _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, x[t].add(i)), flip)
+            });
+            for r in 0..4 {
+                _mm_prefetch::<_MM_HINT_T1>(p[r].wrapping_add(i + ahead));
+                let wv = _mm512_maskz_loadu_epi8(m, p[r].add(i));
+                sw[r] = _mm512_dpbusd_epi32(sw[r], ones, wv);
+                for t in 0..T {
+                    acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], a[t], wv);
+                }
+            }
+            i += 64;
+        }
+        (acc, sw)
     }
 
     /// Per-group exact sums of one row (VNNI), for tests.
@@ -494,6 +652,47 @@ pub(crate) mod x86 {
                 t += rows;
             }
             o += cols;
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use std::arch::x86_64::*;
+
+    #[test]
+    fn reduce16_sums_each_vector_into_its_lane() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let vals: Vec<[i32; 16]> = (0..16)
+            .map(|i| {
+                std::array::from_fn(|l| {
+                    (i * 1000 + l * 7) as i32 - 5000 + (l as i32 % 3) * 1_000_000
+                })
+            })
+            .collect();
+        // SAFETY: AVX-512 F checked above; the arrays hold 16 i32 each.
+        let got = unsafe {
+            let v: [__m512i; 16] =
+                std::array::from_fn(|i| _mm512_loadu_si512(vals[i].as_ptr() as *const _));
+            let mut out = [0i32; 16];
+            _mm512_storeu_si512(out.as_mut_ptr() as *mut _, super::x86::reduce16(v));
+            out
+        };
+        for (i, v) in vals.iter().enumerate() {
+            assert_eq!(got[i], v.iter().sum::<i32>(), "lane {i}");
+        }
+        // SAFETY: as above.
+        let got4 = unsafe {
+            let v: [__m512i; 4] =
+                std::array::from_fn(|i| _mm512_loadu_si512(vals[i].as_ptr() as *const _));
+            let mut out = [0i32; 4];
+            _mm_storeu_si128(out.as_mut_ptr() as *mut _, super::x86::reduce4(v));
+            out
+        };
+        for (i, v) in vals[..4].iter().enumerate() {
+            assert_eq!(got4[i], v.iter().sum::<i32>(), "reduce4 lane {i}");
         }
     }
 }

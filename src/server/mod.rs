@@ -37,7 +37,7 @@ use crate::kv_cache::KvDtype;
 use crate::model::Model;
 
 pub use metrics::Metrics;
-use openai::{finish_reason, ApiError, Logprobs, Prompt};
+use openai::{finish_reason, visible_text, ApiError, Logprobs, Prompt};
 use scheduler::{Event, Job, Limits, Scheduler};
 
 /// Largest request body accepted (413 beyond).
@@ -333,7 +333,7 @@ impl Started {
             match self.events.recv().await {
                 Some(Event::Step(step)) => {
                     completion_tokens += 1;
-                    text.push_str(&step.text);
+                    text.push_str(visible_text(tokenizer, &step));
                     with_logprobs |= step.logprob.is_some();
                     logprobs.push(tokenizer, &step);
                     if let Some(f) = step.finish {
@@ -407,6 +407,7 @@ impl Started {
                     }
                 };
                 let finish = step.finish.map(finish_reason);
+                let text = visible_text(tokenizer, &step);
                 let lp = if step.logprob.is_some() {
                     let mut l = Logprobs::starting_at(offset);
                     l.push(tokenizer, &step);
@@ -414,9 +415,9 @@ impl Started {
                 } else {
                     Value::Null
                 };
-                offset += step.text.len();
-                if (!step.text.is_empty() || !lp.is_null() || finish.is_some())
-                    && tx.send(Ok(chunk(&step.text, lp, finish))).is_err()
+                offset += text.len();
+                if (!text.is_empty() || !lp.is_null() || finish.is_some())
+                    && tx.send(Ok(chunk(text, lp, finish))).is_err()
                 {
                     return;
                 }

@@ -356,6 +356,18 @@ impl Logprobs {
     }
 }
 
+/// The text a step shows the client: the end-of-text token's own text (`<|endoftext|>`) is not part of
+/// the completion, as in OpenAI's API and llama-server (it stays in `logprobs.tokens`).
+pub fn visible_text<'s>(tokenizer: &Tokenizer, step: &'s Step) -> &'s str {
+    if step.finish == Some(Finish::Eos) {
+        let eos = token_text(tokenizer, step.token);
+        if let Some(t) = step.text.strip_suffix(eos.as_str()) {
+            return t;
+        }
+    }
+    &step.text
+}
+
 /// A token's own text (lossy where it is part of a character).
 fn token_text(tokenizer: &Tokenizer, t: u32) -> String {
     tokenizer
