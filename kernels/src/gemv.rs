@@ -407,10 +407,19 @@ fn matmul_small(
     let w8a8 = matches!(w, MatRef::Int8(q) if q.act == Int8Act::Int8);
     with_scratch(&XQ, if w8a8 { tokens * k } else { 0 }, |xq| {
         with_scratch(&ACT_SCALE, tokens, |xscale| {
+            let vnni = w8a8 && isa == Isa::Avx512 && isa::has_avx512_vnni();
             if w8a8 {
-                for (t, x) in xs.chunks_exact(k).enumerate() {
-                    xscale[t] = quantize_with(isa, x, &mut xq[t * k..(t + 1) * k]);
-                }
+                // One task per token; the VNNI kernel takes the activations offset to u8 (x + 128).
+                let q = I8Ptr(xq.as_mut_ptr());
+                par::for_each_chunk_mut(xscale, 1, |t, sc| {
+                    // SAFETY: `xq` holds `tokens × k` values; token t's row is this task's alone, and
+                    // `xq` outlives the parallel loop.
+                    let row = unsafe { std::slice::from_raw_parts_mut(q.get().add(t * k), k) };
+                    sc[0] = quantize_with(isa, &xs[t * k..(t + 1) * k], row);
+                    if vnni {
+                        row.iter_mut().for_each(|v| *v ^= i8::MIN);
+                    }
+                });
             }
             let (xq, xscale) = (&*xq, &*xscale);
             let row_bytes = (w.weight_bytes() / n).max(1);
@@ -431,9 +440,7 @@ fn matmul_small(
                 for b in b0..b1 {
                     let (o0, o1) = (b * block, ((b + 1) * block).min(n));
                     #[cfg(target_arch = "x86_64")]
-                    if let (true, MatRef::Int8(q)) =
-                        (w8a8 && isa == Isa::Avx512 && isa::has_avx512_vnni(), w)
-                    {
+                    if let (true, MatRef::Int8(q)) = (vnni, w) {
                         // SAFETY: AVX-512 checked by `check_isa`, VNNI just now; the matrix passed `check`;
                         // rows o0..o1 of every token are this task's alone (see below).
                         unsafe { w8a8_tokens_vnni(q, bias, xq, xscale, o0, o1, out, n) };
@@ -463,8 +470,9 @@ fn matmul_small(
     })
 }
 
-/// W8A8 rows `o0..o1` of every token (`xq`/`xscale`: all tokens' quantized activations) with AVX-512
-/// VNNI, four tokens per pass over the rows, then the bias: [`matvec`]'s arithmetic for each token.
+/// W8A8 rows `o0..o1` of every token (`xq`/`xscale`: all tokens' quantized activations, offset to u8 by
+/// 128) with AVX-512 VNNI, four tokens per pass over the rows, then the bias: [`matvec`]'s arithmetic
+/// for each token.
 ///
 /// # Safety
 /// AVX-512 + VNNI must be available; `out` must point to `tokens × n` floats of which rows `o0..o1` of
@@ -484,7 +492,7 @@ unsafe fn w8a8_tokens_vnni(
     use int8::x86::w8a8_rows_vnni_t;
     let (v, s, k, g) = (q.values, q.scales, q.in_dim, q.group);
     let tokens = xscale.len();
-    let x = |t: usize| &xq[t * k..(t + 1) * k];
+    let x = |t: usize| bytemuck_u8(&xq[t * k..(t + 1) * k]);
     let y = |t: usize| out.get().add(t * n + o0);
     let rows = o1 - o0;
     let mut t = 0;
@@ -543,6 +551,26 @@ unsafe fn w8a8_tokens_vnni(
                 *yo += bo;
             }
         }
+    }
+}
+
+/// `i8` bytes seen as `u8` (same size and alignment).
+fn bytemuck_u8(v: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size and alignment, and every bit pattern is valid for both.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()) }
+}
+
+/// A raw pointer to quantized activations, shared by tasks that write disjoint rows.
+#[derive(Clone, Copy)]
+struct I8Ptr(*mut i8);
+// SAFETY: tasks write disjoint token rows of the buffer, which outlives the parallel loop.
+unsafe impl Send for I8Ptr {}
+// SAFETY: as above.
+unsafe impl Sync for I8Ptr {}
+
+impl I8Ptr {
+    fn get(self) -> *mut i8 {
+        self.0
     }
 }
 

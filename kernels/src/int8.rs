@@ -295,7 +295,8 @@ pub(crate) mod x86 {
         _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
     }
 
-    /// W8A8 rows `o0 .. o0 + n` for `T` tokens with AVX-512 VNNI, each weight loaded once for all of
+    /// W8A8 rows `o0 .. o0 + n` for `T` tokens (activations given offset to `u8`: `x + 128`) with
+    /// AVX-512 VNNI, each weight loaded once for all of
     /// them. Per group, each (row, token) dot product is exact in i32 (activations offset to `u8` by
     /// 128, the offset's share `128·Σw` taken off); then `acc = fma(dot, scale, acc)` per group and
     /// `y = acc · x_scale` — the VNNI GEMM's arithmetic, so one token, a few, or a GEMM's worth give
@@ -311,7 +312,7 @@ pub(crate) mod x86 {
         scales: &[f32],
         k: usize,
         group: usize,
-        xq: [&[i8]; T],
+        xu: [&[u8]; T],
         xs: [f32; T],
         o0: usize,
         n: usize,
@@ -319,7 +320,7 @@ pub(crate) mod x86 {
     ) {
         let gpr = k.div_ceil(group);
         assert!(
-            xq.iter().all(|x| x.len() == k)
+            xu.iter().all(|x| x.len() == k)
                 && values.len() >= (o0 + n) * k
                 && scales.len() >= (o0 + n) * gpr
         );
@@ -339,7 +340,7 @@ pub(crate) mod x86 {
                 let len = (k - lo).min(group);
                 let (d, sw) = group_dots_vnni_t::<T>(
                     p.map(|q| q.add(lo)),
-                    xq.map(|x| x.as_ptr().add(lo)),
+                    xu.map(|x| x.as_ptr().add(lo)),
                     len,
                     PREFETCH_BYTES,
                 );
@@ -401,28 +402,26 @@ pub(crate) mod x86 {
     }
 
     /// Lane-wise i32 sums of 4 rows' group dot products with `T` tokens' activations offset to `u8`
-    /// (`Σ (x + 128)·w`), and lane-wise `Σw` of each row; exact (|w| ≤ 127, groups under 2^16).
+    /// (`Σ (x + 128)·w`, `x` given as `x + 128`), and lane-wise `Σw` of each row; exact (|w| ≤ 127, groups under 2^16).
     ///
     /// # Safety
     /// AVX-512 F/BW + VNNI must be available; every pointer valid for `len` bytes.
     #[inline(always)]
     unsafe fn group_dots_vnni_t<const T: usize>(
         p: [*const i8; 4],
-        x: [*const i8; T],
+        x: [*const u8; T],
         len: usize,
         ahead: usize,
     ) -> ([[__m512i; T]; 4], [__m512i; 4]) {
         let zero = _mm512_setzero_si512();
         let ones = _mm512_set1_epi8(1);
-        let flip = _mm512_set1_epi8(i8::MIN);
         let mut acc = [[zero; T]; 4];
         let mut sw = [zero; 4];
         let mut i = 0;
         while i < len {
             let m = tail_mask(len - i);
-            let a: [__m512i; T] = std::array::from_fn(|t| {
-                _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, x[t].add(i)), flip)
-            });
+            let a: [__m512i; T] =
+                std::array::from_fn(|t| _mm512_maskz_loadu_epi8(m, x[t].add(i) as *const i8));
             for r in 0..4 {
                 _mm_prefetch::<_MM_HINT_T1>(p[r].wrapping_add(i + ahead));
                 let wv = _mm512_maskz_loadu_epi8(m, p[r].add(i));
