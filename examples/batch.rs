@@ -40,7 +40,7 @@ fn main() -> Result<(), slimlm::Error> {
     while !live.is_empty() {
         let feed: Vec<(SeqId, u32)> = live.iter().map(|(id, _, t)| (*id, *t)).collect();
         let logits = batch.step(&feed)?;
-        let v = model.config.vocab_size;
+        let v = model.config().vocab_size;
         for (k, (_, dec, next)) in live.iter_mut().enumerate() {
             *next = dec.next(tokenizer, &logits[k * v..(k + 1) * v])?.token;
             generated += 1;

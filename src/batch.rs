@@ -40,9 +40,11 @@ pub struct Batch<'m> {
     work: Work,
     /// Logits of the rows of the last step (`rows × vocab`), or of the last prefill (one row).
     logits: Vec<f32>,
-    /// Sequence index of each row of the step in progress (reused, so a step allocates nothing).
+    /// Sequence index and position of each row of the step in progress, its tokens, and the row whose
+    /// logits each entry wants (reused, so a step allocates nothing).
     rows: Vec<Row>,
     tokens: Vec<u32>,
+    picks: Vec<usize>,
     next_id: u64,
 }
 
@@ -62,6 +64,7 @@ impl<'m> Batch<'m> {
             logits: Vec::new(),
             rows: Vec::new(),
             tokens: Vec::new(),
+            picks: Vec::new(),
             next_id: 0,
             model,
         }
@@ -189,55 +192,84 @@ impl<'m> Batch<'m> {
     /// the logits that follow, one row of `vocab` per entry of `tokens`, in their order. Nothing is
     /// appended if any entry is invalid (unknown or repeated sequence, token out of range, full context).
     pub fn step(&mut self, tokens: &[(SeqId, u32)]) -> Result<&[f32]> {
+        let runs: Vec<(SeqId, &[u32])> = tokens
+            .iter()
+            .map(|(id, t)| (*id, std::slice::from_ref(t)))
+            .collect();
+        self.extend(&runs)
+    }
+
+    /// Appends a run of tokens to each listed sequence (each at most once) in one pass over the weights
+    /// per [`CHUNK`](crate::forward) rows: e.g. one token for every decoding sequence and a piece of a
+    /// new sequence's prompt (chunked prefill). Returns the logits after the last token of each run, one
+    /// row of `vocab` per entry, in their order. Nothing is appended if any entry is invalid.
+    pub fn extend(&mut self, runs: &[(SeqId, &[u32])]) -> Result<&[f32]> {
         let model = &*self.model;
         self.rows.clear();
         self.tokens.clear();
-        for (k, &(id, tok)) in tokens.iter().enumerate() {
+        self.picks.clear();
+        for (k, &(id, run)) in runs.iter().enumerate() {
             let i = self.find(id)?;
-            if tokens[..k].iter().any(|&(other, _)| other == id) {
+            if runs[..k].iter().any(|&(other, _)| other == id) {
                 return Err(Error::input(format!(
                     "sequence {} appears twice in one step",
                     id.0
                 )));
             }
-            check_tokens(model, self.pos[i], &[tok])?;
-            self.rows.push(Row {
+            check_tokens(model, self.pos[i], run)?;
+            let p0 = self.pos[i];
+            self.rows.extend((0..run.len()).map(|t| Row {
                 seq: i,
-                pos: self.pos[i],
-            });
-            self.tokens.push(tok);
+                pos: p0 + t,
+            }));
+            self.tokens.extend_from_slice(run);
+            self.picks.push(self.rows.len() - 1);
         }
-        if tokens.is_empty() {
+        if runs.is_empty() {
             return Ok(&[]);
         }
         model.check_files()?;
-        for r in &self.rows {
+        for &(id, run) in runs {
+            let i = self.find(id)?;
+            let p0 = self.pos[i];
             self.work
-                .reserve(model, &mut self.kvs[r.seq], r.pos + 1, r.pos)?;
+                .reserve(model, &mut self.kvs[i], p0 + run.len(), p0)?;
         }
         let v = model.config.vocab_size;
-        self.logits.resize(tokens.len() * v, 0.0);
+        self.logits.resize(runs.len() * v, 0.0);
         let chunk = forward::chunk_rows(model);
-        let (kvs, rows, toks, logits) = (&mut self.kvs, &self.rows, &self.tokens, &mut self.logits);
+        let (kvs, rows, toks, picks, logits) = (
+            &mut self.kvs,
+            &self.rows,
+            &self.tokens,
+            &self.picks,
+            &mut self.logits,
+        );
         self.work.run(|work| {
+            let mut done = 0;
             for (c, (rs, ts)) in rows.chunks(chunk).zip(toks.chunks(chunk)).enumerate() {
                 work.forward(model, kvs, ts, rs, &mut NoObserver);
-                let base = c * chunk;
-                if rs.len() == 1 {
-                    let out = &mut logits[base * v..(base + 1) * v];
-                    work.logits_of_row(model, 0, out)?;
-                } else {
-                    work.logits_of_rows(model, rs.len(), &mut |r, l| {
-                        logits[(base + r) * v..(base + r + 1) * v].copy_from_slice(l)
-                    })?;
-                }
+                // The runs that end in this chunk: their last rows, local to it.
+                let (lo, hi) = (c * chunk, c * chunk + rs.len());
+                let first = done;
+                let local: Vec<usize> = picks[first..]
+                    .iter()
+                    .take_while(|&&p| p < hi)
+                    .map(|&p| p - lo)
+                    .collect();
+                done += local.len();
+                work.logits_of(model, &local, &mut |k, l| {
+                    logits[(first + k) * v..(first + k + 1) * v].copy_from_slice(l)
+                })?;
             }
             Ok::<_, Error>(())
         })?;
-        for r in &self.rows {
-            self.pos[r.seq] += 1;
+        for &(id, run) in runs {
+            if let Some(i) = self.index(id) {
+                self.pos[i] += run.len();
+            }
         }
-        Ok(&self.logits[..tokens.len() * v])
+        Ok(&self.logits[..runs.len() * v])
     }
 }
 

@@ -52,6 +52,8 @@ pub(crate) struct Work {
     heads_cap: usize,
     /// Logits of the rows last asked for (`rows × vocab`, up to [`LOGIT_ROWS`] rows at a time).
     pub logits_rows: Vec<f32>,
+    /// Final rows gathered for the LM head when only some rows' logits are wanted.
+    gathered: Vec<f32>,
     /// The rows of the pass in progress.
     rows: Vec<Row>,
     /// Most rows one pass has processed (the activation buffers are touched up to this).
@@ -84,6 +86,7 @@ impl Work {
             heads_work: Vec::new(),
             heads_cap: 0,
             logits_rows: Vec::new(),
+            gathered: Vec::new(),
             rows: Vec::with_capacity(chunk),
             rows_used: 0,
             threads: rayon::current_num_threads(),
@@ -274,26 +277,57 @@ impl Work {
         n: usize,
         sink: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<()> {
+        let all: Vec<usize> = (0..n).collect();
+        self.logits_of(model, &all, sink)
+    }
+
+    /// Logits of the rows `picks` (increasing) of the last pass, [`LOGIT_ROWS`] at a time, each checked
+    /// finite and handed to `sink(k, logits)` for the `k`-th pick, in order.
+    pub fn logits_of(
+        &mut self,
+        model: &Model,
+        picks: &[usize],
+        sink: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        if picks.is_empty() {
+            return Ok(());
+        }
         let (e, v) = (model.config.embed_dim, model.config.vocab_size);
-        let rows = LOGIT_ROWS.min(n);
+        let rows = LOGIT_ROWS.min(picks.len());
         if self.logits_rows.len() < rows * v {
             self.logits_rows.resize(rows * v, 0.0);
         }
-        let mut out_rows = std::mem::take(&mut self.logits_rows);
-        let r = (0..n).step_by(LOGIT_ROWS).try_for_each(|t0| {
-            let k = LOGIT_ROWS.min(n - t0);
-            let out = &mut out_rows[..k * v];
-            let xs = &self.final_rows(model, n)[t0 * e..(t0 + k) * e];
-            apply(&model.lm_head, xs, out, k);
-            for (r, row) in out.chunks_exact(v).enumerate() {
-                check_finite(model, row, self.rows[t0 + r].pos)?;
+        let n = picks[picks.len() - 1] + 1;
+        // Consecutive picks from row 0 are read in place; others are gathered first.
+        let in_place = picks.iter().enumerate().all(|(k, &p)| k == p);
+        let mut gathered = std::mem::take(&mut self.gathered);
+        if !in_place {
+            let fin = self.final_rows(model, n);
+            gathered.clear();
+            for &p in picks {
+                gathered.extend_from_slice(&fin[p * e..(p + 1) * e]);
             }
-            for (r, row) in out.chunks_exact(v).enumerate() {
-                sink(t0 + r, row);
+        }
+        let mut out_rows = std::mem::take(&mut self.logits_rows);
+        let r = (0..picks.len()).step_by(LOGIT_ROWS).try_for_each(|k0| {
+            let k = LOGIT_ROWS.min(picks.len() - k0);
+            let out = &mut out_rows[..k * v];
+            let xs = if in_place {
+                &self.final_rows(model, n)[k0 * e..(k0 + k) * e]
+            } else {
+                &gathered[k0 * e..(k0 + k) * e]
+            };
+            apply(&model.lm_head, xs, out, k);
+            for (j, row) in out.chunks_exact(v).enumerate() {
+                check_finite(model, row, self.rows[picks[k0 + j]].pos)?;
+            }
+            for (j, row) in out.chunks_exact(v).enumerate() {
+                sink(k0 + j, row);
             }
             Ok(())
         });
         self.logits_rows = out_rows;
+        self.gathered = gathered;
         r
     }
 

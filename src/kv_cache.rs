@@ -14,7 +14,7 @@ use slimlm_kernels::ops;
 use crate::error::{Error, Result};
 
 /// Positions the cache holds at first (it doubles from there).
-pub const KV_MIN: usize = 256;
+pub const KV_MIN: usize = 64;
 
 /// Element type of the KV cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -46,13 +46,13 @@ pub enum Qkv {
 /// One transformer block.
 #[derive(Clone, Debug)]
 pub struct Block {
-    pub spec: LayerSpec,
-    pub ln1: Norm,
-    pub qkv: Qkv,
-    pub attn_out: Linear,
-    pub ln2: Norm,
-    pub fc: Linear,
-    pub proj: Linear,
+    pub(crate) spec: LayerSpec,
+    pub(crate) ln1: Norm,
+    pub(crate) qkv: Qkv,
+    pub(crate) attn_out: Linear,
+    pub(crate) ln2: Norm,
+    pub(crate) fc: Linear,
+    pub(crate) proj: Linear,
 }
 
 impl Block {
@@ -84,26 +84,26 @@ impl Block {
 /// model serves any number of [`Session`]s on any threads.
 #[derive(Debug)]
 pub struct Model {
-    pub config: Config,
+    pub(crate) config: Config,
     dir: PathBuf,
     store: TensorStore,
     /// Prefix of the tensor names in the file (`transformer.`, `model.decoder.`, ...).
     root: &'static str,
     tokenizer: Tokenizer,
     /// Token embedding `[vocab, embed_dim]` (dense or INT8 rows).
-    pub embed: Matrix,
+    pub(crate) embed: Matrix,
     /// Learned position table `[n_ctx + offset, d]`, when the spec has one.
-    pub positions: Option<Matrix>,
+    pub(crate) positions: Option<Matrix>,
     /// LayerNorm after the embedding (BLOOM).
-    pub embed_norm: Option<Norm>,
+    pub(crate) embed_norm: Option<Norm>,
     /// Embedding width → hidden width, and back before the head (OPT-350m).
-    pub project_in: Option<Linear>,
-    pub project_out: Option<Linear>,
-    pub blocks: Vec<Block>,
+    pub(crate) project_in: Option<Linear>,
+    pub(crate) project_out: Option<Linear>,
+    pub(crate) blocks: Vec<Block>,
     /// LayerNorm after the last block.
-    pub final_norm: Option<Norm>,
+    pub(crate) final_norm: Option<Norm>,
     /// The LM head (the token embedding itself when tied).
-    pub lm_head: Linear,
+    pub(crate) lm_head: Linear,
     /// KV cache element type of new sessions.
     kv_dtype: KvDtype,
 }
@@ -222,6 +222,21 @@ impl Model {
             lm_head,
             kv_dtype: KvDtype::F32,
         })
+    }
+
+    /// The model's configuration (dimensions, context length, architecture).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The token embedding `[vocab, embed_dim]` (dense or INT8 rows).
+    pub fn embed(&self) -> &Matrix {
+        &self.embed
+    }
+
+    /// The learned position table `[n_ctx + offset, d]`, when the architecture has one.
+    pub fn positions(&self) -> Option<&Matrix> {
+        self.positions.as_ref()
     }
 
     /// The directory the model was opened from.

@@ -102,7 +102,7 @@ fn check_model(name: &str, model: &Model, prompts: &[Vec<u32>], tol: f32) -> f32
         if feed.is_empty() {
             continue;
         }
-        let v = model.config.vocab_size;
+        let v = model.config().vocab_size;
         let logits = batch.step(&feed).unwrap().to_vec();
         assert_eq!(logits.len(), feed.len() * v);
         for (l, row) in live.iter_mut().zip(logits.chunks_exact(v)) {
@@ -135,7 +135,7 @@ fn check_many(name: &str, model: &Model, prompts: &[Vec<u32>], tol: f32) {
         close(&format!("{name}/{k} prefill"), l, &solo[k].1[0], tol);
         last.push(argmax(l));
     }
-    let v = model.config.vocab_size;
+    let v = model.config().vocab_size;
     for at in 1..NEW {
         for (k, &t) in last.iter().enumerate() {
             assert_eq!(t, solo[k].0[at - 1], "{name}/{k}: greedy token {}", at - 1);
@@ -249,7 +249,7 @@ fn bad_steps_are_errors_that_change_nothing() {
     let (a, b) = (batch.add(), batch.add());
     batch.prefill(a, &[1, 2, 3]).unwrap();
     batch.prefill(b, &[4]).unwrap();
-    let vocab = model.config.vocab_size as u32;
+    let vocab = model.config().vocab_size as u32;
     // An id this batch never gave out (ids count up per batch).
     let foreign = {
         let mut other = Batch::new(&model);
@@ -273,6 +273,6 @@ fn bad_steps_are_errors_that_change_nothing() {
     assert_eq!(batch.step(&[]).unwrap().len(), 0);
     assert_eq!(
         batch.step(&[(b, 7)]).unwrap().len(),
-        model.config.vocab_size
+        model.config().vocab_size
     );
 }

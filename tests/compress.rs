@@ -201,10 +201,10 @@ fn int8_and_lowrank_storage_is_what_the_plan_says() {
     for (_, _, lin) in m.linears() {
         assert_eq!(lin.describe(), "int8");
     }
-    assert_eq!(m.embed.storage_name(), "int8");
+    assert_eq!(m.embed().storage_name(), "int8");
     // The tied LM head is the INT8 embedding itself, in place.
     let head = m.linears().last().unwrap().2.matrices()[0].data_ptrs();
-    assert_eq!(head, m.embed.data_ptrs());
+    assert_eq!(head, m.embed().data_ptrs());
 
     let (_t, out, report) = compress_to(
         "ref-gptneo",
@@ -239,7 +239,7 @@ fn full_rank_f32_factors_reproduce_dense_logits() {
     for name in common::REFERENCE_MODELS {
         let dense = Model::open(ref_model(name)).unwrap();
         // Every block matrix is d × d or d × 4d (3d for fused q/k/v): rank d is full rank.
-        let d = dense.config.d_model;
+        let d = dense.config().d_model;
         let plan = Plan::uniform(
             Spec {
                 force: Some(true),
@@ -579,7 +579,7 @@ fn cli_compress_and_inspect() {
             .arg(&plan),
     );
     let m = Model::open(&out2).unwrap();
-    assert_eq!(m.embed.storage_name(), "f16");
+    assert_eq!(m.embed().storage_name(), "f16");
 
     let fails = |args: &[&str], want: &str| {
         let e = run_err(

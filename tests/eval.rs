@@ -93,7 +93,7 @@ fn identical_models_agree_exactly() {
         let b = Model::open(ref_model(name)).unwrap();
         let ids = &texts(&a, "eng", 80)[0].ids;
         let r = compare::compare(&a, &b, ids, 64, &mut |_, _, _| {}).unwrap();
-        assert_eq!(r.hidden.len(), a.config.n_layer() + 1);
+        assert_eq!(r.hidden.len(), a.config().n_layer() + 1);
         for s in r.hidden.iter().chain(&r.linears) {
             assert!(
                 close(s.cosine, 1.0, 1e-12) && close(s.min_cosine, 1.0, 1e-12),

@@ -44,7 +44,7 @@ fn mean_nll(model: &Model, ids: &[u32]) -> f64 {
 /// Every tensor of `model`'s file belongs to a known part of the model.
 fn check_classified(model: &Model) {
     for name in model.store().names() {
-        let (_, part) = compress::classify(&model.config, model.root(), name);
+        let (_, part) = compress::classify(model.config(), model.root(), name);
         assert_ne!(
             part,
             "other",
@@ -92,7 +92,7 @@ fn every_family_compresses_to_int8_and_low_rank() {
             let model = Model::open(&out).unwrap();
             check_in_place(&model);
             check_classified(&model);
-            assert_eq!(model.config.arch, dense.config.arch);
+            assert_eq!(model.config().arch, dense.config().arch);
             let nll = mean_nll(&model, &ids);
             assert!(nll.is_finite(), "{name}/{case}: NLL {nll}");
             let rel = (nll - base) / base;
@@ -155,7 +155,7 @@ fn synth_presets_of_every_family_load_and_generate() {
         });
         slimlm::synth::write_model(&preset, &dir, 7, &tok, true).unwrap();
         let model = Model::open(&dir).unwrap();
-        assert_eq!(model.config.arch, arch);
+        assert_eq!(model.config().arch, arch);
         check_in_place(&model);
         let params: usize = model
             .store()

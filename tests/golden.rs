@@ -92,7 +92,7 @@ fn check_stepwise(name: &str, model: &Model, p: &Prompt) -> f32 {
 
 /// Hidden states per layer at the last position, relative to each layer's scale.
 fn check_hidden(name: &str, model: &Model, p: &Prompt) -> f32 {
-    let c = &model.config;
+    let c = model.config();
     let mut obs = LastHidden {
         layers: Vec::new(),
         d: c.d_model,

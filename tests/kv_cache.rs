@@ -60,6 +60,6 @@ fn f16_kv_cache_has_half_the_bytes() {
     assert_eq!(2 * s.kv_cache_bytes(), f32_bytes);
     assert_eq!(
         2 * s.kv_cache_used_bytes(),
-        2 * 4 * 3 * model.config.n_layer() * model.config.d_model
+        2 * 4 * 3 * model.config().n_layer() * model.config().d_model
     );
 }

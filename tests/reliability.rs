@@ -239,21 +239,22 @@ fn the_kv_cache_grows_with_the_context_used() {
     model.set_context(1 << 20).unwrap();
     let mut s = model.session();
     s.prefill(&[1, 2, 3]).unwrap();
-    let c = &model.config;
-    assert_eq!(s.kv_capacity(), 256);
-    assert_eq!(s.kv_cache_bytes(), 2 * 4 * c.n_layer() * c.d_model * 256);
+    let c = model.config();
+    let min = slimlm::kv_cache::KV_MIN;
+    assert_eq!(s.kv_capacity(), min);
+    assert_eq!(s.kv_cache_bytes(), 2 * 4 * c.n_layer() * c.d_model * min);
 
     // Crossing a capacity moves the cache; the logits are those of one uninterrupted prefill.
     let model = Model::open(ref_model("ref-gpt2")).unwrap();
     let ids: Vec<u32> = (0..300).map(|i| (i * 37 % 5000) as u32).collect();
     let mut grown = model.session();
     grown.prefill(&ids[..200]).unwrap();
-    assert_eq!(grown.kv_capacity(), 256);
+    assert_eq!(grown.kv_capacity(), 200);
     for &t in &ids[200..299] {
         grown.step(t).unwrap();
     }
     let a = grown.step(ids[299]).unwrap().to_vec();
-    assert_eq!(grown.kv_capacity(), 512);
+    assert_eq!(grown.kv_capacity(), 400);
     let b = model.session().prefill(&ids).unwrap().to_vec();
     let diff = common::max_abs_diff(&a, &b);
     assert!(diff < 1e-3, "max |Δ logit| {diff}");

@@ -322,7 +322,7 @@ fn run_plan(case: &Case, dir: &Path, seeds: &Seeds) -> Outcome {
         }
     };
     let seed_dir = seeds.seed_root.join(&seeds.models[case.seed].name);
-    match Model::from_store(&seed_dir, model.config.clone(), store) {
+    match Model::from_store(&seed_dir, model.config().clone(), store) {
         Ok(m) => match use_model(&m, case) {
             Ok(()) => Outcome::Ok,
             Err(e) => Outcome::Oracle(format!("compress_model's output does not run: {e}")),

@@ -44,7 +44,7 @@ impl<'m> Generator<'m> {
             ));
         }
         p.opts
-            .check_fits(0, prompt.len(), model.config.n_ctx)
+            .check_fits(0, prompt.len(), model.config().n_ctx)
             .map_err(|e| match e {
                 Error::ContextOverflow { n_ctx, .. } => Error::Input(format!(
                     "prompt of {} tokens + {} new tokens exceeds the context length {n_ctx}; \

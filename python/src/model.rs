@@ -196,7 +196,7 @@ impl PyModel {
     /// `n_ctx`, `d_model`, `embed_dim`, `n_head`, `head_dim`, `n_layer`, `d_ff`, `positions`, ...
     #[getter]
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = &self.model.config;
+        let c = self.model.config();
         let d = PyDict::new(py);
         d.set_item("arch", c.arch.name())?;
         d.set_item("model_type", c.family().model_type)?;
@@ -423,7 +423,7 @@ impl PyModel {
                 let ids = prompt.ids(&model)?;
                 let mut s = model.session();
                 s.check_tokens(&ids)?;
-                let mut out = Vec::with_capacity(ids.len() * model.config.vocab_size);
+                let mut out = Vec::with_capacity(ids.len() * model.config().vocab_size);
                 s.prefill_all(&ids, &mut |_, l| out.extend_from_slice(l))?;
                 Ok((out, ids.len()))
             })
@@ -432,7 +432,7 @@ impl PyModel {
     }
 
     fn __repr__(&self) -> String {
-        let c = &self.model.config;
+        let c = self.model.config();
         format!(
             "Model({:?}, arch={}, layers={}, d_model={}, vocab={}, n_ctx={})",
             self.model.dir().display().to_string(),
@@ -549,7 +549,7 @@ pub fn inspect_json(model: &Model) -> slimlm::Result<serde_json::Value> {
     for name in store.names() {
         let t = store.require(name)?;
         *bytes
-            .entry(compress::classify(&model.config, model.root(), name))
+            .entry(compress::classify(model.config(), model.root(), name))
             .or_default() += t.bytes().len();
     }
     let file_bytes = store.file_bytes();
@@ -558,9 +558,9 @@ pub fn inspect_json(model: &Model) -> slimlm::Result<serde_json::Value> {
         md.get(META_PLAN).and_then(|s| serde_json::from_str(s).ok());
     let mut storage: Vec<(String, String)> = vec![(
         "embeddings".to_string(),
-        model.embed.storage_name().to_string(),
+        model.embed().storage_name().to_string(),
     )];
-    if let Some(p) = &model.positions {
+    if let Some(p) = model.positions() {
         storage.push(("positions".into(), p.storage_name().into()));
     }
     storage.extend(model.linears().iter().map(|(l, c, lin)| {

@@ -94,7 +94,7 @@ impl PySession {
             let n = ids.len();
             let v = self.run(py, move |s| {
                 s.check_tokens(&ids)?;
-                let mut out = Vec::with_capacity(n * s.model().config.vocab_size);
+                let mut out = Vec::with_capacity(n * s.model().config().vocab_size);
                 s.prefill_all(&ids, &mut |_, l| out.extend_from_slice(l))?;
                 Ok(out)
             })?;
@@ -150,7 +150,7 @@ impl PySession {
     /// The context length: most tokens the session can hold.
     #[getter]
     fn n_ctx(&self, py: Python<'_>) -> PyResult<usize> {
-        self.run(py, |s| Ok(s.model().config.n_ctx))
+        self.run(py, |s| Ok(s.model().config().n_ctx))
     }
 
     /// Threads of a forward pass (settable).
@@ -179,7 +179,7 @@ impl PySession {
             Ok(format!(
                 "Session(position={}, n_ctx={}, threads={})",
                 s.position(),
-                s.model().config.n_ctx,
+                s.model().config().n_ctx,
                 s.threads()
             ))
         })

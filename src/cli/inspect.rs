@@ -38,7 +38,7 @@ pub fn run(a: Args) -> CliResult {
     for name in store.names() {
         let t = store.require(name)?;
         *bytes
-            .entry(compress::classify(&model.config, model.root(), name))
+            .entry(compress::classify(model.config(), model.root(), name))
             .or_default() += t.bytes().len();
     }
     let file_bytes = store.file_bytes();
@@ -47,9 +47,9 @@ pub fn run(a: Args) -> CliResult {
         md.get(META_PLAN).and_then(|s| serde_json::from_str(s).ok());
     let mut storage: Vec<(String, String)> = vec![(
         "embeddings".to_string(),
-        model.embed.storage_name().to_string(),
+        model.embed().storage_name().to_string(),
     )];
-    if let Some(p) = &model.positions {
+    if let Some(p) = model.positions() {
         storage.push(("positions".into(), p.storage_name().into()));
     }
     storage.extend(model.linears().iter().map(|(l, c, lin)| {
@@ -85,7 +85,7 @@ pub fn run(a: Args) -> CliResult {
     if let Some(p) = &plan {
         outln!("plan        {}", serde_json::to_string(p)?)?;
     }
-    let layers = model.config.n_layer();
+    let layers = model.config().n_layer();
     out!("\n{:<12}", "bytes")?;
     for p in PARTS {
         out!("{p:>12}")?;

@@ -1,9 +1,10 @@
 //! The scheduler: one thread that owns the [`Batch`] and steps every active request together.
 //!
-//! Requests wait in a bounded queue; between steps, waiting requests join the batch (their prompt is
-//! prefilled) while there is room, and finished, failed or abandoned ones (the client went away) leave.
-//! Every step is one forward pass for all active sequences; each sequence's [`Decoder`] turns its row of
-//! logits into a token and text, sent to the request's channel as it is made.
+//! Requests wait in a bounded queue; while there is room in the batch, the next one joins and its prompt
+//! is prefilled a chunk per step, in the same forward pass as a token of every decoding sequence (so a
+//! long prompt never stalls them for more than one step); finished, failed or abandoned ones (the client
+//! went away) leave. Each sequence's [`Decoder`] turns its row of logits into a token and text, sent to
+//! the request's channel as it is made.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -118,6 +119,19 @@ struct Live {
     last: Instant,
 }
 
+/// The request whose prompt is being prefilled, a chunk per step.
+struct Prefill {
+    live: Live,
+    prompt: Vec<u32>,
+    done: usize,
+}
+
+/// Rows of a step that decodes and prefills at once: below the 32 rows where the GEMMs take over, so
+/// every row is bit for bit what the request would get alone, whatever else is running (see [`Batch`]).
+const MIXED_ROWS: usize = 31;
+/// Fewest prompt tokens a mixed step prefills.
+const MIN_PREFILL: usize = 8;
+
 fn run(
     model: Arc<Model>,
     limits: Limits,
@@ -131,17 +145,21 @@ fn run(
     let tokenizer = model.tokenizer();
     let vocab = model.config.vocab_size;
     let mut live: Vec<Live> = Vec::new();
-    let mut feed: Vec<(SeqId, u32)> = Vec::new();
+    let mut prefill: Option<Prefill> = None;
     let mut ended: Vec<SeqId> = Vec::new();
-    let gauge = |live: &[Live], batch: &Batch| {
-        metrics.active.store(live.len() as u64, Ordering::Relaxed);
+    let mut feeds: Vec<u32> = Vec::new();
+    let gauge = |live: &[Live], prefill: &Option<Prefill>, batch: &Batch| {
+        let n = live.len() + usize::from(prefill.is_some());
+        metrics.active.store(n as u64, Ordering::Relaxed);
         metrics
             .kv_cache_bytes
             .store(batch.kv_cache_bytes() as u64, Ordering::Relaxed);
     };
     loop {
-        // Admit waiting requests while there is room (block for one when idle).
-        while live.len() < limits.max_batch {
+        // The next request starts its prefill when there is room (block for one when idle). One prompt
+        // at a time is prefilled, a chunk per step beside the decoding sequences, so a long prompt does
+        // not stall them.
+        while prefill.is_none() && live.len() < limits.max_batch {
             let job = if live.is_empty() {
                 match jobs.recv() {
                     Ok(j) => j,
@@ -160,10 +178,19 @@ fn run(
             if job.events.is_closed() {
                 continue;
             }
-            if let Some(l) = admit(&mut batch, job, tokenizer, &metrics) {
-                live.push(l);
-            }
-            gauge(&live, &batch);
+            let now = Instant::now();
+            prefill = Some(Prefill {
+                live: Live {
+                    id: batch.add(),
+                    decoder: job.decoder,
+                    events: job.events,
+                    feed: 0,
+                    arrived: job.arrived,
+                    last: now,
+                },
+                prompt: job.prompt,
+                done: 0,
+            });
         }
         // The clients that went away cancel their generation.
         live.retain(|l| {
@@ -173,82 +200,86 @@ fn run(
             }
             !gone
         });
-        if live.is_empty() {
-            gauge(&live, &batch);
+        if let Some(p) = prefill.take_if(|p| p.live.events.is_closed()) {
+            batch.remove(p.live.id);
+        }
+        gauge(&live, &prefill, &batch);
+        if live.is_empty() && prefill.is_none() {
             continue;
         }
-        feed.clear();
-        feed.extend(live.iter().map(|l| (l.id, l.feed)));
-        metrics.batch_size.observe(feed.len() as f64);
-        match batch.step(&feed) {
-            Ok(logits) => {
-                let now = Instant::now();
-                let mut k = 0;
-                live.retain_mut(|l| {
-                    let row = &logits[k * vocab..(k + 1) * vocab];
-                    k += 1;
-                    metrics.token_latency.observe((now - l.last).as_secs_f64());
-                    l.last = now;
-                    let keep = deliver(l, tokenizer, row, &metrics);
-                    if !keep {
-                        ended.push(l.id);
-                    }
-                    keep
-                });
-                for id in ended.drain(..) {
-                    batch.remove(id);
-                }
-            }
+        // One step: a token for every decoding sequence, and the next chunk of the prompt.
+        feeds.clear();
+        feeds.extend(live.iter().map(|l| l.feed));
+        let mut runs: Vec<(SeqId, &[u32])> = live
+            .iter()
+            .zip(&feeds)
+            .map(|(l, f)| (l.id, std::slice::from_ref(f)))
+            .collect();
+        let chunk = prefill.as_ref().map(|p| {
+            let left = p.prompt.len() - p.done;
+            // Also when idle: chunks under 32 rows keep a request's result independent of the load.
+            let n = left.min(MIXED_ROWS.saturating_sub(live.len()).max(MIN_PREFILL));
+            (p.live.id, &p.prompt[p.done..p.done + n])
+        });
+        let chunk_len = chunk.map(|(_, c)| c.len());
+        if let Some(c) = chunk {
+            runs.push(c);
+        }
+        if !live.is_empty() {
+            metrics.batch_size.observe(live.len() as f64);
+        }
+        let logits = match batch.extend(&runs) {
+            Ok(l) => l,
             Err(e) => {
                 // A step fails for all its rows (non-finite logits, a model file changed): end them all.
                 let msg = e.to_string();
-                for l in live.drain(..) {
+                let all = live.drain(..).chain(prefill.take().map(|p| p.live));
+                for l in all {
                     let _ = l.events.send(Event::Error(msg.clone()));
-                    batch.remove(l.id);
+                    ended.push(l.id);
                     Metrics::add(&metrics.errors, 1);
+                }
+                for id in ended.drain(..) {
+                    batch.remove(id);
+                }
+                gauge(&live, &prefill, &batch);
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let mut k = 0;
+        live.retain_mut(|l| {
+            let row = &logits[k * vocab..(k + 1) * vocab];
+            k += 1;
+            metrics.token_latency.observe((now - l.last).as_secs_f64());
+            l.last = now;
+            let keep = deliver(l, tokenizer, row, &metrics);
+            if !keep {
+                ended.push(l.id);
+            }
+            keep
+        });
+        if let (Some(p), Some(n)) = (prefill.as_mut(), chunk_len) {
+            p.done += n;
+            if p.done == p.prompt.len() {
+                let mut p = prefill.take().expect("a prefill in progress");
+                Metrics::add(&metrics.prompt_tokens, p.prompt.len() as u64);
+                metrics
+                    .time_to_first_token
+                    .observe((now - p.live.arrived).as_secs_f64());
+                p.live.last = now;
+                let row = &logits[k * vocab..(k + 1) * vocab];
+                if deliver(&mut p.live, tokenizer, row, &metrics) {
+                    live.push(p.live);
+                } else {
+                    ended.push(p.live.id);
                 }
             }
         }
-        gauge(&live, &batch);
-    }
-}
-
-/// Prefills a request's prompt and sends its first token; `None` if it ended there.
-fn admit(
-    batch: &mut Batch,
-    job: Job,
-    tokenizer: &crate::tokenizer::Tokenizer,
-    metrics: &Metrics,
-) -> Option<Live> {
-    let id = batch.add();
-    let logits = match batch.prefill(id, &job.prompt) {
-        Ok(l) => l,
-        Err(e) => {
+        for id in ended.drain(..) {
             batch.remove(id);
-            Metrics::add(&metrics.errors, 1);
-            let _ = job.events.send(Event::Error(e.to_string()));
-            return None;
         }
-    };
-    Metrics::add(&metrics.prompt_tokens, job.prompt.len() as u64);
-    let now = Instant::now();
-    metrics
-        .time_to_first_token
-        .observe((now - job.arrived).as_secs_f64());
-    let mut l = Live {
-        id,
-        decoder: job.decoder,
-        events: job.events,
-        feed: 0,
-        arrived: job.arrived,
-        last: now,
-    };
-    let logits = logits.to_vec();
-    if deliver(&mut l, tokenizer, &logits, metrics) {
-        Some(l)
-    } else {
-        batch.remove(id);
-        None
+        gauge(&live, &prefill, &batch);
     }
 }
 

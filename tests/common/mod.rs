@@ -334,8 +334,8 @@ pub fn scratch_dir(name: &str) -> PathBuf {
 /// Every stored weight buffer points into the mapping; nothing was copied; every tensor is 64-byte aligned.
 pub fn check_in_place(model: &slimlm::Model) {
     let store = model.store();
-    let mut mats: Vec<_> = std::iter::once(&model.embed)
-        .chain(model.positions.as_ref())
+    let mut mats: Vec<_> = std::iter::once(model.embed())
+        .chain(model.positions())
         .collect();
     for (_, _, lin) in model.linears() {
         mats.extend(lin.matrices());
