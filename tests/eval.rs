@@ -299,7 +299,7 @@ fn bad_arguments_are_clear_errors() {
         None,
     ));
     assert!(e.contains("\"xx\"") && e.contains("does not exist"), "{e}");
-    assert!(err(corpus::load(&udhr(), &Languages::Default, Some(0))).contains("--max-lines"));
+    assert!(err(corpus::load(&udhr(), &Languages::Default, Some(0))).contains("lines per language"));
     let t = corpus::load(&udhr(), &Languages::parse("eng").unwrap(), Some(2)).unwrap();
     assert!(err(corpus::tokenize(&gpt2, &t, Some(1))).contains("at least 2"));
 
@@ -430,6 +430,10 @@ fn cli_disparity_json_contract_and_errors() {
     assert!(!ok && e.contains("rank 0"), "{e}");
     let (ok, _, e) = slimlm(&["eval", "sweep", "--model", gpt2]);
     assert!(!ok && e.contains("--ranks"), "{e}");
+    for (flag, v) in [("--max-lines", "0"), ("--max-tokens", "1")] {
+        let (ok, _, e) = slimlm(&["eval", "sweep", "--model", gpt2, "--ranks", "8", flag, v]);
+        assert!(!ok && e.contains(flag) && e.contains(v), "{e}");
+    }
     let (ok, _, e) = slimlm(&["eval", "disparity", "--reference", gpt2]);
     assert!(!ok && e.contains("--candidate"), "{e}");
 }

@@ -52,10 +52,10 @@ pub struct CorpusArgs {
     #[arg(long, default_value = "default")]
     languages: String,
     /// Keep the first N lines of each text.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1))]
     max_lines: Option<usize>,
-    /// Keep the first N tokens of each text.
-    #[arg(long)]
+    /// Keep the first N tokens of each text (a token is scored against the one before it).
+    #[arg(long, value_parser = at_least(2))]
     max_tokens: Option<usize>,
     /// Tokens per window.
     #[arg(long, default_value_t = 256)]
@@ -63,6 +63,11 @@ pub struct CorpusArgs {
     /// Distance between window starts.
     #[arg(long, default_value_t = 256)]
     stride: usize,
+}
+
+/// A count flag that must be at least `min` (clap names the flag in its error).
+fn at_least(min: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(min..)
 }
 
 #[derive(clap::Args)]
