@@ -49,7 +49,7 @@ usage: slimlm-fuzz [--iters N] [--seed S] [--target all|safetensors|config|token
   --target T      input kind to mutate (default all, weighted)
   --time SECS     stop after this many seconds
   --findings DIR  where findings go (default fuzz/findings)
-  --hang SECS     a case running longer is a hang (default 5)
+  --hang SECS     a case running longer (then burning as much CPU, or blocked 12× as long) is a hang (default 5)
   --shared DIR    reference models (default ../shared/models beside the workspace)
   --models DIR    the workspace's models/ (default models/)
   --jobs N        worker processes (default 1); worker k runs cases k, k+N, ...
@@ -411,7 +411,7 @@ fn inject(kind: &str) -> Outcome {
         "panic" => panic!("self-test panic"),
         "abort" => std::process::abort(),
         "hang" => loop {
-            std::thread::sleep(Duration::from_secs(1));
+            std::hint::spin_loop();
         },
         "over-bound" => {
             let v = vec![1u8; 200 << 20];

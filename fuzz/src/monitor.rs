@@ -234,6 +234,20 @@ struct Shared {
     work: PathBuf,
 }
 
+/// A case blocked (no CPU used) this many times `hang` on the wall clock is a hang.
+const BLOCKED_FACTOR: u32 = 12;
+
+/// User plus system CPU time of this process, from `/proc/self/stat` (Linux; `None` elsewhere).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), which ends at the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; in clock ticks (100/s).
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 /// A thread that watches the running case: past `hang` it saves the input and ends the process with
 /// [`EXIT_HANG`]; on a refused allocation it saves the input and lets the allocating thread go on.
 pub struct Watchdog(Arc<Shared>);
@@ -271,6 +285,8 @@ impl Watchdog {
 fn watch(s: &Shared) {
     alloc::mark_watchdog_thread();
     let mut refused_for = u64::MAX;
+    // The case that first ran past `hang` and the process CPU time then.
+    let mut slow: Option<(u64, Option<Duration>)> = None;
     loop {
         std::thread::sleep(Duration::from_millis(20));
         let start = s.start.load(Ordering::SeqCst);
@@ -308,12 +324,31 @@ fn watch(s: &Shared) {
         let ran =
             s.t0.elapsed()
                 .saturating_sub(Duration::from_nanos(start - 1));
-        if ran > s.hang {
+        if ran <= s.hang {
+            continue;
+        }
+        // Past `hang` on the wall clock: a hang if the case then burns `hang` more of CPU time (a loop),
+        // or stays blocked for BLOCKED_FACTOR × `hang` (a FIFO, a lock). A case merely starved by other
+        // work on the cores (a nice'd campaign beside builds) is neither.
+        let cpu = process_cpu();
+        let base = match slow {
+            Some((s0, c0)) if s0 == start => c0,
+            _ => {
+                slow = Some((start, cpu));
+                cpu
+            }
+        };
+        let busy = match (cpu, base) {
+            (Some(c), Some(b)) => c.saturating_sub(b) > s.hang,
+            _ => true, // no CPU clock: the wall clock decides
+        };
+        if busy || ran > s.hang * BLOCKED_FACTOR {
             let label = lock(&s.label).clone();
             let name = format!("hang-{}-{}", label.target, label.iter);
             let d = s.findings.join(&name);
             let note = format!(
-                "kind: hang\ntarget: {}\nseed: {}\niteration: {}\nthe case ran more than {:.1} s\n",
+                "kind: hang\ntarget: {}\nseed: {}\niteration: {}\nthe case ran more than {:.1} s of CPU time past that \
+                 on the wall clock, or was blocked {BLOCKED_FACTOR}× as long\n",
                 label.target,
                 label.seed,
                 label.iter,
