@@ -52,10 +52,10 @@ pub struct CorpusArgs {
     #[arg(long, default_value = "default")]
     languages: String,
     /// Keep the first N lines of each text.
-    #[arg(long, value_parser = at_least(1))]
+    #[arg(long, value_parser = super::at_least(1))]
     max_lines: Option<usize>,
     /// Keep the first N tokens of each text (a token is scored against the one before it).
-    #[arg(long, value_parser = at_least(2))]
+    #[arg(long, value_parser = super::at_least(2))]
     max_tokens: Option<usize>,
     /// Tokens per window.
     #[arg(long, default_value_t = 256)]
@@ -63,11 +63,6 @@ pub struct CorpusArgs {
     /// Distance between window starts.
     #[arg(long, default_value_t = 256)]
     stride: usize,
-}
-
-/// A count flag that must be at least `min` (clap names the flag in its error).
-fn at_least(min: u64) -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(min..)
 }
 
 #[derive(clap::Args)]
@@ -94,7 +89,7 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 256)]
     context: usize,
     /// Keep the first N tokens of the text.
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least(1))]
     max_tokens: Option<usize>,
     #[command(flatten)]
     common: Common,
@@ -292,9 +287,6 @@ fn run_compare(a: CompareArgs) -> CliResult {
         std::fs::read_to_string(&a.text).map_err(|e| format!("{}: {e}", a.text.display()))?;
     let mut ids = reference.tokenizer().encode(&text)?;
     if let Some(n) = a.max_tokens {
-        if n == 0 {
-            return Err("--max-tokens must be at least 1".into());
-        }
         ids.truncate(n);
     }
     let r = compare::compare(&reference, &cand, &ids, a.context, &mut update(&bar));

@@ -75,6 +75,15 @@ pub fn model_dir(arg: Option<PathBuf>) -> PathBuf {
     })
 }
 
+/// A count flag that must be at least `min` (clap names the flag and the value in its error).
+pub fn at_least(min: usize) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync {
+    move |v| match v.parse::<usize>() {
+        Ok(n) if n >= min => Ok(n),
+        Ok(_) => Err(format!("must be at least {min}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Sets the size of the global thread pool (`None`: one thread per core).
 pub fn set_threads(threads: Option<usize>) -> Result<(), String> {
     if let Some(n) = threads {

@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(long, default_value_t = 8080)]
     port: u16,
     /// Most requests decoded together.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::at_least(1))]
     max_batch: usize,
     /// Most requests waiting for a place in the batch; more are answered 429 with Retry-After.
     #[arg(long, default_value_t = 64)]
@@ -40,9 +40,6 @@ pub struct Args {
 
 pub fn run(a: Args) -> CliResult {
     super::set_threads(a.threads)?;
-    if a.max_batch == 0 {
-        return Err("--max-batch must be at least 1".into());
-    }
     let mut model = Model::open(super::model_dir(a.model))?;
     if let Some(n) = a.context {
         model.set_context(n)?;
