@@ -379,13 +379,10 @@ pub fn matmul_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, xs: &[f32], ys: &
                 gemm_w8a8_vnni(q, bias, xs, ys, tokens);
                 return;
             }
-            // No integer GEMM on this path (AVX2 `maddubs` cannot take the offset activations, see
-            // `int8.rs`): the W8A8 matvec kernels per token.
+            // No packed integer GEMM on this path (AVX2 `maddubs` cannot take the offset activations,
+            // see `int8.rs`): the few-token kernels over row blocks, every token per block.
             let _ = q;
-            for (x, y) in xs.chunks_exact(k).zip(ys.chunks_exact_mut(n)) {
-                matvec_with(isa, w, bias, x, y);
-            }
-            return;
+            return matmul_small(isa, w, bias, xs, ys, tokens);
         }
     };
     gemm_f32(isa, src, k, n, tokens, xs, ys, bias);
@@ -440,11 +437,18 @@ fn matmul_small(
                 for b in b0..b1 {
                     let (o0, o1) = (b * block, ((b + 1) * block).min(n));
                     #[cfg(target_arch = "x86_64")]
-                    if let (true, MatRef::Int8(q)) = (vnni, w) {
+                    if let (true, MatRef::Int8(q)) = (w8a8, w) {
                         // SAFETY: AVX-512 checked by `check_isa`, VNNI just now; the matrix passed `check`;
                         // rows o0..o1 of every token are this task's alone (see below).
-                        unsafe { w8a8_tokens_vnni(q, bias, xq, xscale, o0, o1, out, n) };
-                        continue;
+                        if vnni {
+                            unsafe { w8a8_tokens_vnni(q, bias, xq, xscale, o0, o1, out, n) };
+                            continue;
+                        }
+                        if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+                            // SAFETY: both paths imply AVX2 (`check_isa`); as above otherwise.
+                            unsafe { w8a8_tokens_avx2(q, bias, xq, xscale, o0, o1, out, n) };
+                            continue;
+                        }
                     }
                     for t in 0..tokens {
                         let a = Acts {
@@ -543,6 +547,90 @@ unsafe fn w8a8_tokens_vnni(
             }
         }
         t += (tokens - t).min(4);
+    }
+    if let Some(b) = bias {
+        for t in 0..tokens {
+            let yt = std::slice::from_raw_parts_mut(y(t), rows);
+            for (yo, bo) in yt.iter_mut().zip(&b[o0..o1]) {
+                *yo += bo;
+            }
+        }
+    }
+}
+
+/// W8A8 rows `o0..o1` of every token (`xq`/`xscale`: all tokens' quantized activations) with AVX2,
+/// up to four tokens per pass over the rows, then the bias: [`matvec`]'s arithmetic for each token.
+///
+/// # Safety
+/// AVX2 must be available; `out` must point to `tokens × n` floats of which rows `o0..o1` of every
+/// token are written by this call alone.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn w8a8_tokens_avx2(
+    q: &Int8Ref,
+    bias: Option<&[f32]>,
+    xq: &[i8],
+    xscale: &[f32],
+    o0: usize,
+    o1: usize,
+    out: OutPtr,
+    n: usize,
+) {
+    use int8::x86::w8a8_rows_avx2_t;
+    let (v, s, k, g) = (q.values, q.scales, q.in_dim, q.group);
+    let tokens = xscale.len();
+    let x = |t: usize| &xq[t * k..(t + 1) * k];
+    let y = |t: usize| out.get().add(t * n + o0);
+    let rows = o1 - o0;
+    let mut t = 0;
+    while t < tokens {
+        let left = tokens - t;
+        match left {
+            1 => w8a8_rows_avx2_t::<4, 1>(v, s, k, g, [x(t)], [xscale[t]], o0, rows, [y(t)]),
+            2 => {
+                let ts = [t, t + 1];
+                w8a8_rows_avx2_t::<4, 2>(
+                    v,
+                    s,
+                    k,
+                    g,
+                    ts.map(x),
+                    ts.map(|t| xscale[t]),
+                    o0,
+                    rows,
+                    ts.map(y),
+                )
+            }
+            3 => {
+                let ts = [t, t + 1, t + 2];
+                w8a8_rows_avx2_t::<2, 3>(
+                    v,
+                    s,
+                    k,
+                    g,
+                    ts.map(x),
+                    ts.map(|t| xscale[t]),
+                    o0,
+                    rows,
+                    ts.map(y),
+                )
+            }
+            _ => {
+                let ts = [t, t + 1, t + 2, t + 3];
+                w8a8_rows_avx2_t::<2, 4>(
+                    v,
+                    s,
+                    k,
+                    g,
+                    ts.map(x),
+                    ts.map(|t| xscale[t]),
+                    o0,
+                    rows,
+                    ts.map(y),
+                )
+            }
+        }
+        t += left.min(4);
     }
     if let Some(b) = bias {
         for t in 0..tokens {

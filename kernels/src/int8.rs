@@ -159,6 +159,150 @@ pub(crate) mod x86 {
         }
     }
 
+    /// Exact i32 group dot products of `R` weight rows with `T` tokens' activations (`len` bytes each),
+    /// each weight vector loaded once for every token. The sign moves onto the activations here
+    /// (`|w|·(±x) = x·w`, the activation negated where `w < 0`): a weight may be -128 (`|w|` = 128 as
+    /// u8), and a pair sums to at most `2·128·127 = 32512 < 32767`, so `maddubs` never saturates.
+    ///
+    /// # Safety
+    /// AVX2 must be available; every pointer valid for `len` bytes; activations in `[-127, 127]`.
+    #[inline(always)]
+    unsafe fn group_dots_avx2_t<const R: usize, const T: usize>(
+        p: [*const i8; R],
+        x: [*const i8; T],
+        len: usize,
+        ahead: usize,
+    ) -> [[i32; T]; R] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); T]; R];
+        let mut i = 0;
+        while i + 32 <= len {
+            let xv: [__m256i; T] =
+                std::array::from_fn(|t| _mm256_loadu_si256(x[t].add(i) as *const __m256i));
+            for r in 0..R {
+                _mm_prefetch::<_MM_HINT_T1>(p[r].wrapping_add(i + ahead));
+                let wv = _mm256_loadu_si256(p[r].add(i) as *const __m256i);
+                let aw = _mm256_abs_epi8(wv);
+                for t in 0..T {
+                    let xs = _mm256_sign_epi8(xv[t], wv);
+                    acc[r][t] = _mm256_add_epi32(
+                        acc[r][t],
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xs), ones),
+                    );
+                }
+            }
+            i += 32;
+        }
+        // Totals of up to 8 vectors at a time by a tree of horizontal adds.
+        let mut out = [[0i32; T]; R];
+        let mut lanes = [_mm256_setzero_si256(); 8];
+        let mut done = 0;
+        while done < R * T {
+            let m = (R * T - done).min(8);
+            for j in 0..8 {
+                lanes[j] = if j < m {
+                    let f = done + j;
+                    acc[f / T][f % T]
+                } else {
+                    _mm256_setzero_si256()
+                };
+            }
+            let mut s = [0i32; 8];
+            _mm256_storeu_si256(s.as_mut_ptr() as *mut __m256i, hsum8(lanes));
+            for j in 0..m {
+                let f = done + j;
+                out[f / T][f % T] = s[j];
+            }
+            done += m;
+        }
+        if i < len {
+            for r in 0..R {
+                let w = std::slice::from_raw_parts(p[r].add(i), len - i);
+                for t in 0..T {
+                    out[r][t] += dot_i8(w, std::slice::from_raw_parts(x[t].add(i), len - i));
+                }
+            }
+        }
+        out
+    }
+
+    /// Lane `j` of the result: the sum of `v[j]`'s eight i32 lanes.
+    ///
+    /// # Safety
+    /// AVX2 must be available.
+    #[inline(always)]
+    unsafe fn hsum8(v: [__m256i; 8]) -> __m256i {
+        let a = _mm256_hadd_epi32(v[0], v[1]);
+        let b = _mm256_hadd_epi32(v[2], v[3]);
+        let c = _mm256_hadd_epi32(v[4], v[5]);
+        let d = _mm256_hadd_epi32(v[6], v[7]);
+        // Per 128-bit half: [v0, v1, v2, v3] (and [v4 .. v7]) partial sums of that half.
+        let ab = _mm256_hadd_epi32(a, b);
+        let cd = _mm256_hadd_epi32(c, d);
+        _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(ab, cd),
+            _mm256_permute2x128_si256::<0x31>(ab, cd),
+        )
+    }
+
+    /// W8A8 rows `o0 .. o0 + n` for `T` tokens with AVX2, `R` rows per pass, each weight loaded once
+    /// for all tokens: per group an exact i32 dot, `acc += dot · scale`, then `y = acc · x_scale` —
+    /// [`w8a8_rows_avx2`]'s and the reference's arithmetic, so every token count gives the same bits.
+    ///
+    /// # Safety
+    /// AVX2 must be available; the matrix must have passed `MatRef::check` (re-checked); every `y[t]`
+    /// must be valid for writing `n` floats.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn w8a8_rows_avx2_t<const R: usize, const T: usize>(
+        values: &[i8],
+        scales: &[f32],
+        k: usize,
+        group: usize,
+        xq: [&[i8]; T],
+        xs: [f32; T],
+        o0: usize,
+        n: usize,
+        y: [*mut f32; T],
+    ) {
+        let gpr = k.div_ceil(group);
+        assert!(
+            xq.iter().all(|x| x.len() == k)
+                && values.len() >= (o0 + n) * k
+                && scales.len() >= (o0 + n) * gpr
+        );
+        let mut r = 0;
+        while r < n {
+            let rows = (n - r).min(R);
+            let o = o0 + r;
+            let p: [*const i8; R] =
+                std::array::from_fn(|j| values.as_ptr().add((o + j.min(rows - 1)) * k));
+            let mut acc = [[0.0f32; T]; R];
+            for g in 0..gpr {
+                let lo = g * group;
+                let len = (k - lo).min(group);
+                let d = group_dots_avx2_t::<R, T>(
+                    p.map(|q| q.add(lo)),
+                    xq.map(|x| x.as_ptr().add(lo)),
+                    len,
+                    PREFETCH_BYTES,
+                );
+                for j in 0..R {
+                    let s = scales[(o + j.min(rows - 1)) * gpr + g];
+                    for t in 0..T {
+                        acc[j][t] += d[j][t] as f32 * s;
+                    }
+                }
+            }
+            for j in 0..rows {
+                for t in 0..T {
+                    *y[t].add(r + j) = acc[j][t] * xs[t];
+                }
+            }
+            r += rows;
+        }
+    }
+
     /// Per-group exact sums of one row (AVX2), for tests.
     ///
     /// # Safety

@@ -441,6 +441,21 @@ fn few_token_matmul_is_matvec_bit_for_bit() {
             }
         }
     }
+    // W8A8 keeps matvec's bits at any token count: the VNNI GEMM, and the few-token kernels that the
+    // other paths run for prefill.
+    let w8a8 = &mats[mats.len() - 2];
+    for t in [33, 70] {
+        let xs = rng.vec(t * k, 2.0);
+        for isa in isas() {
+            let mut got = vec![f32::NAN; t * n];
+            matmul_with(isa, w8a8, Some(&bias), &xs, &mut got);
+            for (x, g) in xs.chunks(k).zip(got.chunks(n)) {
+                let mut one = vec![f32::NAN; n];
+                matvec_with(isa, w8a8, Some(&bias), x, &mut one);
+                assert!(one == g, "W8A8 {t} tokens, {isa:?}: differs from matvec");
+            }
+        }
+    }
 }
 
 #[test]
