@@ -17,6 +17,7 @@ use half::f16;
 
 use crate::isa::{self, Isa};
 use crate::reference;
+use crate::simd::{Elem, F32Vec};
 
 /// LayerNorm of one vector into `out`.
 pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
@@ -336,36 +337,6 @@ fn sum_lanes(acc: &[f32; L]) -> f32 {
     h[0]
 }
 
-/// Prefetches the cache lines of `len` floats at `p` (a hint: any address is fine).
-#[inline(always)]
-fn prefetch_row(p: *const f32, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for i in (0..len).step_by(16) {
-        // SAFETY: a prefetch is only a hint; it never faults, whatever the address; SSE is baseline
-        // on x86-64.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                p.wrapping_add(i) as *const i8
-            )
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, len);
-}
-
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; L];
-    let (ac, bc) = (a.chunks_exact(L), b.chunks_exact(L));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for j in 0..L {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    sum_lanes(&acc) + ar.iter().zip(br).map(|(x, y)| x * y).sum::<f32>()
-}
-
 #[inline(always)]
 fn layer_norm_body(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
     const D: usize = 8;
@@ -499,94 +470,105 @@ fn softmax_body(x: &mut [f32]) {
     }
 }
 
+/// Attention of one query over `n` key/value rows of any stored element type, on vector type `V`:
+/// scores by full-width FMA dot products (two accumulators, one reduction per key), the softmax, then
+/// the weighted sum of the values four vectors of outputs at a time, kept in registers over all keys.
+/// Every query's arithmetic is the same however many are run, so a prefill equals its steps.
+///
+/// # Safety
+/// `V`'s instructions must be available; lengths are checked by the callers (`attend_with`).
 #[inline(always)]
-fn attend_body(
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_body<V: F32Vec, E: Elem>(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[E],
+    values: &[E],
     scale: f32,
     slope: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let d = q.len();
+    let (d, w) = (q.len(), V::W);
     let n = keys.len() / d;
+    let dv = d / w * w;
     let scores = &mut scores[..n];
+    let (qp, kp, vp) = (q.as_ptr(), keys.as_ptr(), values.as_ptr());
     // Each head's keys and values are a fresh stream of a few KiB: prefetch the keys some rows ahead,
     // and each row's values while its key is read, so the weighted sum below finds them in cache.
     const AHEAD: usize = 8;
-    for (j, (s, k)) in scores.iter_mut().zip(keys.chunks_exact(d)).enumerate() {
-        prefetch_row(keys.as_ptr().wrapping_add((j + AHEAD) * d), d);
-        prefetch_row(values.as_ptr().wrapping_add(j * d), d);
-        *s = scale * dot(q, k) - slope * (n - 1 - j) as f32;
+    let row_bytes = d * std::mem::size_of::<E>();
+    for (j, s) in scores.iter_mut().enumerate() {
+        prefetch_bytes(kp.wrapping_add((j + AHEAD) * d) as *const u8, row_bytes);
+        prefetch_bytes(vp.wrapping_add(j * d) as *const u8, row_bytes);
+        let k = kp.add(j * d);
+        let (mut a0, mut a1) = (V::zero(), V::zero());
+        let mut i = 0;
+        while i + 2 * w <= dv {
+            a0 = V::fma(V::load(qp.add(i)), E::vload::<V>(k.add(i)), a0);
+            a1 = V::fma(V::load(qp.add(i + w)), E::vload::<V>(k.add(i + w)), a1);
+            i += 2 * w;
+        }
+        if i < dv {
+            a0 = V::fma(V::load(qp.add(i)), E::vload::<V>(k.add(i)), a0);
+        }
+        let mut dot = V::reduce(V::add(a0, a1));
+        for (i, &qi) in q.iter().enumerate().skip(dv) {
+            dot += qi * (*k.add(i)).f32();
+        }
+        *s = scale * dot - slope * (n - 1 - j) as f32;
     }
     softmax_body(scores);
-    out.fill(0.0);
-    for (&p, v) in scores.iter().zip(values.chunks_exact(d)) {
-        for (o, &vv) in out.iter_mut().zip(v) {
-            *o += p * vv;
-        }
-    }
-}
-
-/// F16 bits to f32, exactly, branch-free (vectorises): exponent and mantissa moved into place and
-/// rescaled by 2^112 (exact for normals and subnormals alike); infinities and NaN selected apart.
-#[inline(always)]
-fn widen_f16(h: u16) -> f32 {
-    let h = h as u32;
-    let sign = (h & 0x8000) << 16;
-    let magnitude = f32::from_bits((h & 0x7fff) << 13) * f32::from_bits(0x7780_0000); // × 2^112
-    let special = f32::from_bits(0x7f80_0000 | ((h & 0x03ff) << 13)); // inf, or NaN with its payload
-    let v = if h & 0x7c00 == 0x7c00 {
-        special
-    } else {
-        magnitude
-    };
-    f32::from_bits(v.to_bits() | sign)
-}
-
-#[inline(always)]
-fn attend_f16_body(
-    q: &[f32],
-    keys: &[f16],
-    values: &[f16],
-    scale: f32,
-    slope: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let d = q.len();
-    let n = keys.len() / d;
-    let scores = &mut scores[..n];
-    let (keys, values): (&[u16], &[u16]) =
-        (bytemuck::cast_slice(keys), bytemuck::cast_slice(values));
-    for (j, (s, k)) in scores.iter_mut().zip(keys.chunks_exact(d)).enumerate() {
-        let mut acc = [0.0f32; L];
-        let (qc, kc) = (q.chunks_exact(L), k.chunks_exact(L));
-        let tail: f32 = qc
-            .remainder()
-            .iter()
-            .zip(kc.remainder())
-            .map(|(&a, &b)| a * widen_f16(b))
-            .sum();
-        for (x, y) in qc.zip(kc) {
-            for l in 0..L {
-                acc[l] += x[l] * widen_f16(y[l]);
+    let op = out.as_mut_ptr();
+    let mut c = 0;
+    while c + 4 * w <= dv {
+        let mut acc = [V::zero(); 4];
+        for (j, &p) in scores.iter().enumerate() {
+            let (p, v) = (V::splat(p), vp.add(j * d + c));
+            for (u, a) in acc.iter_mut().enumerate() {
+                *a = V::fma(p, E::vload::<V>(v.add(u * w)), *a);
             }
         }
-        *s = scale * (sum_lanes(&acc) + tail) - slope * (n - 1 - j) as f32;
+        for (u, a) in acc.iter().enumerate() {
+            V::store(op.add(c + u * w), *a);
+        }
+        c += 4 * w;
     }
-    softmax_body(scores);
-    out.fill(0.0);
-    for (&p, v) in scores.iter().zip(values.chunks_exact(d)) {
-        for (o, &vv) in out.iter_mut().zip(v) {
-            *o += p * widen_f16(vv);
+    while c < dv {
+        let mut acc = V::zero();
+        for (j, &p) in scores.iter().enumerate() {
+            acc = V::fma(V::splat(p), E::vload::<V>(vp.add(j * d + c)), acc);
+        }
+        V::store(op.add(c), acc);
+        c += w;
+    }
+    for (i, o) in out.iter_mut().enumerate().skip(dv) {
+        *o = scores
+            .iter()
+            .enumerate()
+            .map(|(j, &p)| p * (*vp.add(j * d + i)).f32())
+            .sum();
+    }
+}
+
+/// Prefetches `len` bytes from `p` into L1 (a hint: never faults).
+#[inline(always)]
+fn prefetch_bytes(p: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for i in (0..len).step_by(64) {
+        // SAFETY: a prefetch is only a hint; it never faults, whatever the address; SSE is baseline
+        // on x86-64.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                p.wrapping_add(i) as *const i8
+            )
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
 }
 
 macro_rules! instantiate_ops {
-    ($name:ident, #[$feat:meta]) => {
+    ($name:ident, $v:ty, #[$feat:meta]) => {
         mod $name {
             /// # Safety
             /// The CPU must support this instruction set.
@@ -636,7 +618,7 @@ macro_rules! instantiate_ops {
                 scores: &mut [f32],
                 out: &mut [f32],
             ) {
-                super::attend_body(q, keys, values, scale, slope, scores, out)
+                super::attend_body::<$v, f32>(q, keys, values, scale, slope, scores, out)
             }
             /// # Safety
             /// The CPU must support this instruction set.
@@ -650,30 +632,14 @@ macro_rules! instantiate_ops {
                 scores: &mut [f32],
                 out: &mut [f32],
             ) {
-                super::attend_f16_body(q, keys, values, scale, slope, scores, out)
+                super::attend_body::<$v, half::f16>(q, keys, values, scale, slope, scores, out)
             }
         }
     };
 }
 
-instantiate_ops!(portable, #[inline(never)]);
+instantiate_ops!(portable, crate::simd::Wide, #[inline(never)]);
 #[cfg(target_arch = "x86_64")]
-instantiate_ops!(avx2, #[target_feature(enable = "avx2,fma,f16c")]);
+instantiate_ops!(avx2, crate::simd::V256, #[target_feature(enable = "avx2,fma,f16c")]);
 #[cfg(target_arch = "x86_64")]
-instantiate_ops!(avx512, #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]);
-
-#[cfg(test)]
-mod widen_tests {
-    #[test]
-    fn widen_f16_is_exact_for_every_bit_pattern() {
-        for h in 0..=u16::MAX {
-            let want = half::f16::from_bits(h).to_f32();
-            let got = super::widen_f16(h);
-            if want.is_nan() {
-                assert!(got.is_nan(), "{h:#06x}: {got} vs NaN");
-            } else {
-                assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}: {got} vs {want}");
-            }
-        }
-    }
-}
+instantiate_ops!(avx512, crate::simd::V512, #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]);
