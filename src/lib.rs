@@ -25,6 +25,8 @@ pub mod error;
 pub mod eval;
 mod forward;
 pub mod generate;
+#[cfg(feature = "compress")]
+pub mod inspect;
 pub mod kv_cache;
 pub mod layers;
 pub mod linear;

@@ -594,12 +594,15 @@ fn cli_compress_and_inspect() {
         assert!(e.contains(want), "{args:?}: {e}");
     };
     fails(&["--mode", "lowrank", "--rank", "0"], "rank 0");
-    fails(&["--mode", "lowrank"], "needs --rank");
+    fails(
+        &["--mode", "lowrank"],
+        "the lowrank mode needs a rank, an energy or a budget",
+    );
     fails(
         &["--mode", "int8", "--skip", "attention"],
         "unknown component `attention`",
     );
-    fails(&[], "give --mode");
+    fails(&[], "give a mode (int8, f16 or lowrank) or a plan");
     fails(
         &[
             "--mode",

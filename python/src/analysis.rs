@@ -10,7 +10,8 @@ use pyo3::exceptions::PyUserWarning;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use slimlm::compress::{
-    self as lib_compress, Component, FactorDtype, MethodName, Override, Plan, SFold, Spec, SvdKind,
+    self as lib_compress, Component, FactorDtype, MethodName, Mode, Plan, PlanOptions, SFold,
+    SvdKind,
 };
 use slimlm::eval::{
     self, compare, corpus, disparity, sensitivity, sweep, EvalOptions, LangIds, Languages,
@@ -116,150 +117,6 @@ fn plan_of(p: &Bound<'_, PyAny>) -> PyResult<Plan> {
     Plan::from_file(&path).py_err()
 }
 
-/// What `slimlm compress` takes besides the model and the output.
-struct CompressArgs {
-    mode: Option<String>,
-    plan: Option<Plan>,
-    group: Option<usize>,
-    rank: Option<usize>,
-    energy: Option<f64>,
-    budget: Option<f64>,
-    factors: Option<String>,
-    embeddings: Option<String>,
-    skip: Vec<String>,
-    skip_layers: Vec<usize>,
-    calibration: bool,
-    svd: Option<String>,
-    alpha: Option<f64>,
-    s_fold: Option<String>,
-}
-
-fn spec(method: MethodName) -> Spec {
-    Spec {
-        method: Some(method),
-        ..Spec::default()
-    }
-}
-
-/// The plan of `slimlm compress` (src/cli/compress.rs `build_plan`), with the same defaults: lowrank
-/// stores INT8 factors and INT8 embeddings unless told otherwise.
-fn build_plan(a: CompressArgs) -> slimlm::Result<Plan> {
-    let bad = |m: String| Err(Error::Input(m));
-    let lowrank_opts =
-        a.rank.is_some() || a.energy.is_some() || a.budget.is_some() || a.factors.is_some();
-    let mode = a.mode.as_deref();
-    let mut plan = match (a.plan, mode) {
-        (Some(_), Some(_)) => return bad("give mode or plan, not both".into()),
-        (Some(p), None) => {
-            if lowrank_opts || a.group.is_some() {
-                return bad(
-                    "rank/energy/budget/factors/group go with mode; put them in the plan".into(),
-                );
-            }
-            p
-        }
-        (None, None) => return bad("give mode=\"int8\"|\"f16\"|\"lowrank\" or plan=...".into()),
-        (None, Some("int8")) => {
-            if lowrank_opts {
-                return bad("rank/energy/budget/factors apply to mode=\"lowrank\"".into());
-            }
-            let s = Spec {
-                group: a.group,
-                ..spec(MethodName::Int8)
-            };
-            Plan::uniform(s.clone(), s)
-        }
-        (None, Some("f16")) => {
-            if lowrank_opts || a.group.is_some() {
-                return bad("mode=\"f16\" takes no rank, factors or group".into());
-            }
-            Plan::uniform(spec(MethodName::F16), spec(MethodName::F16))
-        }
-        (None, Some("lowrank")) => {
-            if a.rank.is_none() && a.energy.is_none() && a.budget.is_none() {
-                return bad("mode=\"lowrank\" needs rank=R, energy=E or budget=B".into());
-            }
-            let factors = a.factors.as_deref().map(FactorDtype::parse).transpose()?;
-            let s = Spec {
-                method: Some(MethodName::Lowrank),
-                rank: a.rank,
-                energy: a.energy,
-                budget: a.budget,
-                factors: Some(factors.unwrap_or(FactorDtype::Int8)),
-                group: a.group,
-                force: None,
-            };
-            Plan::uniform(s, spec(MethodName::Int8))
-        }
-        (None, Some(m)) => {
-            return bad(format!(
-                "unknown mode {m:?} (expected \"int8\", \"f16\" or \"lowrank\")"
-            ))
-        }
-    };
-    if let Some(e) = a.embeddings.as_deref() {
-        let m = match e {
-            "keep" => MethodName::Keep,
-            "f16" => MethodName::F16,
-            "int8" => MethodName::Int8,
-            _ => {
-                return bad(format!(
-                    "embeddings {e:?}: expected \"keep\", \"f16\" or \"int8\""
-                ))
-            }
-        };
-        let group = if m == MethodName::Int8 && mode == Some("int8") {
-            a.group
-        } else {
-            None
-        };
-        plan.components
-            .insert("embeddings".into(), Spec { group, ..spec(m) });
-    }
-    for c in &a.skip {
-        let c = Component::parse(c)?;
-        plan.components
-            .insert(c.name().into(), spec(MethodName::Keep));
-        if c != Component::Embeddings {
-            plan.overrides.push(Override {
-                components: Some(vec![c.name().into()]),
-                method: Some(MethodName::Keep),
-                ..Override::default()
-            });
-        }
-    }
-    if !a.skip_layers.is_empty() {
-        plan.overrides.push(Override {
-            layers: Some(a.skip_layers.clone()),
-            method: Some(MethodName::Keep),
-            ..Override::default()
-        });
-    }
-    match a.svd.as_deref() {
-        Some("whiten") => plan.svd = SvdKind::Whiten,
-        Some("activation") => plan.svd = SvdKind::Activation,
-        Some(s) => return bad(format!("svd {s:?}: expected \"activation\" or \"whiten\"")),
-        None if a.calibration && plan.svd == SvdKind::Plain => plan.svd = SvdKind::Activation,
-        None => {}
-    }
-    if a.alpha.is_some() {
-        plan.alpha = a.alpha;
-    }
-    if let Some(f) = a.s_fold.as_deref() {
-        plan.s_fold = Some(match f {
-            "vh" => SFold::Vh,
-            "sqrt" => SFold::Sqrt,
-            "separate" => SFold::Separate,
-            _ => {
-                return bad(format!(
-                    "s_fold {f:?}: expected \"vh\", \"sqrt\" or \"separate\""
-                ))
-            }
-        });
-    }
-    Ok(plan)
-}
-
 /// One string, or several.
 #[derive(FromPyObject)]
 pub enum Strings {
@@ -317,28 +174,38 @@ pub fn compress<'py>(
     let src = model_dir.dir()?;
     let calibration = calibration.map(Strings::into_vec).unwrap_or_default();
     let plan = plan.as_ref().map(plan_of).transpose()?;
-    let plan = build_plan(CompressArgs {
-        mode,
+    let plan = PlanOptions {
+        mode: mode.as_deref().map(Mode::parse).transpose().py_err()?,
         plan,
         group,
         rank,
         energy,
         budget,
-        factors,
-        embeddings,
-        skip: skip.map(Strings::into_vec).unwrap_or_default(),
+        factors: factors
+            .as_deref()
+            .map(FactorDtype::parse)
+            .transpose()
+            .py_err()?,
+        embeddings: embeddings
+            .as_deref()
+            .map(MethodName::parse)
+            .transpose()
+            .py_err()?,
+        skip: skip
+            .map(Strings::into_vec)
+            .unwrap_or_default()
+            .iter()
+            .map(|c| Component::parse(c))
+            .collect::<slimlm::Result<_>>()
+            .py_err()?,
         skip_layers: skip_layers.unwrap_or_default(),
+        svd: svd.as_deref().map(SvdKind::parse).transpose().py_err()?,
         calibration: !calibration.is_empty(),
-        svd,
         alpha,
-        s_fold,
-    })
-    .py_err()?;
-    if plan.svd != SvdKind::Plain && calibration.is_empty() {
-        return Err(input(
-            "the plan asks for activation-aware SVD: give calibration=[text, ...]",
-        ));
+        s_fold: s_fold.as_deref().map(SFold::parse).transpose().py_err()?,
     }
+    .into_plan()
+    .py_err()?;
     let opts = lib_compress::Options {
         overwrite,
         calibration,

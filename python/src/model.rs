@@ -8,7 +8,6 @@ use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use slimlm::arch::{Activation, Positions, QkvLayout};
-use slimlm::compress::{self, META_FORMAT, META_MATRICES, META_PLAN, META_SOURCE_BYTES};
 use slimlm::{GenerateOptions, KvDtype, Model, Observer, Sampling};
 
 use crate::decode::{Generator, Params};
@@ -298,8 +297,8 @@ impl PyModel {
     /// The compression plan, bytes per component and layer, storage of every matrix, and the ratio to
     /// the original: the object `slimlm inspect --json DIR` prints (`dir` is the model's directory).
     fn inspect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let v = inspect_json(&self.model).py_err()?;
-        to_python(py, &v)
+        let v = slimlm::inspect::Summary::of(&self.model).py_err()?;
+        to_python(py, &v.to_json())
     }
 
     /// A new session: a KV cache and scratch buffers for one sequence. `threads`: threads of its
@@ -539,51 +538,4 @@ impl PyTokenizer {
             self.model.tokenizer().vocab_size()
         )
     }
-}
-
-/// The object `slimlm inspect --json` prints.
-pub fn inspect_json(model: &Model) -> slimlm::Result<serde_json::Value> {
-    let store = model.store();
-    let md = store.metadata();
-    let mut bytes: BTreeMap<(Option<usize>, &'static str), usize> = BTreeMap::new();
-    for name in store.names() {
-        let t = store.require(name)?;
-        *bytes
-            .entry(compress::classify(model.config(), model.root(), name))
-            .or_default() += t.bytes().len();
-    }
-    let file_bytes = store.file_bytes();
-    let source_bytes: Option<usize> = md.get(META_SOURCE_BYTES).and_then(|s| s.parse().ok());
-    let plan: Option<serde_json::Value> =
-        md.get(META_PLAN).and_then(|s| serde_json::from_str(s).ok());
-    let mut storage: Vec<(String, String)> = vec![(
-        "embeddings".to_string(),
-        model.embed().storage_name().to_string(),
-    )];
-    if let Some(p) = model.positions() {
-        storage.push(("positions".into(), p.storage_name().into()));
-    }
-    storage.extend(model.linears().iter().map(|(l, c, lin)| {
-        let at = l.map_or("head".to_string(), |l| format!("h.{l}"));
-        (format!("{at}.{c}"), lin.describe())
-    }));
-    let ratio = source_bytes.map(|s| file_bytes as f64 / s as f64);
-    let parts: Vec<_> = bytes
-        .iter()
-        .map(|((l, p), b)| serde_json::json!({"layer": l, "part": p, "bytes": b}))
-        .collect();
-    Ok(serde_json::json!({
-        "dir": model.dir(),
-        "format_version": md.get(META_FORMAT),
-        "plan": plan,
-        "matrices": md
-            .get(META_MATRICES)
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok()),
-        "storage": storage.iter().cloned().collect::<BTreeMap<_, _>>(),
-        "bytes": parts,
-        "file_bytes": file_bytes,
-        "weight_bytes": model.weight_bytes(),
-        "source_bytes": source_bytes,
-        "ratio": ratio,
-    }))
 }

@@ -80,7 +80,7 @@ def test_compress_errors(tmp_path):
         slimlm.compress(SRC, tmp_path / "x")
     with pytest.raises(slimlm.InputError, match="unknown mode"):
         slimlm.compress(SRC, tmp_path / "x", mode="int4")
-    with pytest.raises(slimlm.InputError, match="needs rank"):
+    with pytest.raises(slimlm.InputError, match="needs a rank, an energy or a budget"):
         slimlm.compress(SRC, tmp_path / "x", mode="lowrank")
     with pytest.raises(slimlm.InputError, match="apply to"):
         slimlm.compress(SRC, tmp_path / "x", mode="int8", rank=4)

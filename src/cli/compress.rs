@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use slimlm::compress::{
-    self, Component, FactorDtype, MethodName, Override, Plan, SFold, Spec, SvdKind,
+    self, Component, FactorDtype, MethodName, Plan, PlanOptions, SFold, SvdKind,
 };
 
 use super::CliResult;
@@ -16,20 +16,6 @@ enum Mode {
     F16,
     /// Every linear layer as low-rank factors (`--rank`, `--energy` or `--budget`).
     Lowrank,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum EmbeddingsArg {
-    Keep,
-    F16,
-    Int8,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum FoldArg {
-    Vh,
-    Sqrt,
-    Separate,
 }
 
 #[derive(clap::Args)]
@@ -62,8 +48,8 @@ pub struct Args {
     #[arg(long, value_parser = ["f32", "f16", "int8"])]
     factors: Option<String>,
     /// Storage of the token embedding / tied LM head (default: as the mode; int8 for lowrank).
-    #[arg(long, value_enum)]
-    embeddings: Option<EmbeddingsArg>,
+    #[arg(long, value_parser = ["keep", "f16", "int8"])]
+    embeddings: Option<String>,
     /// Leave a component as it is (attn_qkv, attn_out, mlp_in, mlp_out, embeddings); repeatable.
     #[arg(long)]
     skip: Vec<String>,
@@ -83,8 +69,8 @@ pub struct Args {
     #[arg(long)]
     alpha: Option<f64>,
     /// Where singular values go.
-    #[arg(long, value_enum)]
-    s_fold: Option<FoldArg>,
+    #[arg(long, value_parser = ["vh", "sqrt", "separate"])]
+    s_fold: Option<String>,
     /// Replace an existing output directory.
     #[arg(long)]
     overwrite: bool,
@@ -96,116 +82,37 @@ pub struct Args {
     threads: Option<usize>,
 }
 
-fn spec(method: MethodName) -> Spec {
-    Spec {
-        method: Some(method),
-        ..Spec::default()
-    }
-}
-
-fn build_plan(a: &Args) -> Result<Plan, Box<dyn std::error::Error>> {
-    let lowrank_opts =
-        a.rank.is_some() || a.energy.is_some() || a.budget.is_some() || a.factors.is_some();
-    let mut plan = match (&a.plan, a.mode) {
-        (Some(p), _) => {
-            if lowrank_opts || a.group.is_some() {
-                return Err("--rank/--energy/--budget/--factors/--group go with --mode; put them in the plan file".into());
-            }
-            Plan::from_file(p)?
-        }
-        (None, None) => return Err("give --mode int8|f16|lowrank or --plan FILE".into()),
-        (None, Some(Mode::Int8)) => {
-            if lowrank_opts {
-                return Err("--rank/--energy/--budget/--factors apply to --mode lowrank".into());
-            }
-            let s = Spec {
-                group: a.group,
-                ..spec(MethodName::Int8)
-            };
-            Plan::uniform(s.clone(), s)
-        }
-        (None, Some(Mode::F16)) => {
-            if lowrank_opts || a.group.is_some() {
-                return Err("--mode f16 takes no rank, factors or group".into());
-            }
-            Plan::uniform(spec(MethodName::F16), spec(MethodName::F16))
-        }
-        (None, Some(Mode::Lowrank)) => {
-            if a.rank.is_none() && a.energy.is_none() && a.budget.is_none() {
-                return Err("--mode lowrank needs --rank R, --energy E or --budget B".into());
-            }
-            let factors = a.factors.as_deref().map(FactorDtype::parse).transpose()?;
-            let s = Spec {
-                method: Some(MethodName::Lowrank),
-                rank: a.rank,
-                energy: a.energy,
-                budget: a.budget,
-                factors: Some(factors.unwrap_or(FactorDtype::Int8)),
-                group: a.group,
-                force: None,
-            };
-            // The same defaults as `eval` (factors and embeddings INT8): what serves users best.
-            Plan::uniform(s, spec(MethodName::Int8))
-        }
-    };
-    if let Some(e) = a.embeddings {
-        let m = match e {
-            EmbeddingsArg::Keep => MethodName::Keep,
-            EmbeddingsArg::F16 => MethodName::F16,
-            EmbeddingsArg::Int8 => MethodName::Int8,
-        };
-        let group = if m == MethodName::Int8 && matches!(a.mode, Some(Mode::Int8)) {
-            a.group
-        } else {
-            None
-        };
-        plan.components
-            .insert("embeddings".into(), Spec { group, ..spec(m) });
-    }
-    for c in &a.skip {
-        let c = Component::parse(c)?;
-        plan.components
-            .insert(c.name().into(), spec(MethodName::Keep));
-        // A skip wins over per-layer overrides of the plan file too.
-        if c != Component::Embeddings {
-            plan.overrides.push(Override {
-                components: Some(vec![c.name().into()]),
-                method: Some(MethodName::Keep),
-                ..Override::default()
-            });
-        }
-    }
-    if !a.skip_layer.is_empty() {
-        plan.overrides.push(Override {
-            layers: Some(a.skip_layer.clone()),
-            method: Some(MethodName::Keep),
-            ..Override::default()
-        });
-    }
-    if a.svd.as_deref() == Some("whiten") {
-        plan.svd = SvdKind::Whiten;
-    } else if a.svd.is_some() || (!a.calibration.is_empty() && plan.svd == SvdKind::Plain) {
-        plan.svd = SvdKind::Activation;
-    }
-    if a.alpha.is_some() {
-        plan.alpha = a.alpha;
-    }
-    if let Some(f) = a.s_fold {
-        plan.s_fold = Some(match f {
-            FoldArg::Vh => SFold::Vh,
-            FoldArg::Sqrt => SFold::Sqrt,
-            FoldArg::Separate => SFold::Separate,
-        });
-    }
-    Ok(plan)
+/// The options as the library's [`PlanOptions`] (which checks them and builds the plan).
+fn plan_options(a: &Args) -> slimlm::Result<PlanOptions> {
+    Ok(PlanOptions {
+        mode: a.mode.map(|m| match m {
+            Mode::Int8 => compress::Mode::Int8,
+            Mode::F16 => compress::Mode::F16,
+            Mode::Lowrank => compress::Mode::Lowrank,
+        }),
+        plan: a.plan.as_deref().map(Plan::from_file).transpose()?,
+        group: a.group,
+        rank: a.rank,
+        energy: a.energy,
+        budget: a.budget,
+        factors: a.factors.as_deref().map(FactorDtype::parse).transpose()?,
+        embeddings: a.embeddings.as_deref().map(MethodName::parse).transpose()?,
+        skip: a
+            .skip
+            .iter()
+            .map(|c| Component::parse(c))
+            .collect::<slimlm::Result<_>>()?,
+        skip_layers: a.skip_layer.clone(),
+        svd: a.svd.as_deref().map(SvdKind::parse).transpose()?,
+        calibration: !a.calibration.is_empty(),
+        alpha: a.alpha,
+        s_fold: a.s_fold.as_deref().map(SFold::parse).transpose()?,
+    })
 }
 
 pub fn run(a: Args) -> CliResult {
     super::set_threads(a.threads)?;
-    let plan = build_plan(&a)?;
-    if plan.svd != SvdKind::Plain && a.calibration.is_empty() {
-        return Err("the plan asks for activation-aware SVD: give --calibration FILE".into());
-    }
+    let plan = plan_options(&a)?.into_plan()?;
     let mut calibration = Vec::new();
     for p in &a.calibration {
         calibration.push(std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?);

@@ -27,7 +27,8 @@ use serde::Serialize;
 use slimlm_kernels::Layout;
 
 pub use plan::{
-    Component, FactorDtype, Method, MethodName, Override, Plan, RankRule, SFold, Spec, SvdKind,
+    Component, FactorDtype, Method, MethodName, Mode, Override, Plan, PlanOptions, RankRule, SFold,
+    Spec, SvdKind,
 };
 use writer::OutTensor;
 

@@ -45,6 +45,21 @@ pub enum MethodName {
     Lowrank,
 }
 
+impl MethodName {
+    /// Parses `keep`, `f16`, `int8` or `lowrank`.
+    pub fn parse(s: &str) -> Result<MethodName> {
+        match s {
+            "keep" => Ok(MethodName::Keep),
+            "f16" => Ok(MethodName::F16),
+            "int8" => Ok(MethodName::Int8),
+            "lowrank" => Ok(MethodName::Lowrank),
+            _ => Err(Error::input(format!(
+                "unknown method {s:?} (expected keep, f16, int8 or lowrank)"
+            ))),
+        }
+    }
+}
+
 /// Storage of low-rank factors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -156,6 +171,20 @@ pub enum SvdKind {
     Whiten,
 }
 
+impl SvdKind {
+    /// Parses `plain`, `activation` or `whiten`.
+    pub fn parse(s: &str) -> Result<SvdKind> {
+        match s {
+            "plain" => Ok(SvdKind::Plain),
+            "activation" => Ok(SvdKind::Activation),
+            "whiten" => Ok(SvdKind::Whiten),
+            _ => Err(Error::input(format!(
+                "svd {s:?}: expected plain, activation or whiten"
+            ))),
+        }
+    }
+}
+
 /// Where the singular values go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -167,6 +196,20 @@ pub enum SFold {
     Sqrt,
     /// Stored as the F32 vector `lowrank.s`.
     Separate,
+}
+
+impl SFold {
+    /// Parses `vh`, `sqrt` or `separate`.
+    pub fn parse(s: &str) -> Result<SFold> {
+        match s {
+            "vh" => Ok(SFold::Vh),
+            "sqrt" => Ok(SFold::Sqrt),
+            "separate" => Ok(SFold::Separate),
+            _ => Err(Error::input(format!(
+                "s_fold {s:?}: expected vh, sqrt or separate"
+            ))),
+        }
+    }
 }
 
 /// A compression plan.
@@ -484,6 +527,201 @@ impl Resolved {
     }
 }
 
+/// A uniform plan by name: what [`PlanOptions::mode`] applies to every matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every matrix and the embeddings INT8 (per-row or per-group scales).
+    Int8,
+    /// Every matrix and the embeddings F16.
+    F16,
+    /// Every linear layer as low-rank factors (INT8 unless told otherwise), the embeddings INT8.
+    Lowrank,
+}
+
+impl Mode {
+    /// Parses `int8`, `f16` or `lowrank`.
+    pub fn parse(s: &str) -> Result<Mode> {
+        match s {
+            "int8" => Ok(Mode::Int8),
+            "f16" => Ok(Mode::F16),
+            "lowrank" => Ok(Mode::Lowrank),
+            _ => Err(Error::input(format!(
+                "unknown mode {s:?} (expected int8, f16 or lowrank)"
+            ))),
+        }
+    }
+
+    /// `int8`, `f16` or `lowrank`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Int8 => "int8",
+            Mode::F16 => "f16",
+            Mode::Lowrank => "lowrank",
+        }
+    }
+}
+
+/// A plan from a few options (those of `slimlm compress` and `slimlm.compress`): a [`Mode`] or a whole
+/// [`Plan`], with changes on top. [`PlanOptions::into_plan`] applies the rules and defaults.
+///
+/// ```
+/// use slimlm::compress::{Component, Mode, PlanOptions};
+/// let plan = PlanOptions {
+///     mode: Some(Mode::Lowrank),
+///     rank: Some(64),
+///     skip: vec![Component::MlpOut],
+///     ..PlanOptions::default()
+/// }
+/// .into_plan()?;
+/// assert_eq!(plan.default.rank, Some(64));
+/// # Ok::<(), slimlm::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct PlanOptions {
+    /// A uniform plan; exactly one of `mode` and `plan` is given.
+    pub mode: Option<Mode>,
+    /// A whole plan (a plan file's); the low-rank options and `group` belong in it then.
+    pub plan: Option<Plan>,
+    /// INT8 group size (values per scale) of the int8 mode, or of INT8 factors; omitted: one scale per row.
+    pub group: Option<usize>,
+    /// Low rank: the rank of every matrix (one of `rank`, `energy`, `budget`).
+    pub rank: Option<usize>,
+    /// Low rank: keep this fraction of each matrix's squared singular values.
+    pub energy: Option<f64>,
+    /// Low rank: the factors hold at most this fraction of each matrix's parameters.
+    pub budget: Option<f64>,
+    /// Low rank: factor storage (default INT8).
+    pub factors: Option<FactorDtype>,
+    /// Storage of the embeddings (keep, f16 or int8; default: as the mode, INT8 for lowrank). INT8
+    /// embeddings take `group` in the int8 mode only.
+    pub embeddings: Option<MethodName>,
+    /// Components left as they are (over any per-layer override of the plan too).
+    pub skip: Vec<Component>,
+    /// Layers whose every matrix is left as it is.
+    pub skip_layers: Vec<usize>,
+    /// Which SVD; omitted: activation-aware when there is calibration text and the plan says plain.
+    pub svd: Option<SvdKind>,
+    /// Whether calibration text will be given (activation-aware and whitened SVD need it).
+    pub calibration: bool,
+    /// ASVD exponent.
+    pub alpha: Option<f64>,
+    /// Where singular values go.
+    pub s_fold: Option<SFold>,
+}
+
+fn method_spec(method: MethodName) -> Spec {
+    Spec {
+        method: Some(method),
+        ..Spec::default()
+    }
+}
+
+impl PlanOptions {
+    /// The plan. Lowrank stores INT8 factors and INT8 embeddings unless told otherwise (the defaults
+    /// of `eval`). The plan's entries are checked later, by [`Plan::validate`].
+    pub fn into_plan(self) -> Result<Plan> {
+        let bad = |m: &str| Err(Error::input(m));
+        let rank_rule = self.rank.is_some() || self.energy.is_some() || self.budget.is_some();
+        let lowrank_opts = rank_rule || self.factors.is_some();
+        let mut plan = match (self.plan, self.mode) {
+            (Some(_), Some(_)) => return bad("give a mode or a plan, not both"),
+            (None, None) => return bad("give a mode (int8, f16 or lowrank) or a plan"),
+            (Some(p), None) => {
+                if lowrank_opts || self.group.is_some() {
+                    return bad(
+                        "rank, energy, budget, factors and group go with a mode; put them in the plan",
+                    );
+                }
+                p
+            }
+            (None, Some(Mode::Int8)) => {
+                if lowrank_opts {
+                    return bad("rank, energy, budget and factors apply to the lowrank mode");
+                }
+                let s = Spec {
+                    group: self.group,
+                    ..method_spec(MethodName::Int8)
+                };
+                Plan::uniform(s.clone(), s)
+            }
+            (None, Some(Mode::F16)) => {
+                if lowrank_opts || self.group.is_some() {
+                    return bad("the f16 mode takes no rank, energy, budget, factors or group");
+                }
+                Plan::uniform(method_spec(MethodName::F16), method_spec(MethodName::F16))
+            }
+            (None, Some(Mode::Lowrank)) => {
+                if !rank_rule {
+                    return bad("the lowrank mode needs a rank, an energy or a budget");
+                }
+                let s = Spec {
+                    method: Some(MethodName::Lowrank),
+                    rank: self.rank,
+                    energy: self.energy,
+                    budget: self.budget,
+                    factors: Some(self.factors.unwrap_or(FactorDtype::Int8)),
+                    group: self.group,
+                    force: None,
+                };
+                Plan::uniform(s, method_spec(MethodName::Int8))
+            }
+        };
+        if let Some(m) = self.embeddings {
+            if m == MethodName::Lowrank {
+                return bad("low-rank embeddings are not supported (keep, f16 or int8)");
+            }
+            let group = if m == MethodName::Int8 && self.mode == Some(Mode::Int8) {
+                self.group
+            } else {
+                None
+            };
+            plan.components.insert(
+                Component::Embeddings.name().into(),
+                Spec {
+                    group,
+                    ..method_spec(m)
+                },
+            );
+        }
+        for c in self.skip {
+            plan.components
+                .insert(c.name().into(), method_spec(MethodName::Keep));
+            // A skip wins over the plan's per-layer overrides too.
+            if c != Component::Embeddings {
+                plan.overrides.push(Override {
+                    components: Some(vec![c.name().into()]),
+                    method: Some(MethodName::Keep),
+                    ..Override::default()
+                });
+            }
+        }
+        if !self.skip_layers.is_empty() {
+            plan.overrides.push(Override {
+                layers: Some(self.skip_layers),
+                method: Some(MethodName::Keep),
+                ..Override::default()
+            });
+        }
+        match self.svd {
+            Some(k) => plan.svd = k,
+            None if self.calibration && plan.svd == SvdKind::Plain => {
+                plan.svd = SvdKind::Activation
+            }
+            None => {}
+        }
+        if plan.svd != SvdKind::Plain && !self.calibration {
+            return bad("the plan asks for activation-aware SVD, which needs calibration text");
+        }
+        if self.alpha.is_some() {
+            plan.alpha = self.alpha;
+        }
+        if self.s_fold.is_some() {
+            plan.s_fold = self.s_fold;
+        }
+        Ok(plan)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,5 +787,78 @@ mod tests {
         assert!(
             err("[default]\nmethod = \"lowrank\"\nrank = 8\nenergy = 0.5").contains("exactly one")
         );
+    }
+
+    #[test]
+    fn plan_options_rules_and_defaults() {
+        let lowrank = PlanOptions {
+            mode: Some(Mode::Lowrank),
+            rank: Some(32),
+            skip: vec![Component::MlpOut],
+            skip_layers: vec![1],
+            calibration: true,
+            ..PlanOptions::default()
+        }
+        .into_plan()
+        .unwrap();
+        assert_eq!(lowrank.default.factors, Some(FactorDtype::Int8));
+        assert_eq!(
+            lowrank.components["embeddings"].method,
+            Some(MethodName::Int8)
+        );
+        assert_eq!(lowrank.svd, SvdKind::Activation);
+        let r = lowrank.validate(6).unwrap();
+        assert_eq!(r.method(Some(0), Component::MlpOut), Method::Keep);
+        assert_eq!(r.method(Some(1), Component::MlpIn), Method::Keep);
+        assert!(matches!(
+            r.method(Some(0), Component::MlpIn),
+            Method::LowRank { .. }
+        ));
+
+        let int8 = PlanOptions {
+            mode: Some(Mode::Int8),
+            group: Some(64),
+            embeddings: Some(MethodName::Int8),
+            ..PlanOptions::default()
+        }
+        .into_plan()
+        .unwrap();
+        assert_eq!(int8.components["embeddings"].group, Some(64));
+
+        let err = |o: PlanOptions| o.into_plan().unwrap_err().to_string();
+        let mode = |m| PlanOptions {
+            mode: Some(m),
+            ..PlanOptions::default()
+        };
+        assert!(
+            err(PlanOptions::default()).contains("give a mode (int8, f16 or lowrank) or a plan")
+        );
+        assert!(err(mode(Mode::Lowrank)).contains("needs a rank, an energy or a budget"));
+        assert!(err(PlanOptions {
+            rank: Some(4),
+            ..mode(Mode::Int8)
+        })
+        .contains("apply to the lowrank mode"));
+        assert!(err(PlanOptions {
+            group: Some(4),
+            ..mode(Mode::F16)
+        })
+        .contains("the f16 mode takes no"));
+        assert!(err(PlanOptions {
+            plan: Some(Plan::default()),
+            group: Some(4),
+            ..PlanOptions::default()
+        })
+        .contains("put them in the plan"));
+        assert!(err(PlanOptions {
+            rank: Some(4),
+            svd: Some(SvdKind::Whiten),
+            ..mode(Mode::Lowrank)
+        })
+        .contains("needs calibration text"));
+        assert!(Mode::parse("int4")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown mode \"int4\""));
     }
 }
