@@ -5,14 +5,24 @@ One model, one mode per process (so peak RSS is this run's): prefill a prompt of
 decode --tokens greedily through the KV cache. Prints one JSON object. Modes: `fp32` (eager) and `int8`
 (torch's dynamic INT8 quantization of every linear layer; GPT-2's Conv1D layers are turned into
 nn.Linear first, or dynamic quantization would skip them).
+
+The prompt pass computes the logits of its last position only (`logits_to_keep=1`, as `generate()`
+does), like every other engine here. With --prompt-ids (run.sh passes them) the prompt is exactly those
+ids; without, it is made from common.TEXT with this model's tokenizer, as before.
 """
 import argparse
+import inspect
 import json
+import os
 import resource
+import sys
 import time
 
 import torch
 import transformers
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 
 
 def conv1d_to_linear(model):
@@ -36,41 +46,38 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-ids", help="comma-separated token ids (from prompt_ids.py)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     tok = transformers.AutoTokenizer.from_pretrained(a.model)
-    model = transformers.AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
     model.eval()
     if a.mode == "int8":
         model = torch.ao.quantization.quantize_dynamic(conv1d_to_linear(model), {torch.nn.Linear}, dtype=torch.qint8)
-    text = ("The Debian Administrator's Handbook explains how packages are installed, upgraded and "
-            "removed with APT, and how the system keeps track of them. ")
-    base = tok(text)["input_ids"]
-    ids = [base[i % len(base)] for i in range(a.prompt_tokens)]
+    if a.prompt_ids:
+        ids = [int(x) for x in a.prompt_ids.split(",")]
+    else:
+        ids = common.hf_prompt_ids(tok, a.prompt_tokens)
+    # transformers 5 renamed the cache argument and output `past_key_values` → `cache`.
+    cache = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    generated = []
     with torch.inference_mode():
         t0 = time.perf_counter()
-        out = model(input_ids=torch.tensor([ids]), use_cache=True)
+        out = model(input_ids=torch.tensor([ids]), use_cache=True, logits_to_keep=1)
         t1 = time.perf_counter()
-        past = out.past_key_values
+        past = getattr(out, cache)
         nxt = out.logits[0, -1].argmax().view(1, 1)
+        generated.append(int(nxt))
         t2 = time.perf_counter()
         for _ in range(a.tokens - 1):
-            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(input_ids=nxt, use_cache=True, **{cache: past})
+            past = getattr(out, cache)
             nxt = out.logits[0, -1].argmax().view(1, 1)
+            generated.append(int(nxt))
         t3 = time.perf_counter()
-    print(json.dumps({
-        "peer": "transformers-" + a.mode,
-        "model": a.model,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "threads": a.threads,
-        "prompt_tokens": a.prompt_tokens,
-        "tokens": a.tokens,
-        "prefill_tokens_per_s": a.prompt_tokens / (t1 - t0),
-        "decode_tokens_per_s": (a.tokens - 1) / (t3 - t2),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-    }))
+    a.ids, a.hf_model = ids, a.model
+    common.emit("transformers-" + a.mode, a, {"torch": torch.__version__, "transformers": transformers.__version__},
+                t1 - t0, t3 - t2, generated, torch=torch.__version__, transformers=transformers.__version__)
 
 
 if __name__ == "__main__":
