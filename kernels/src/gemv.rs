@@ -440,13 +440,29 @@ fn matmul_small(
                     if let (true, MatRef::Int8(q)) = (w8a8, w) {
                         // SAFETY: AVX-512 checked by `check_isa`, VNNI just now; the matrix passed `check`;
                         // rows o0..o1 of every token are this task's alone (see below).
-                        if vnni {
-                            unsafe { w8a8_tokens_vnni(q, bias, xq, xscale, o0, o1, out, n) };
-                            continue;
-                        }
-                        if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+                        let done = if vnni {
+                            unsafe { w8a8_tokens_vnni(q, xq, xscale, o0, o1, out, n) };
+                            true
+                        } else if matches!(isa, Isa::Avx2 | Isa::Avx512) {
                             // SAFETY: both paths imply AVX2 (`check_isa`); as above otherwise.
-                            unsafe { w8a8_tokens_avx2(q, bias, xq, xscale, o0, o1, out, n) };
+                            unsafe { w8a8_tokens_avx2(q, xq, xscale, o0, o1, out, n) };
+                            true
+                        } else {
+                            false
+                        };
+                        if done {
+                            if let Some(b) = bias {
+                                for t in 0..tokens {
+                                    // SAFETY: rows o0..o1 of token t are this task's alone.
+                                    let yt = unsafe {
+                                        std::slice::from_raw_parts_mut(
+                                            out.get().add(t * n + o0),
+                                            o1 - o0,
+                                        )
+                                    };
+                                    yt.iter_mut().zip(&b[o0..o1]).for_each(|(y, b)| *y += b);
+                                }
+                            }
                             continue;
                         }
                     }
@@ -475,8 +491,8 @@ fn matmul_small(
 }
 
 /// W8A8 rows `o0..o1` of every token (`xq`/`xscale`: all tokens' quantized activations, offset to u8 by
-/// 128) with AVX-512 VNNI, four tokens per pass over the rows, then the bias: [`matvec`]'s arithmetic
-/// for each token.
+/// 128) with AVX-512 VNNI, four tokens per pass over the rows (the caller adds the bias): [`matvec`]'s
+/// arithmetic for each token.
 ///
 /// # Safety
 /// AVX-512 + VNNI must be available; `out` must point to `tokens × n` floats of which rows `o0..o1` of
@@ -485,7 +501,6 @@ fn matmul_small(
 #[allow(clippy::too_many_arguments)]
 unsafe fn w8a8_tokens_vnni(
     q: &Int8Ref,
-    bias: Option<&[f32]>,
     xq: &[i8],
     xscale: &[f32],
     o0: usize,
@@ -548,18 +563,10 @@ unsafe fn w8a8_tokens_vnni(
         }
         t += (tokens - t).min(4);
     }
-    if let Some(b) = bias {
-        for t in 0..tokens {
-            let yt = std::slice::from_raw_parts_mut(y(t), rows);
-            for (yo, bo) in yt.iter_mut().zip(&b[o0..o1]) {
-                *yo += bo;
-            }
-        }
-    }
 }
 
 /// W8A8 rows `o0..o1` of every token (`xq`/`xscale`: all tokens' quantized activations) with AVX2,
-/// up to four tokens per pass over the rows, then the bias: [`matvec`]'s arithmetic for each token.
+/// up to four tokens per pass over the rows (the caller adds the bias): [`matvec`]'s arithmetic for each token.
 ///
 /// # Safety
 /// AVX2 must be available; `out` must point to `tokens × n` floats of which rows `o0..o1` of every
@@ -568,7 +575,6 @@ unsafe fn w8a8_tokens_vnni(
 #[allow(clippy::too_many_arguments)]
 unsafe fn w8a8_tokens_avx2(
     q: &Int8Ref,
-    bias: Option<&[f32]>,
     xq: &[i8],
     xscale: &[f32],
     o0: usize,
@@ -631,14 +637,6 @@ unsafe fn w8a8_tokens_avx2(
             }
         }
         t += left.min(4);
-    }
-    if let Some(b) = bias {
-        for t in 0..tokens {
-            let yt = std::slice::from_raw_parts_mut(y(t), rows);
-            for (yo, bo) in yt.iter_mut().zip(&b[o0..o1]) {
-                *yo += bo;
-            }
-        }
     }
 }
 
