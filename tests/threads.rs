@@ -50,7 +50,8 @@ fn four_sessions_on_four_threads_match_serial() {
 
 #[test]
 fn results_do_not_depend_on_the_session_threads() {
-    // Every output row is computed whole by one thread, so a team of any size gives the same bits
+    // How each sum is cut into pieces depends on the shapes alone, never on the team (an `[in, out]`
+    // matvec is always two fixed halves of its inputs), so a team of any size gives the same bits
     // (prefill through the GEMMs, decode through the matvecs, attention split by head).
     let g = common::golden("ref-gpt2");
     let model = Model::open(common::ref_model("ref-gpt2")).unwrap();

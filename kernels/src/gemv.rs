@@ -45,6 +45,7 @@ thread_local! {
     static ACT_U8: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static ACT_SCALE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static ACT_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static INOUT_PART: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on at least `len` elements of a thread-local scratch vector that only ever grows.
@@ -164,6 +165,11 @@ fn matvec_split(isa: Isa, w: &MatRef, bias: Option<&[f32]>, a: &Acts, y: &mut [f
         matvec_rows(isa, w, bias, a, 0, y);
         return;
     }
+    if let MatRef::Dense(d) = w {
+        if splits_inout(d) {
+            return inout_halves_par(isa, d, bias, a.x, y, threads);
+        }
+    }
     // An `[in, out]` task reads a stretch of every input row, as wide as its share of the outputs:
     // one task per thread keeps those stretches long.
     let per_thread = match w {
@@ -176,14 +182,96 @@ fn matvec_split(isa: Isa, w: &MatRef, bias: Option<&[f32]>, a: &Acts, y: &mut [f
     });
 }
 
+/// `[in, out]` products at least this deep are summed as two halves of the inputs (see [`splits_inout`]).
+const INOUT_SPLIT_MIN_IN: usize = 64;
+
+/// Whether `d` is summed as two halves of its inputs, `y = W[..h]·x[..h] + W[h..]·x[h..]`.
+///
+/// Cutting the columns of an `[in, out]` matrix between threads makes each thread read a short stretch
+/// of every row (half the bandwidth it could stream); cutting its rows in two gives each thread one
+/// contiguous half of the matrix. The halves are fixed by the shape alone, and a single thread sums
+/// them the same way, so the bits never depend on the thread count.
+fn splits_inout(d: &DenseRef) -> bool {
+    d.layout == Layout::InOut && d.in_dim >= INOUT_SPLIT_MIN_IN
+}
+
+/// Where the second half of an `[in, out]` product's inputs starts (a multiple of 16).
+fn inout_half(k: usize) -> usize {
+    (k / 2).div_ceil(16) * 16
+}
+
+/// Input rows `i0..i1` of an `[in, out]` matrix, as a matrix of its own.
+fn inout_rows<'a>(d: &DenseRef<'a>, i0: usize, i1: usize) -> DenseRef<'a> {
+    let n = d.out_dim;
+    let data = match d.data {
+        Elems::F32(s) => Elems::F32(&s[i0 * n..i1 * n]),
+        Elems::F16(s) => Elems::F16(&s[i0 * n..i1 * n]),
+        Elems::BF16(s) => Elems::BF16(&s[i0 * n..i1 * n]),
+    };
+    DenseRef {
+        data,
+        layout: Layout::InOut,
+        out_dim: n,
+        in_dim: i1 - i0,
+    }
+}
+
+/// [`splits_inout`]'s sum with the halves on different threads (and the columns cut between pairs
+/// of threads when there are more): the same additions as [`matvec_rows`] on one thread.
+fn inout_halves_par(
+    isa: Isa,
+    d: &DenseRef,
+    bias: Option<&[f32]>,
+    x: &[f32],
+    y: &mut [f32],
+    threads: usize,
+) {
+    let (k, n) = (d.in_dim, d.out_dim);
+    let h = inout_half(k);
+    let chunk = n.div_ceil(threads.div_ceil(2)).div_ceil(ROW_ALIGN) * ROW_ALIGN;
+    let cols = n.div_ceil(chunk);
+    with_scratch(&INOUT_PART, n, |second| {
+        let (first, rest) = (OutPtr(y.as_mut_ptr()), OutPtr(second.as_mut_ptr()));
+        par::for_each(2 * cols, |task| {
+            let (o0, o1) = (task / 2 * chunk, ((task / 2 + 1) * chunk).min(n));
+            let (i0, i1, out) = if task % 2 == 0 {
+                (0, h, first)
+            } else {
+                (h, k, rest)
+            };
+            // SAFETY: `y` and `second` hold `n` floats each and outlive the loop; task (c, half)
+            // alone writes columns o0..o1 of its half's buffer.
+            let part = unsafe { std::slice::from_raw_parts_mut(out.get().add(o0), o1 - o0) };
+            dense_any(isa, &inout_rows(d, i0, i1), &x[i0..i1], o0, part);
+        });
+        y.iter_mut().zip(&*second).for_each(|(y, s)| *y += s);
+    });
+    if let Some(b) = bias {
+        y.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+    }
+}
+
+/// Dense outputs `o0 .. o0 + y.len()`, whole sums in input order, on the calling thread.
+fn dense_any(isa: Isa, d: &DenseRef, x: &[f32], o0: usize, y: &mut [f32]) {
+    match d.data {
+        Elems::F32(s) => dense_rows(isa, d, s, x, o0, y),
+        Elems::F16(s) => dense_rows(isa, d, s, x, o0, y),
+        Elems::BF16(s) => dense_rows(isa, d, s, x, o0, y),
+    }
+}
+
 /// Computes outputs `o0 .. o0 + y.len()` on the calling thread.
 fn matvec_rows(isa: Isa, w: &MatRef, bias: Option<&[f32]>, a: &Acts, o0: usize, y: &mut [f32]) {
     match w {
-        MatRef::Dense(d) => match d.data {
-            Elems::F32(s) => dense_rows(isa, d, s, a.x, o0, y),
-            Elems::F16(s) => dense_rows(isa, d, s, a.x, o0, y),
-            Elems::BF16(s) => dense_rows(isa, d, s, a.x, o0, y),
-        },
+        MatRef::Dense(d) if splits_inout(d) => {
+            let (k, h) = (d.in_dim, inout_half(d.in_dim));
+            dense_any(isa, &inout_rows(d, 0, h), &a.x[..h], o0, y);
+            with_scratch(&INOUT_PART, y.len(), |second| {
+                dense_any(isa, &inout_rows(d, h, k), &a.x[h..], o0, second);
+                y.iter_mut().zip(&*second).for_each(|(y, s)| *y += s);
+            });
+        }
+        MatRef::Dense(d) => dense_any(isa, d, a.x, o0, y),
         MatRef::Int8(q) => match a.q {
             Some((xq, xs)) => w8a8_rows(isa, q, xq, xs, o0, y),
             None => w8a32_rows(isa, q, a.x, o0, y),

@@ -1,7 +1,7 @@
 //! Generic SIMD kernels over [`F32Vec`], instantiated per instruction set by the wrappers at the bottom.
 //!
 //! * `dense_outin`: `[out, in]` storage, dot products; 4 rows share every load of `x`.
-//! * `dense_inout`: `[in, out]` storage, axpy over column blocks of `y` kept in L1, four input rows
+//! * `dense_inout`: `[in, out]` storage, axpy over column blocks of `y` kept in L1, eight input rows
 //!   per pass, every weight row read as one contiguous run.
 //! * `w8a32_rows`: INT8 rows dequantized in registers (i8→f32, FMA with `x`, one scale FMA per group).
 //! * `gemm_f32_block`: the packed GEMM driver + register-blocked micro-kernel (`MR` tokens × `NV` vectors
@@ -87,9 +87,9 @@ pub(crate) unsafe fn dense_outin<V: F32Vec, T: Elem>(
 
 /// Columns `o0 .. o0 + y.len()` of `[in, out]` weights (`n` outputs per row): `y[c] = Σ_i x[i]·w[i·n + o0 + c]`.
 ///
-/// Streams the matrix row by row: for a column block of at most `CB` outputs (kept in L1), four input
-/// rows at a time are FMA'd into `y` (one load/store of `y` per four weight vectors), so every weight
-/// row is read as one long contiguous run. The sum per output runs in input order, like the reference.
+/// Streams the matrix row by row: for a column block of at most `CB` outputs (kept in L1), `RB` input
+/// rows at a time are FMA'd into `y` (one load/store of `y` per `RB` weight vectors, one prefetch per
+/// cache line of each row), so every weight row is read as one long contiguous run. The sum per output runs in input order, like the reference.
 ///
 /// # Safety
 /// `V`'s instructions must be available; `w.len() ≥ x.len()·n`, `o0 + y.len() ≤ n` (checked).
@@ -103,6 +103,8 @@ pub(crate) unsafe fn dense_inout<V: F32Vec, T: Elem>(
 ) {
     /// Outputs per column block: 8 KiB of `y`.
     const CB: usize = 2048;
+    /// Input rows per pass over a column block (one load and store of `y` per `RB` weight vectors).
+    const RB: usize = 8;
     assert!(o0 + y.len() <= n && w.len() >= x.len() * n);
     let k = x.len();
     let base = w.as_ptr().add(o0);
@@ -112,25 +114,27 @@ pub(crate) unsafe fn dense_inout<V: F32Vec, T: Elem>(
     while cb < y.len() {
         let cw = (y.len() - cb).min(CB);
         let cv = cw / V::W * V::W;
-        // The same columns some rows on: at least 4 rows, and PREFETCH_BYTES of this column block.
-        let ahead = (PREFETCH_BYTES / (cw * std::mem::size_of::<T>())).max(4) * n;
+        // The same columns some rows on: at least RB rows, and PREFETCH_BYTES of this column block.
+        let ahead = (PREFETCH_BYTES / (cw * std::mem::size_of::<T>())).max(RB) * n;
+        // Vectors per 64-byte line of one weight row: one prefetch per line and row.
+        let line = (64 / (V::W * std::mem::size_of::<T>())).max(1);
+        let cl = cv / (line * V::W) * (line * V::W);
         let mut i = 0;
         while i < k {
-            let rows = (k - i).min(4);
-            let p: [*const T; 4] =
+            let rows = (k - i).min(RB);
+            let p: [*const T; RB] =
                 std::array::from_fn(|r| base.add((i + r.min(rows - 1)) * n + cb));
-            if rows == 4 {
-                let xv = [
-                    V::splat(x[i]),
-                    V::splat(x[i + 1]),
-                    V::splat(x[i + 2]),
-                    V::splat(x[i + 3]),
-                ];
+            if rows == RB {
+                let xv: [V::F; RB] = std::array::from_fn(|r| V::splat(x[i + r]));
                 let mut c = 0;
                 while c < cv {
+                    if c < cl && c % (line * V::W) == 0 {
+                        for r in 0..RB {
+                            V::prefetch(p[r].wrapping_add(c + ahead));
+                        }
+                    }
                     let mut acc = V::load(yp.add(cb + c));
-                    for r in 0..4 {
-                        V::prefetch(p[r].wrapping_add(c + ahead));
+                    for r in 0..RB {
                         acc = V::fma(T::vload::<V>(p[r].add(c)), xv[r], acc);
                     }
                     V::store(yp.add(cb + c), acc);
