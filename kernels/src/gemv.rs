@@ -46,6 +46,8 @@ thread_local! {
     static ACT_SCALE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static ACT_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static INOUT_PART: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static ACT_I16: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
+    static PACK_I16: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on at least `len` elements of a thread-local scratch vector that only ever grows.
@@ -467,8 +469,11 @@ pub fn matmul_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, xs: &[f32], ys: &
                 gemm_w8a8_vnni(q, bias, xs, ys, tokens);
                 return;
             }
-            // No packed integer GEMM on this path (AVX2 `maddubs` cannot take the offset activations,
-            // see `int8.rs`): the few-token kernels over row blocks, every token per block.
+            #[cfg(target_arch = "x86_64")]
+            if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+                gemm_w8a8_avx2(isa, q, bias, xs, ys, tokens);
+                return;
+            }
             let _ = q;
             return matmul_small(isa, w, bias, xs, ys, tokens);
         }
@@ -917,6 +922,60 @@ fn gemm_w8a8_vnni(q: &Int8Ref, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32],
                     // floats and this task alone writes block (t0..t1, n0..n1).
                     unsafe {
                         gemm_w8a8_block(
+                            &geo,
+                            q.values,
+                            q.scales,
+                            n,
+                            act,
+                            xscale,
+                            out.get(),
+                            bias,
+                            (t0, t1),
+                            (n0, n1),
+                            panel,
+                        )
+                    }
+                });
+            };
+            par::for_each(ncb * ntb, task);
+        })
+    })
+}
+
+/// The W8A8 GEMM on AVX2 (also AVX-512 without VNNI): i16 pairs through `vpmaddwd`, see `int8.rs`.
+/// Activations are quantized as [`matvec`] quantizes them on `isa`, so the bits are matvec's.
+#[cfg(target_arch = "x86_64")]
+fn gemm_w8a8_avx2(
+    isa: Isa,
+    q: &Int8Ref,
+    bias: Option<&[f32]>,
+    xs: &[f32],
+    ys: &mut [f32],
+    tokens: usize,
+) {
+    use int8::x86::{gemm_w8a8_block_avx2, pack_act_i16, panel_i16s, QGeom, W_MR, W_NR};
+    let (k, n) = (q.in_dim, q.out_dim);
+    let geo = QGeom::new(k, q.group);
+    with_scratch(&ACT_I16, tokens * geo.kp, |act| {
+        with_scratch(&ACT_SCALE, tokens, |xscale| {
+            with_scratch(&XQ, k, |xq| {
+                for (t, x) in xs.chunks_exact(k).enumerate() {
+                    xscale[t] = quantize_with(isa, x, xq);
+                    pack_act_i16(&geo, xq, &mut act[t * geo.kp..(t + 1) * geo.kp]);
+                }
+            });
+            let (nc, ncb, tc, ntb) = gemm_grid(tokens, n, W_MR, W_NR, tokens * k * n / 4);
+            let out = OutPtr(ys.as_mut_ptr());
+            let (act, xscale) = (&*act, &*xscale);
+            let task = |ti: usize| {
+                let (cb, tb) = (ti % ncb, ti / ncb);
+                let (n0, n1) = (cb * nc, ((cb + 1) * nc).min(n));
+                let (t0, t1) = (tb * tc, ((tb + 1) * tc).min(tokens));
+                with_scratch(&PACK_I16, panel_i16s(&geo), |panel| {
+                    // SAFETY: `isa` implies AVX2 (`check_isa`); `ys` holds `tokens × n` floats and this
+                    // task alone writes block (t0..t1, n0..n1).
+                    unsafe {
+                        gemm_w8a8_block_avx2(
                             &geo,
                             q.values,
                             q.scales,

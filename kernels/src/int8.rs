@@ -797,6 +797,247 @@ pub(crate) mod x86 {
             o += cols;
         }
     }
+
+    // ------------------------------------------------------------------ AVX2 GEMM (prefill W8A8)
+    //
+    // `vpmaddwd` on i16 pairs: exact (|x·w| ≤ 127·128, summed in i32), no sign fix-up per product, and
+    // on Zen 3 one multiply-pipe op per 16 products — where the few-token kernels' `vpsignb` +
+    // `vpmaddubsw` + `vpmaddwd` take three per 32. Both operands are widened once: the activations per
+    // token, the weights per packed panel (used by every token).
+
+    /// ymm vectors of i32 lanes (8 outputs each) per AVX2 W8A8 GEMM panel.
+    const W_NB: usize = 2;
+    /// Outputs per AVX2 W8A8 GEMM panel.
+    pub(crate) const W_NR: usize = 8 * W_NB;
+    /// Tokens per AVX2 W8A8 GEMM micro-tile.
+    pub(crate) const W_MR: usize = 4;
+
+    /// Writes token activations, already quantized to `q`, as i16 in the group-padded layout of `geo`
+    /// (`geo.kp` values; padding 0).
+    pub(crate) fn pack_act_i16(geo: &QGeom, q: &[i8], dst: &mut [i16]) {
+        dst[..geo.kp].fill(0);
+        for g in 0..geo.groups {
+            let src = &q[g * geo.group..g * geo.group + geo.len(g)];
+            for (d, &v) in dst[g * geo.gp..].iter_mut().zip(src) {
+                *d = v as i16;
+            }
+        }
+    }
+
+    /// i16 values of one packed AVX2 panel (then, as f32 bits in pairs of i16, the scales).
+    pub(crate) fn panel_i16s(geo: &QGeom) -> usize {
+        geo.kp * W_NR + geo.groups * W_NR * 2
+    }
+
+    /// Packs outputs `o0 .. o0 + cols` (≤ `W_NR`) of `[out, in]` INT8 weights for [`micro_avx2`]: per
+    /// pair of K, `W_NR` outputs × 2 i16 (one i32 lane per output); then the scale per group and output.
+    ///
+    /// # Safety
+    /// AVX2 must be available; `dst` holds [`panel_i16s`] values; the rows exist in `values`/`scales`.
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn pack_weights_i16(
+        geo: &QGeom,
+        values: &[i8],
+        scales: &[f32],
+        o0: usize,
+        cols: usize,
+        dst: &mut [i16],
+    ) {
+        assert!(
+            cols <= W_NR
+                && dst.len() >= panel_i16s(geo)
+                && values.len() >= (o0 + cols) * geo.k
+                && scales.len() >= (o0 + cols) * geo.groups
+        );
+        let (vals, sc) = dst.split_at_mut(geo.kp * W_NR);
+        vals.fill(0);
+        let k = geo.k;
+        let lane = |p: usize, j: usize| 2 * (p * W_NR + j);
+        for j0 in (0..cols).step_by(8) {
+            let rows = (cols - j0).min(8);
+            for g in 0..geo.groups {
+                let (lo, len) = (g * geo.group, geo.len(g));
+                let p0 = g * geo.gp / 2;
+                // 16 values (8 pairs) of 8 rows at a time: widen, then an 8×8 transpose of i32 lanes.
+                let mut e = 0;
+                if rows == 8 {
+                    while e + 16 <= len {
+                        let v: [__m256i; 8] = std::array::from_fn(|r| {
+                            let src = values.as_ptr().add((o0 + j0 + r) * k + lo + e);
+                            _mm256_cvtepi8_epi16(_mm_loadu_si128(src as *const __m128i))
+                        });
+                        for (p, t) in transpose8x8(v).into_iter().enumerate() {
+                            let d = vals.as_mut_ptr().add(lane(p0 + e / 2 + p, j0));
+                            _mm256_storeu_si256(d as *mut __m256i, t);
+                        }
+                        e += 16;
+                    }
+                }
+                for r in 0..rows {
+                    let row = &values[(o0 + j0 + r) * k + lo..(o0 + j0 + r) * k + lo + len];
+                    for (i, &v) in row.iter().enumerate().skip(e) {
+                        vals[lane(p0 + i / 2, j0 + r) + i % 2] = v as i16;
+                    }
+                }
+            }
+        }
+        sc.fill(0);
+        for j in 0..cols {
+            for g in 0..geo.groups {
+                let bits = scales[(o0 + j) * geo.groups + g].to_bits();
+                let c = 2 * (g * W_NR + j);
+                sc[c] = bits as u16 as i16;
+                sc[c + 1] = (bits >> 16) as u16 as i16;
+            }
+        }
+    }
+
+    /// Row `p` of the result: lane `p` (an i32) of each of the eight inputs.
+    ///
+    /// # Safety
+    /// AVX2 must be available.
+    #[inline(always)]
+    unsafe fn transpose8x8(v: [__m256i; 8]) -> [__m256i; 8] {
+        let a: [__m256i; 8] = std::array::from_fn(|i| {
+            let (x, y) = (v[i & !1], v[i | 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_epi32(x, y)
+            } else {
+                _mm256_unpackhi_epi32(x, y)
+            }
+        });
+        // a[0] = r0r1 lanes (0,1 | 4,5), a[1] = r0r1 (2,3 | 6,7), a[2] = r2r3 (0,1 | 4,5), ...
+        let b: [__m256i; 8] = std::array::from_fn(|i| {
+            let (x, y) = (a[(i / 4) * 4 + i % 2], a[(i / 4) * 4 + 2 + i % 2]);
+            if (i / 2) % 2 == 0 {
+                _mm256_unpacklo_epi64(x, y)
+            } else {
+                _mm256_unpackhi_epi64(x, y)
+            }
+        });
+        // b[0]: lane 0 of rows 0..4 (| lane 4), b[2]: lane 1, b[1]: lane 2, b[3]: lane 3; b[4..]: rows 4..8.
+        let order = [0, 2, 1, 3];
+        std::array::from_fn(|p| {
+            let (x, y) = (b[order[p % 4]], b[4 + order[p % 4]]);
+            if p < 4 {
+                _mm256_permute2x128_si256::<0x20>(x, y)
+            } else {
+                _mm256_permute2x128_si256::<0x31>(x, y)
+            }
+        })
+    }
+
+    /// `R` tokens × `W_NR` outputs over one packed panel; writes `(Σ_g dot_g·s_g)·x_scale + bias`
+    /// with [`w8a8_rows_avx2`]'s float operations (a product, then a sum, per group), so the bits are
+    /// matvec's.
+    ///
+    /// # Safety
+    /// AVX2; `a` holds `R` rows of `geo.kp` i16 at stride `lda`; `panel` is from [`pack_weights_i16`];
+    /// `c` valid for `R` rows (stride `ldc`) of `cols` floats.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn micro_avx2<const R: usize>(
+        geo: &QGeom,
+        a: *const i16,
+        lda: usize,
+        xscale: &[f32],
+        panel: *const i16,
+        bias: Option<&[f32]>,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+    ) {
+        let sc = panel.add(geo.kp * W_NR) as *const f32;
+        let mut accf = [[_mm256_setzero_ps(); W_NB]; R];
+        for g in 0..geo.groups {
+            let mut acci = [[_mm256_setzero_si256(); W_NB]; R];
+            let p0 = g * geo.gp / 2;
+            let p1 = p0 + geo.len(g).div_ceil(2);
+            for p in p0..p1 {
+                let b = panel.add(p * W_NR * 2);
+                let bv: [__m256i; W_NB] =
+                    std::array::from_fn(|i| _mm256_loadu_si256(b.add(16 * i) as *const __m256i));
+                for (r, acc) in acci.iter_mut().enumerate() {
+                    let av = _mm256_set1_epi32((a.add(r * lda + 2 * p) as *const i32).read_unaligned());
+                    for i in 0..W_NB {
+                        acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(av, bv[i]));
+                    }
+                }
+            }
+            let s: [__m256; W_NB] = std::array::from_fn(|i| _mm256_loadu_ps(sc.add(g * W_NR + 8 * i)));
+            for (acc, f) in acci.iter().zip(accf.iter_mut()) {
+                for i in 0..W_NB {
+                    f[i] = _mm256_add_ps(f[i], _mm256_mul_ps(_mm256_cvtepi32_ps(acc[i]), s[i]));
+                }
+            }
+        }
+        let mut tmp = [0.0f32; W_NR];
+        for (r, f) in accf.iter().enumerate() {
+            let xs = _mm256_set1_ps(xscale[r]);
+            for i in 0..W_NB {
+                _mm256_storeu_ps(tmp.as_mut_ptr().add(8 * i), _mm256_mul_ps(f[i], xs));
+            }
+            let out = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
+            match bias {
+                Some(b) => {
+                    for ((o, t), bb) in out.iter_mut().zip(&tmp).zip(b) {
+                        *o = t + bb;
+                    }
+                }
+                None => out.copy_from_slice(&tmp[..cols]),
+            }
+        }
+    }
+
+    /// One block of the AVX2 W8A8 GEMM: tokens `t0 .. t1` × outputs `n0 .. n1`.
+    ///
+    /// `act` holds every token's activations from [`pack_act_i16`] (`geo.kp` each), `xscale` their
+    /// scales; `ys` is the whole `tokens × n` output; `panel` scratch of [`panel_i16s`].
+    ///
+    /// # Safety
+    /// AVX2 must be available; `ys` valid for `t1 × n` floats and this block not written concurrently
+    /// by anyone else.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gemm_w8a8_block_avx2(
+        geo: &QGeom,
+        values: &[i8],
+        scales: &[f32],
+        n: usize,
+        act: &[i16],
+        xscale: &[f32],
+        ys: *mut f32,
+        bias: Option<&[f32]>,
+        (t0, t1): (usize, usize),
+        (n0, n1): (usize, usize),
+        panel: &mut [i16],
+    ) {
+        assert!(act.len() >= t1 * geo.kp && xscale.len() >= t1 && panel.len() >= panel_i16s(geo));
+        let mut o = n0;
+        while o < n1 {
+            let cols = (n1 - o).min(W_NR);
+            pack_weights_i16(geo, values, scales, o, cols, panel);
+            let b = bias.map(|b| &b[o..o + cols]);
+            let mut t = t0;
+            while t < t1 {
+                let rows = (t1 - t).min(W_MR);
+                let a = act.as_ptr().add(t * geo.kp);
+                let xsr = &xscale[t..t + rows];
+                let c = ys.add(t * n + o);
+                let p = panel.as_ptr();
+                match rows {
+                    6 => micro_avx2::<6>(geo, a, geo.kp, xsr, p, b, c, n, cols),
+                    5 => micro_avx2::<5>(geo, a, geo.kp, xsr, p, b, c, n, cols),
+                    4 => micro_avx2::<4>(geo, a, geo.kp, xsr, p, b, c, n, cols),
+                    3 => micro_avx2::<3>(geo, a, geo.kp, xsr, p, b, c, n, cols),
+                    2 => micro_avx2::<2>(geo, a, geo.kp, xsr, p, b, c, n, cols),
+                    _ => micro_avx2::<1>(geo, a, geo.kp, xsr, p, b, c, n, cols),
+                }
+                t += rows;
+            }
+            o += cols;
+        }
+    }
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]

@@ -441,18 +441,32 @@ fn few_token_matmul_is_matvec_bit_for_bit() {
             }
         }
     }
-    // W8A8 keeps matvec's bits at any token count: the VNNI GEMM, and the few-token kernels that the
-    // other paths run for prefill.
-    let w8a8 = &mats[mats.len() - 2];
-    for t in [33, 70] {
-        let xs = rng.vec(t * k, 2.0);
-        for isa in isas() {
-            let mut got = vec![f32::NAN; t * n];
-            matmul_with(isa, w8a8, Some(&bias), &xs, &mut got);
-            for (x, g) in xs.chunks(k).zip(got.chunks(n)) {
-                let mut one = vec![f32::NAN; n];
-                matvec_with(isa, w8a8, Some(&bias), x, &mut one);
-                assert!(one == g, "W8A8 {t} tokens, {isa:?}: differs from matvec");
+    // W8A8 keeps matvec's bits at any token count through the integer GEMMs (VNNI, AVX2 i16 pairs),
+    // per row and with groups (an odd last group of one value, odd group widths).
+    let w8a8 = mats[mats.len() - 2];
+    let (gv, gs) = int8_matrix(&mut rng, n, k, 32);
+    let (ov, os) = int8_matrix(&mut rng, n, k, 45);
+    let grouped = |values, scales, group| {
+        MatRef::Int8(Int8Ref {
+            values,
+            scales,
+            out_dim: n,
+            in_dim: k,
+            group,
+            act: Int8Act::Int8,
+        })
+    };
+    for w in [w8a8, grouped(&gv, &gs, 32), grouped(&ov, &os, 45)] {
+        for t in [33, 70] {
+            let xs = rng.vec(t * k, 2.0);
+            for isa in isas() {
+                let mut got = vec![f32::NAN; t * n];
+                matmul_with(isa, &w, Some(&bias), &xs, &mut got);
+                for (x, g) in xs.chunks(k).zip(got.chunks(n)) {
+                    let mut one = vec![f32::NAN; n];
+                    matvec_with(isa, &w, Some(&bias), x, &mut one);
+                    assert!(one == g, "W8A8 {t} tokens, {isa:?}: differs from matvec");
+                }
             }
         }
     }
