@@ -489,11 +489,18 @@ impl Work {
         obs.linear_input(l, "mlp_in", &self.h[..n * d]);
         apply(&b.fc, &self.h[..n * d], &mut self.ff[..n * ff], n);
         obs.linear(l, "mlp_in", &self.ff[..n * ff]);
+        let f = match c.activation {
+            Activation::GeluNew => ops::gelu_new,
+            Activation::GeluErf => ops::gelu_erf,
+            Activation::Relu => ops::relu,
+        };
+        // Element-wise: pieces of a multiple of 64 values leave every value on the path it takes whole.
         let act = &mut self.ff[..n * ff];
-        match c.activation {
-            Activation::GeluNew => ops::gelu_new(act),
-            Activation::GeluErf => ops::gelu_erf(act),
-            Activation::Relu => ops::relu(act),
+        let piece = act.len().div_ceil(2 * par::threads()).div_ceil(64) * 64;
+        if act.len() < PAR_MIN_VALUES {
+            f(act)
+        } else {
+            par::for_each_chunk_mut(act, piece, |_, a| f(a))
         }
         obs.linear_input(l, "mlp_out", &self.ff[..n * ff]);
         apply(&b.proj, &self.ff[..n * ff], &mut self.tmp[..n * d], n);
@@ -608,10 +615,25 @@ fn layer_norm_rows(norm: &Norm, eps: f32, xs: &[f32], out: &mut [f32], scratch: 
             (&*g, &*b)
         }
     };
-    for (x, o) in xs.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        ops::layer_norm(x, g, b, eps, o);
+    if xs.len() < PAR_MIN_VALUES {
+        for (x, o) in xs.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            ops::layer_norm(x, g, b, eps, o);
+        }
+        return;
     }
+    // Whole rows per task: each row's bits are the same on any thread.
+    let rows = out.len() / d;
+    let per = rows.div_ceil(2 * par::threads());
+    par::for_each_chunk_mut(out, per * d, |i, o| {
+        let x = &xs[i * per * d..i * per * d + o.len()];
+        for (x, o) in x.chunks_exact(d).zip(o.chunks_exact_mut(d)) {
+            ops::layer_norm(x, g, b, eps, o);
+        }
+    });
 }
+
+/// Element-wise work below this many values stays on the calling thread.
+const PAR_MIN_VALUES: usize = 16 * 1024;
 
 fn add_assign(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {

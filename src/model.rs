@@ -110,7 +110,7 @@ pub struct Model {
 
 impl Model {
     /// Opens a Hugging Face model directory (`config.json`, `model.safetensors` or shards, tokenizer).
-    /// Maps the weights; copies none of them.
+    /// Maps the weights (every page mapped up front, see [`TensorStore::prefault`]); copies none of them.
     pub fn open(dir: impl AsRef<Path>) -> Result<Model> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
@@ -121,7 +121,10 @@ impl Model {
         }
         let config = Config::from_dir(dir)?;
         let store = TensorStore::open_dir(dir)?;
-        Model::from_store(dir, config, store)
+        let model = Model::from_store(dir, config, store)?;
+        // After validation: a file that fails its checks is not read in full.
+        model.store().prefault();
+        Ok(model)
     }
 
     /// A model over tensors already opened (mapped, or held in memory by [`TensorStore::from_file`]);

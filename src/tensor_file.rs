@@ -505,6 +505,25 @@ impl TensorStore {
         self.files.iter().try_for_each(TensorFile::check_unchanged)
     }
 
+    /// Maps every page of the mapped files now (reading them if they are not cached) instead of one
+    /// page fault at a time during the first forward pass, as llama.cpp does by default. The pages
+    /// stay file-backed and reclaimable; nothing is copied. Best effort: a kernel without
+    /// `MADV_POPULATE_READ` (before Linux 5.14) gets read-ahead advice instead.
+    pub fn prefault(&self) {
+        for f in &self.files {
+            #[cfg(unix)]
+            if let Backing::Mapped(m) = &*f.map {
+                #[cfg(target_os = "linux")]
+                if m.map.advise(memmap2::Advice::PopulateRead).is_ok() {
+                    continue;
+                }
+                let _ = m.map.advise(memmap2::Advice::WillNeed);
+            }
+            #[cfg(not(unix))]
+            let _ = f;
+        }
+    }
+
     /// A store of one file (e.g. one built in memory with [`TensorFile::from_bytes`]).
     pub fn from_file(file: TensorFile) -> TensorStore {
         let index = file.names().map(|n| (n.to_string(), 0)).collect();

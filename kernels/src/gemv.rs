@@ -904,11 +904,10 @@ fn gemm_w8a8_vnni(q: &Int8Ref, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32],
     let geo = QGeom::new(k, q.group);
     with_scratch(&ACT_U8, tokens * geo.kp, |act| {
         with_scratch(&ACT_SCALE, tokens, |xscale| {
-            with_scratch(&XQ, k, |xq| {
-                for (t, x) in xs.chunks_exact(k).enumerate() {
-                    xscale[t] = quantize_with(Isa::Avx512, x, xq);
-                    pack_act(&geo, xq, &mut act[t * geo.kp..(t + 1) * geo.kp]);
-                }
+            quantize_tokens(xs, k, xscale, act, geo.kp, |x, xq, dst| {
+                let s = quantize_with(Isa::Avx512, x, xq);
+                pack_act(&geo, xq, dst);
+                s
             });
             let (nc, ncb, tc, ntb) = gemm_grid(tokens, n, Q_MR, Q_NR, tokens * k * n / 4);
             let out = OutPtr(ys.as_mut_ptr());
@@ -942,6 +941,30 @@ fn gemm_w8a8_vnni(q: &Int8Ref, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32],
     })
 }
 
+/// Quantizes and packs every token (`quant(x, scratch, dst) -> scale`, `dst` being the token's `kp`
+/// packed values) on the team, a few tokens per task.
+fn quantize_tokens<P: Send>(
+    xs: &[f32],
+    k: usize,
+    xscale: &mut [f32],
+    act: &mut [P],
+    kp: usize,
+    quant: impl Fn(&[f32], &mut [i8], &mut [P]) -> f32 + Sync,
+) {
+    let tokens = xscale.len();
+    let per = tokens.div_ceil(2 * par::threads());
+    let scales = OutPtr(xscale.as_mut_ptr());
+    par::for_each_chunk_mut(&mut act[..tokens * kp], per * kp, |c, dst| {
+        with_scratch(&XQ, k, |xq| {
+            for (i, d) in dst.chunks_exact_mut(kp).enumerate() {
+                let t = c * per + i;
+                // SAFETY: `xscale` holds `tokens` floats and outlives the loop; token t is this task's.
+                unsafe { *scales.get().add(t) = quant(&xs[t * k..(t + 1) * k], xq, d) };
+            }
+        })
+    });
+}
+
 /// The W8A8 GEMM on AVX2 (also AVX-512 without VNNI): i16 pairs through `vpmaddwd`, see `int8.rs`.
 /// Activations are quantized as [`matvec`] quantizes them on `isa`, so the bits are matvec's.
 #[cfg(target_arch = "x86_64")]
@@ -958,11 +981,10 @@ fn gemm_w8a8_avx2(
     let geo = QGeom::new(k, q.group);
     with_scratch(&ACT_I16, tokens * geo.kp, |act| {
         with_scratch(&ACT_SCALE, tokens, |xscale| {
-            with_scratch(&XQ, k, |xq| {
-                for (t, x) in xs.chunks_exact(k).enumerate() {
-                    xscale[t] = quantize_with(isa, x, xq);
-                    pack_act_i16(&geo, xq, &mut act[t * geo.kp..(t + 1) * geo.kp]);
-                }
+            quantize_tokens(xs, k, xscale, act, geo.kp, |x, xq, dst| {
+                let s = quantize_with(isa, x, xq);
+                pack_act_i16(&geo, xq, dst);
+                s
             });
             let (nc, ncb, tc, ntb) = gemm_grid(tokens, n, W_MR, W_NR, tokens * k * n / 4);
             let out = OutPtr(ys.as_mut_ptr());

@@ -958,13 +958,15 @@ pub(crate) mod x86 {
                 let bv: [__m256i; W_NB] =
                     std::array::from_fn(|i| _mm256_loadu_si256(b.add(16 * i) as *const __m256i));
                 for (r, acc) in acci.iter_mut().enumerate() {
-                    let av = _mm256_set1_epi32((a.add(r * lda + 2 * p) as *const i32).read_unaligned());
+                    let av =
+                        _mm256_set1_epi32((a.add(r * lda + 2 * p) as *const i32).read_unaligned());
                     for i in 0..W_NB {
                         acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(av, bv[i]));
                     }
                 }
             }
-            let s: [__m256; W_NB] = std::array::from_fn(|i| _mm256_loadu_ps(sc.add(g * W_NR + 8 * i)));
+            let s: [__m256; W_NB] =
+                std::array::from_fn(|i| _mm256_loadu_ps(sc.add(g * W_NR + 8 * i)));
             for (acc, f) in acci.iter().zip(accf.iter_mut()) {
                 for i in 0..W_NB {
                     f[i] = _mm256_add_ps(f[i], _mm256_mul_ps(_mm256_cvtepi32_ps(acc[i]), s[i]));
