@@ -238,7 +238,17 @@ pub(crate) fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
     let scale = amax / 127.0;
     let inv = 127.0 / amax;
     for (qi, &xi) in q.iter_mut().zip(x) {
-        *qi = (xi * inv).round().clamp(-127.0, 127.0) as i8;
+        // `round()` (half away from zero) spelled so it vectorises: `v - trunc(v)` is exact, so the
+        // comparison with 0.5 decides exactly as `round` does.
+        let v = xi * inv;
+        let t = v.trunc();
+        let away = if (v - t).abs() >= 0.5 { 1.0f32 } else { 0.0 };
+        // An integer in [-127, 127] plus 1.5·2^23 is exact and leaves it, in two's complement, in the
+        // low byte of the bits: a float → int conversion without the scalar saturation fix-ups.
+        // NaN gives 0, as `NaN as i8` does.
+        let r = (t + away.copysign(v)).max(-127.0).min(127.0);
+        let r = if v.is_nan() { 0.0 } else { r };
+        *qi = (r + 12_582_912.0).to_bits() as u8 as i8;
     }
     scale
 }

@@ -639,6 +639,15 @@ fn quantize_bit_exact() {
             x[2] = -2.5;
             x[3] = 1e-30;
         }
+        if k > 6 {
+            x[4] = -0.5;
+            x[5] = 126.5;
+            x[6] = -0.49999997;
+        }
+        if k > 8 {
+            x[7] = f32::NAN;
+            x[8] = -126.5;
+        }
         for case in 0..3 {
             let x: Vec<f32> = match case {
                 0 => x.clone(),
