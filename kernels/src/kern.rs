@@ -246,6 +246,8 @@ pub(crate) fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
         // An integer in [-127, 127] plus 1.5·2^23 is exact and leaves it, in two's complement, in the
         // low byte of the bits: a float → int conversion without the scalar saturation fix-ups.
         // NaN gives 0, as `NaN as i8` does.
+        // max/min, not `clamp`: clamp's NaN rule keeps this loop scalar (NaN is handled next).
+        #[allow(clippy::manual_clamp)]
         let r = (t + away.copysign(v)).max(-127.0).min(127.0);
         let r = if v.is_nan() { 0.0 } else { r };
         *qi = (r + 12_582_912.0).to_bits() as u8 as i8;
