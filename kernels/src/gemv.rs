@@ -424,8 +424,10 @@ pub fn matmul(w: &MatRef, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32]) {
 /// [`matmul`] on an explicit path (tests, benches).
 ///
 /// Dense F32/F16/BF16 (either layout) and INT8 W8A32 run a packed, register-blocked f32 GEMM (weights
-/// converted/dequantized to f32 while packing); INT8 W8A8 runs a VNNI integer GEMM where available, and
-/// otherwise the matvec kernels per token. Fewer than 4 tokens always use the matvec kernels.
+/// converted/dequantized to f32 while packing); INT8 W8A8 runs an integer GEMM (VNNI `vpdpbusd`, or AVX2
+/// `vpmaddwd` on i16 pairs) with matvec's bits, and the few-token kernels on the portable path. Fewer
+/// than 32 tokens run the few-token kernels (each weight loaded once for up to four
+/// tokens), one token the matvec.
 ///
 /// # Panics
 /// When `isa` is not supported by this CPU, or on shape mismatches.
