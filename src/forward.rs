@@ -494,7 +494,7 @@ impl Work {
             Activation::GeluErf => ops::gelu_erf,
             Activation::Relu => ops::relu,
         };
-        // Element-wise: pieces of a multiple of 64 values leave every value on the path it takes whole.
+        // Element-wise, one value at a time: any split gives the same bits.
         let act = &mut self.ff[..n * ff];
         let piece = act.len().div_ceil(2 * par::threads()).div_ceil(64) * 64;
         if act.len() < PAR_MIN_VALUES {

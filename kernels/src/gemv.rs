@@ -1,4 +1,5 @@
-//! Public matrix products: dispatch to the active path and split work over output rows ([`par`]).
+//! Public matrix products: dispatch to the active path and split work over output rows (and the two
+//! input halves of an `[in, out]` matvec) with [`par`].
 //!
 //! Scratch (quantized activations, the rank-r intermediate, GEMM packing panels) lives in thread-local
 //! buffers that grow once, so the decode path does not allocate per call. Buffers are taken out of their
@@ -83,6 +84,9 @@ pub fn release_scratch() {
     ACT_U8.with(|c| c.take());
     ACT_SCALE.with(|c| c.take());
     ACT_F32.with(|c| c.take());
+    ACT_I16.with(|c| c.take());
+    PACK_I16.with(|c| c.take());
+    INOUT_PART.with(|c| c.take());
 }
 
 /// Activations as the kernels consume them: f32, and for W8A8 also quantized.
@@ -168,12 +172,12 @@ fn matvec_split(isa: Isa, w: &MatRef, bias: Option<&[f32]>, a: &Acts, y: &mut [f
         return;
     }
     if let MatRef::Dense(d) = w {
-        if splits_inout(d) {
+        if splits_inout(isa, d) {
             return inout_halves_par(isa, d, bias, a.x, y, threads);
         }
     }
-    // An `[in, out]` task reads a stretch of every input row, as wide as its share of the outputs:
-    // one task per thread keeps those stretches long.
+    // A shallow `[in, out]` task (not split in halves) reads a stretch of every input row, as wide as
+    // its share of the outputs: one task per thread keeps those stretches long.
     let per_thread = match w {
         MatRef::Dense(d) if d.layout == Layout::InOut => 1,
         _ => MATVEC_TASKS_PER_THREAD,
@@ -192,9 +196,9 @@ const INOUT_SPLIT_MIN_IN: usize = 64;
 /// Cutting the columns of an `[in, out]` matrix between threads makes each thread read a short stretch
 /// of every row (half the bandwidth it could stream); cutting its rows in two gives each thread one
 /// contiguous half of the matrix. The halves are fixed by the shape alone, and a single thread sums
-/// them the same way, so the bits never depend on the thread count.
-fn splits_inout(d: &DenseRef) -> bool {
-    d.layout == Layout::InOut && d.in_dim >= INOUT_SPLIT_MIN_IN
+/// them the same way, so the bits never depend on the thread count. The scalar path keeps the reference's single sum (its column split never depended on the team).
+fn splits_inout(isa: Isa, d: &DenseRef) -> bool {
+    isa != Isa::Scalar && d.layout == Layout::InOut && d.in_dim >= INOUT_SPLIT_MIN_IN
 }
 
 /// Where the second half of an `[in, out]` product's inputs starts (a multiple of 16).
@@ -265,7 +269,7 @@ fn dense_any(isa: Isa, d: &DenseRef, x: &[f32], o0: usize, y: &mut [f32]) {
 /// Computes outputs `o0 .. o0 + y.len()` on the calling thread.
 fn matvec_rows(isa: Isa, w: &MatRef, bias: Option<&[f32]>, a: &Acts, o0: usize, y: &mut [f32]) {
     match w {
-        MatRef::Dense(d) if splits_inout(d) => {
+        MatRef::Dense(d) if splits_inout(isa, d) => {
             let (k, h) = (d.in_dim, inout_half(d.in_dim));
             dense_any(isa, &inout_rows(d, 0, h), &a.x[..h], o0, y);
             with_scratch(&INOUT_PART, y.len(), |second| {
@@ -425,9 +429,9 @@ pub fn matmul(w: &MatRef, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32]) {
 ///
 /// Dense F32/F16/BF16 (either layout) and INT8 W8A32 run a packed, register-blocked f32 GEMM (weights
 /// converted/dequantized to f32 while packing); INT8 W8A8 runs an integer GEMM (VNNI `vpdpbusd`, or AVX2
-/// `vpmaddwd` on i16 pairs) with matvec's bits, and the few-token kernels on the portable path. Fewer
-/// than 32 tokens run the few-token kernels (each weight loaded once for up to four
-/// tokens), one token the matvec.
+/// `vpmaddwd` on i16 pairs) with matvec's bits, and the matvec row kernels over row blocks on the
+/// portable path. Below 32 tokens every product runs the matvec row kernels over cached row blocks (W8A8
+/// on AVX2/VNNI: few-token kernels loading each weight once for up to four tokens); one token is a matvec.
 ///
 /// # Panics
 /// When `isa` is not supported by this CPU, or on shape mismatches.

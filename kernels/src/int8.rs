@@ -9,6 +9,9 @@
 //!   as the unsigned side, as the VNNI GEMM does, would overflow here: `2·255·127 = 64770`.)
 //! * Portable: plain i32 loops (auto-vectorised).
 //!
+//! The prefill GEMM on AVX2 widens both sides to i16 and uses `vpmaddwd` alone (exact, no sign fix-up;
+//! see its section below).
+//!
 //! The prefill GEMM with VNNI uses the offset form instead (the sign of a token cannot be moved onto a
 //! weight shared by many tokens): `a = x + 128` as u8, `Σ a·w = Σ x·w + 128·Σ w`, and `128·Σ w` per
 //! output and group is computed while packing the weights, so the integer result stays exact.
@@ -1028,8 +1031,6 @@ pub(crate) mod x86 {
                 let c = ys.add(t * n + o);
                 let p = panel.as_ptr();
                 match rows {
-                    6 => micro_avx2::<6>(geo, a, geo.kp, xsr, p, b, c, n, cols),
-                    5 => micro_avx2::<5>(geo, a, geo.kp, xsr, p, b, c, n, cols),
                     4 => micro_avx2::<4>(geo, a, geo.kp, xsr, p, b, c, n, cols),
                     3 => micro_avx2::<3>(geo, a, geo.kp, xsr, p, b, c, n, cols),
                     2 => micro_avx2::<2>(geo, a, geo.kp, xsr, p, b, c, n, cols),
