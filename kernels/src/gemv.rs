@@ -903,50 +903,6 @@ fn gemm_f32_tasks(
     par::for_each(ncb * ntb, task);
 }
 
-#[cfg(target_arch = "x86_64")]
-fn gemm_w8a8_vnni(q: &Int8Ref, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32], tokens: usize) {
-    use int8::x86::{gemm_w8a8_block, pack_act, panel_bytes, QGeom, Q_MR, Q_NR};
-    let (k, n) = (q.in_dim, q.out_dim);
-    let geo = QGeom::new(k, q.group);
-    with_scratch(&ACT_U8, tokens * geo.kp, |act| {
-        with_scratch(&ACT_SCALE, tokens, |xscale| {
-            quantize_tokens(xs, k, xscale, act, geo.kp, |x, xq, dst| {
-                let s = quantize_with(Isa::Avx512, x, xq);
-                pack_act(&geo, xq, dst);
-                s
-            });
-            let (nc, ncb, tc, ntb) = gemm_grid(tokens, n, Q_MR, Q_NR, tokens * k * n / 4);
-            let out = OutPtr(ys.as_mut_ptr());
-            let (act, xscale) = (&*act, &*xscale);
-            let task = |ti: usize| {
-                let (cb, tb) = (ti % ncb, ti / ncb);
-                let (n0, n1) = (cb * nc, ((cb + 1) * nc).min(n));
-                let (t0, t1) = (tb * tc, ((tb + 1) * tc).min(tokens));
-                with_scratch(&PACK_U8, panel_bytes(&geo), |panel| {
-                    // SAFETY: the caller checked AVX-512 (`check_isa`) and VNNI; `ys` holds `tokens × n`
-                    // floats and this task alone writes block (t0..t1, n0..n1).
-                    unsafe {
-                        gemm_w8a8_block(
-                            &geo,
-                            q.values,
-                            q.scales,
-                            n,
-                            act,
-                            xscale,
-                            out.get(),
-                            bias,
-                            (t0, t1),
-                            (n0, n1),
-                            panel,
-                        )
-                    }
-                });
-            };
-            par::for_each(ncb * ntb, task);
-        })
-    })
-}
-
 /// Quantizes and packs every token (`quant(x, scratch, dst) -> scale`, `dst` being the token's `kp`
 /// packed values) on the team, a few tokens per task.
 fn quantize_tokens<P: Send>(
@@ -971,8 +927,53 @@ fn quantize_tokens<P: Send>(
     });
 }
 
+/// One integer GEMM of `int8.rs`: its packed element type `P`, micro-tile and kernels.
+#[cfg(target_arch = "x86_64")]
+struct W8a8Gemm<P: 'static> {
+    mr: usize,
+    nr: usize,
+    /// Thread-local scratch for the packed activations and for one weight panel.
+    act: &'static LocalKey<RefCell<Vec<P>>>,
+    panel: &'static LocalKey<RefCell<Vec<P>>>,
+    panel_len: fn(&int8::x86::QGeom) -> usize,
+    pack_act: fn(&int8::x86::QGeom, &[i8], &mut [P]),
+    /// Computes tokens `t0..t1` × outputs `n0..n1` (see `gemm_w8a8_block`).
+    block: W8a8Block<P>,
+}
+
+#[cfg(target_arch = "x86_64")]
+type W8a8Block<P> = unsafe fn(
+    &int8::x86::QGeom,
+    &[i8],
+    &[f32],
+    usize,
+    &[P],
+    &[f32],
+    *mut f32,
+    Option<&[f32]>,
+    (usize, usize),
+    (usize, usize),
+    &mut [P],
+);
+
+/// The W8A8 GEMM with VNNI: activations offset to u8, `vpdpbusd`.
+#[cfg(target_arch = "x86_64")]
+fn gemm_w8a8_vnni(q: &Int8Ref, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32], tokens: usize) {
+    use int8::x86::{gemm_w8a8_block, pack_act, panel_bytes, Q_MR, Q_NR};
+    let g = W8a8Gemm {
+        mr: Q_MR,
+        nr: Q_NR,
+        act: &ACT_U8,
+        panel: &PACK_U8,
+        panel_len: panel_bytes,
+        pack_act,
+        block: gemm_w8a8_block,
+    };
+    // SAFETY: the caller checked AVX-512 (`check_isa`) and VNNI, which `gemm_w8a8_block` needs.
+    unsafe { gemm_w8a8(Isa::Avx512, q, bias, xs, ys, tokens, &g) }
+}
+
 /// The W8A8 GEMM on AVX2 (also AVX-512 without VNNI): i16 pairs through `vpmaddwd`, see `int8.rs`.
-/// Activations are quantized as [`matvec`] quantizes them on `isa`, so the bits are matvec's.
 #[cfg(target_arch = "x86_64")]
 fn gemm_w8a8_avx2(
     isa: Isa,
@@ -982,28 +983,57 @@ fn gemm_w8a8_avx2(
     ys: &mut [f32],
     tokens: usize,
 ) {
-    use int8::x86::{gemm_w8a8_block_avx2, pack_act_i16, panel_i16s, QGeom, W_MR, W_NR};
+    use int8::x86::{gemm_w8a8_block_avx2, pack_act_i16, panel_i16s, W_MR, W_NR};
+    let g = W8a8Gemm {
+        mr: W_MR,
+        nr: W_NR,
+        act: &ACT_I16,
+        panel: &PACK_I16,
+        panel_len: panel_i16s,
+        pack_act: pack_act_i16,
+        block: gemm_w8a8_block_avx2,
+    };
+    // SAFETY: `isa` is AVX2 or AVX-512, both checked by `check_isa`; either implies AVX2.
+    unsafe { gemm_w8a8(isa, q, bias, xs, ys, tokens, &g) }
+}
+
+/// The driver of both integer GEMMs: activations quantized as [`matvec`] quantizes them on `isa` (so
+/// the bits are matvec's) and packed on the team, then blocks of (tokens × outputs) as tasks, each
+/// packing its own weight panels.
+///
+/// # Safety
+/// The CPU must have what `g.block` needs.
+#[cfg(target_arch = "x86_64")]
+unsafe fn gemm_w8a8<P: Copy + Default + Send + Sync + 'static>(
+    isa: Isa,
+    q: &Int8Ref,
+    bias: Option<&[f32]>,
+    xs: &[f32],
+    ys: &mut [f32],
+    tokens: usize,
+    g: &W8a8Gemm<P>,
+) {
     let (k, n) = (q.in_dim, q.out_dim);
-    let geo = QGeom::new(k, q.group);
-    with_scratch(&ACT_I16, tokens * geo.kp, |act| {
+    let geo = int8::x86::QGeom::new(k, q.group);
+    with_scratch(g.act, tokens * geo.kp, |act| {
         with_scratch(&ACT_SCALE, tokens, |xscale| {
             quantize_tokens(xs, k, xscale, act, geo.kp, |x, xq, dst| {
                 let s = quantize_with(isa, x, xq);
-                pack_act_i16(&geo, xq, dst);
+                (g.pack_act)(&geo, xq, dst);
                 s
             });
-            let (nc, ncb, tc, ntb) = gemm_grid(tokens, n, W_MR, W_NR, tokens * k * n / 4);
+            let (nc, ncb, tc, ntb) = gemm_grid(tokens, n, g.mr, g.nr, tokens * k * n / 4);
             let out = OutPtr(ys.as_mut_ptr());
             let (act, xscale) = (&*act, &*xscale);
             let task = |ti: usize| {
                 let (cb, tb) = (ti % ncb, ti / ncb);
                 let (n0, n1) = (cb * nc, ((cb + 1) * nc).min(n));
                 let (t0, t1) = (tb * tc, ((tb + 1) * tc).min(tokens));
-                with_scratch(&PACK_I16, panel_i16s(&geo), |panel| {
-                    // SAFETY: `isa` implies AVX2 (`check_isa`); `ys` holds `tokens × n` floats and this
-                    // task alone writes block (t0..t1, n0..n1).
+                with_scratch(g.panel, (g.panel_len)(&geo), |panel| {
+                    // SAFETY: the CPU has what `g.block` needs (this function's contract); `ys` holds
+                    // `tokens × n` floats and this task alone writes block (t0..t1, n0..n1).
                     unsafe {
-                        gemm_w8a8_block_avx2(
+                        (g.block)(
                             &geo,
                             q.values,
                             q.scales,
