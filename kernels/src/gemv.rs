@@ -11,8 +11,9 @@ use std::thread::LocalKey;
 use crate::int8;
 use crate::isa::{self, Isa};
 use crate::kern::{self, PackSrc};
-use crate::matrix::{DenseRef, Elems, Int8Act, Int8Ref, Layout, MatRef};
+use crate::matrix::{DenseRef, Elems, Int8Act, Int8Ref, Layout, MatRef, QuantRef};
 use crate::par;
+use crate::quant;
 use crate::reference;
 
 /// Below this many weight bytes a product stays on the calling thread.
@@ -49,6 +50,7 @@ thread_local! {
     static INOUT_PART: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static ACT_I16: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
     static PACK_I16: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
+    static GROUP_SUMS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on at least `len` elements of a thread-local scratch vector that only ever grows.
@@ -87,12 +89,15 @@ pub fn release_scratch() {
     ACT_I16.with(|c| c.take());
     PACK_I16.with(|c| c.take());
     INOUT_PART.with(|c| c.take());
+    GROUP_SUMS.with(|c| c.take());
 }
 
-/// Activations as the kernels consume them: f32, and for W8A8 also quantized.
+/// Activations as the kernels consume them: f32, and for W8A8 and sub-8-bit weights also quantized
+/// (for the latter zero-padded to whole blocks, with `Σ xq` per group in `sums`).
 struct Acts<'a> {
     x: &'a [f32],
     q: Option<(&'a [i8], f32)>,
+    sums: &'a [i32],
 }
 
 /// [`reference::quantize_activations`] (per-token symmetric INT8, `scale = max|x| / 127`), bit for bit,
@@ -144,6 +149,9 @@ pub fn matvec_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, x: &[f32], y: &mu
     if let Some(b) = bias {
         assert_eq!(b.len(), w.out_dim(), "matvec: bias length");
     }
+    if let MatRef::Quant(q) = w {
+        return quant_matmul(isa, q, bias, x, y, 1);
+    }
     let needs_q = matches!(w, MatRef::Int8(q) if q.act == Int8Act::Int8);
     if needs_q {
         with_scratch(&XQ, x.len(), |xq| {
@@ -155,12 +163,23 @@ pub fn matvec_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, x: &[f32], y: &mu
                 &Acts {
                     x,
                     q: Some((xq, xs)),
+                    sums: &[],
                 },
                 y,
             );
         })
     } else {
-        matvec_split(isa, w, bias, &Acts { x, q: None }, y);
+        matvec_split(
+            isa,
+            w,
+            bias,
+            &Acts {
+                x,
+                q: None,
+                sums: &[],
+            },
+            y,
+        );
     }
 }
 
@@ -282,6 +301,10 @@ fn matvec_rows(isa: Isa, w: &MatRef, bias: Option<&[f32]>, a: &Acts, o0: usize, 
             Some((xq, xs)) => w8a8_rows(isa, q, xq, xs, o0, y),
             None => w8a32_rows(isa, q, a.x, o0, y),
         },
+        MatRef::Quant(q) => {
+            let (xq, xs) = a.q.expect("sub-8-bit products take quantized activations");
+            quant_rows(isa, q, xq, a.sums, xs, o0, y)
+        }
     }
     if let Some(b) = bias {
         for (yo, bo) in y.iter_mut().zip(&b[o0..]) {
@@ -359,6 +382,103 @@ fn w8a32_rows(isa: Isa, q: &Int8Ref, x: &[f32], o0: usize, y: &mut [f32]) {
         // SAFETY: the portable path needs no CPU features; shapes re-checked inside.
         _ => unsafe { kern::portable::w8a32_rows(v, s, k, g, x, o0, y) },
     }
+}
+
+/// Sub-8-bit rows `o0 .. o0 + y.len()` of one token on the calling thread.
+fn quant_rows(isa: Isa, q: &QuantRef, xq: &[i8], sums: &[i32], xs: f32, o0: usize, y: &mut [f32]) {
+    match isa {
+        Isa::Scalar => {
+            for (r, yo) in y.iter_mut().enumerate() {
+                *yo = reference::quant_row(q, o0 + r, xq, xs);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: both paths imply AVX2, FMA and F16C (checked by `check_isa`); the matrix passed `check`,
+        // the lengths of `xq` and `sums` are re-checked inside.
+        Isa::Avx512 | Isa::Avx2 => unsafe { quant::x86::rows_avx2(q, xq, sums, xs, o0, y) },
+        _ => quant::rows_portable(q, xq, sums, xs, o0, y),
+    }
+}
+
+/// `ys[t] = W·xs[t] + bias` for sub-8-bit weights: every token quantized to INT8 (zero-padded to whole
+/// blocks, with its per-group sums), then blocks of rows that stay in cache run every token in turn.
+/// Per token the arithmetic is the reference's, whatever the path, the token count or the threads.
+fn quant_matmul(
+    isa: Isa,
+    q: &QuantRef,
+    bias: Option<&[f32]>,
+    xs: &[f32],
+    ys: &mut [f32],
+    tokens: usize,
+) {
+    let (k, n) = (q.in_dim, q.out_dim);
+    let kp = k.div_ceil(quant::BLOCK) * quant::BLOCK;
+    let gpr = q.groups_per_row();
+    with_scratch(&XQ, tokens * kp, |xq| {
+        with_scratch(&ACT_SCALE, tokens, |xscale| {
+            with_scratch(&GROUP_SUMS, tokens * gpr, |sums| {
+                let prep = |t: usize, row: &mut [i8], sc: &mut f32, sm: &mut [i32]| {
+                    *sc = quantize_with(isa, &xs[t * k..(t + 1) * k], &mut row[..k]);
+                    row[k..].fill(0);
+                    quant::group_sums(row, q.group, k, sm);
+                };
+                if tokens == 1 {
+                    prep(0, xq, &mut xscale[0], sums);
+                } else {
+                    let (qp, sp) = (I8Ptr(xq.as_mut_ptr()), OutPtr(xscale.as_mut_ptr()));
+                    par::for_each_chunk_mut(sums, gpr, |t, sm| {
+                        // SAFETY: `xq` holds `tokens × kp` values and `xscale` `tokens` floats, both
+                        // outliving the loop; token t's row and scale are this task's alone.
+                        let (row, sc) = unsafe {
+                            (
+                                std::slice::from_raw_parts_mut(qp.get().add(t * kp), kp),
+                                &mut *sp.get().add(t),
+                            )
+                        };
+                        prep(t, row, sc, sm);
+                    });
+                }
+                let (xq, xscale, sums) = (&*xq, &*xscale, &*sums);
+                let row_bytes = (q.row_bytes() + 4 * gpr).max(1);
+                let block = (SMALL_BLOCK_BYTES / row_bytes).clamp(16, n.max(16)) / 16 * 16;
+                let blocks = n.div_ceil(block);
+                let threads = par::threads();
+                let bytes = MatRef::Quant(*q).weight_bytes();
+                let serial = threads <= 1 || bytes < PAR_MIN_BYTES / tokens.min(16);
+                let per_task = if serial {
+                    blocks
+                } else {
+                    blocks.div_ceil(MATVEC_TASKS_PER_THREAD * threads)
+                };
+                let out = OutPtr(ys.as_mut_ptr());
+                let task = |ti: usize| {
+                    for b in ti * per_task..((ti + 1) * per_task).min(blocks) {
+                        let (o0, o1) = (b * block, ((b + 1) * block).min(n));
+                        for t in 0..tokens {
+                            // SAFETY: `ys` holds `tokens × n` floats (asserted by the callers); rows
+                            // o0..o1 of token t are written by the task owning block b alone, and `ys`
+                            // outlives the parallel loop.
+                            let y = unsafe {
+                                std::slice::from_raw_parts_mut(out.get().add(t * n + o0), o1 - o0)
+                            };
+                            let (xt, st) =
+                                (&xq[t * kp..(t + 1) * kp], &sums[t * gpr..(t + 1) * gpr]);
+                            quant_rows(isa, q, xt, st, xscale[t], o0, y);
+                            if let Some(b) = bias {
+                                y.iter_mut().zip(&b[o0..o1]).for_each(|(y, b)| *y += b);
+                            }
+                        }
+                    }
+                };
+                let tasks = blocks.div_ceil(per_task);
+                if serial {
+                    (0..tasks).for_each(task);
+                } else {
+                    par::for_each(tasks, task);
+                }
+            })
+        })
+    })
 }
 
 fn dense_rows_scalar(d: &DenseRef, x: &[f32], o0: usize, y: &mut [f32]) {
@@ -446,6 +566,9 @@ pub fn matmul_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, xs: &[f32], ys: &
     if let Some(b) = bias {
         assert_eq!(b.len(), n, "matmul: bias length");
     }
+    if let MatRef::Quant(q) = w {
+        return quant_matmul(isa, q, bias, xs, ys, tokens);
+    }
     if isa == Isa::Scalar || tokens == 1 {
         for (x, y) in xs.chunks_exact(k).zip(ys.chunks_exact_mut(n)) {
             matvec_with(isa, w, bias, x, y);
@@ -483,6 +606,7 @@ pub fn matmul_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, xs: &[f32], ys: &
             let _ = q;
             return matmul_small(isa, w, bias, xs, ys, tokens);
         }
+        MatRef::Quant(_) => unreachable!("sub-8-bit products were dispatched above"),
     };
     gemm_f32(isa, src, k, n, tokens, xs, ys, bias);
 }
@@ -569,6 +693,7 @@ fn matmul_small(
                         let a = Acts {
                             x: &xs[t * k..(t + 1) * k],
                             q: w8a8.then(|| (&xq[t * k..(t + 1) * k], xscale[t])),
+                            sums: &[],
                         };
                         // SAFETY: `ys` holds `tokens × n` floats; rows o0..o1 of token t are written by
                         // the task that owns block b alone, and `ys` outlives the parallel loop.

@@ -12,6 +12,7 @@ pub mod isa;
 pub mod matrix;
 pub mod ops;
 pub mod par;
+pub mod quant;
 pub mod reference;
 
 mod gemv;
@@ -24,5 +25,5 @@ pub use gemv::{
     matmul, matmul_with, matvec, matvec_with, quantize_activations_with, release_scratch,
 };
 pub use isa::Isa;
-pub use matrix::{DenseRef, Elems, Int8Act, Int8Ref, Layout, MatRef};
+pub use matrix::{DenseRef, Elems, Int8Act, Int8Ref, Layout, MatRef, QuantRef};
 pub use par::Team;

@@ -93,11 +93,42 @@ impl Int8Ref<'_> {
     }
 }
 
+/// A 4- or 3-bit matrix, row-major `[out, in]`, in groups of `group` inputs (a multiple of 32) with an
+/// F16 scale each and optionally an F16 minimum:
+/// `W[o, i] = scale·(q − 2^(bits−1))` (symmetric) or `scale·q + min` (asymmetric), `q ∈ [0, 2^bits)`.
+///
+/// Codes are packed per block of 32 inputs (see [`crate::quant`]): 16 bytes at 4 bits (byte `j` holds
+/// codes `j` and `j + 16`), 12 at 3 bits (2 low bits of codes `j, j+8, j+16, j+24` in byte `j < 8`,
+/// then the 32 high bits). A row is `in.div_ceil(32)` blocks; the last group may be shorter.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantRef<'a> {
+    pub bits: u8,
+    pub packed: &'a [u8],
+    pub scales: &'a [f16],
+    pub mins: Option<&'a [f16]>,
+    pub out_dim: usize,
+    pub in_dim: usize,
+    pub group: usize,
+}
+
+impl QuantRef<'_> {
+    /// Groups per row.
+    pub fn groups_per_row(&self) -> usize {
+        self.in_dim.div_ceil(self.group)
+    }
+
+    /// Packed bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        crate::quant::row_bytes(self.bits, self.in_dim)
+    }
+}
+
 /// Any weight matrix the kernels can multiply.
 #[derive(Clone, Copy, Debug)]
 pub enum MatRef<'a> {
     Dense(DenseRef<'a>),
     Int8(Int8Ref<'a>),
+    Quant(QuantRef<'a>),
 }
 
 impl MatRef<'_> {
@@ -105,6 +136,7 @@ impl MatRef<'_> {
         match self {
             MatRef::Dense(d) => d.out_dim,
             MatRef::Int8(q) => q.out_dim,
+            MatRef::Quant(q) => q.out_dim,
         }
     }
 
@@ -112,6 +144,7 @@ impl MatRef<'_> {
         match self {
             MatRef::Dense(d) => d.in_dim,
             MatRef::Int8(q) => q.in_dim,
+            MatRef::Quant(q) => q.in_dim,
         }
     }
 
@@ -120,6 +153,9 @@ impl MatRef<'_> {
         match self {
             MatRef::Dense(d) => d.data.len() * d.data.elem_bytes(),
             MatRef::Int8(q) => q.values.len() + 4 * q.scales.len(),
+            MatRef::Quant(q) => {
+                q.packed.len() + 2 * q.scales.len() + 2 * q.mins.map_or(0, |m| m.len())
+            }
         }
     }
 
@@ -142,6 +178,28 @@ impl MatRef<'_> {
                     q.out_dim * q.groups_per_row(),
                     "int8 scales length"
                 );
+            }
+            MatRef::Quant(q) => {
+                assert!(
+                    matches!(q.bits, 3 | 4),
+                    "{}-bit matrices are not supported (3 or 4)",
+                    q.bits
+                );
+                assert!(
+                    q.group > 0 && q.group % 32 == 0,
+                    "sub-8-bit group size {} is not a multiple of 32",
+                    q.group
+                );
+                assert_eq!(
+                    q.packed.len(),
+                    q.out_dim * q.row_bytes(),
+                    "packed codes length"
+                );
+                let g = q.out_dim * q.groups_per_row();
+                assert_eq!(q.scales.len(), g, "sub-8-bit scales length");
+                if let Some(m) = q.mins {
+                    assert_eq!(m.len(), g, "sub-8-bit minimums length");
+                }
             }
         }
     }

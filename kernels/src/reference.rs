@@ -2,7 +2,8 @@
 //!
 //! Written for clarity, not speed. Floating-point sums run in index order in f32 unless stated.
 
-use crate::matrix::{DenseRef, Int8Act, Int8Ref, Layout, MatRef};
+use crate::matrix::{DenseRef, Int8Act, Int8Ref, Layout, MatRef, QuantRef};
+use crate::quant;
 
 /// Per-token symmetric INT8 quantization of activations: `x ≈ q · scale`, `q ∈ [-127, 127]`.
 ///
@@ -65,6 +66,23 @@ pub fn int8_w8a32_row(w: &Int8Ref, o: usize, x: &[f32]) -> f32 {
     acc
 }
 
+/// One output of a 4-/3-bit product with INT8 activations: in group order,
+/// `acc += scale·Σ code·xq + off·Σ xq` (`off`: the value of code 0), then `acc·x_scale`.
+pub fn quant_row(w: &QuantRef, o: usize, xq: &[i8], x_scale: f32) -> f32 {
+    let mut acc = 0.0f32;
+    for g in 0..w.groups_per_row() {
+        let lo = g * w.group;
+        let hi = (lo + w.group).min(w.in_dim);
+        let isum: i32 = (lo..hi)
+            .map(|i| quant::code(w, o, i) as i32 * xq[i] as i32)
+            .sum();
+        let xsum: i32 = xq[lo..hi].iter().map(|&v| v as i32).sum();
+        let (s, off) = quant::group_params(w, o, g);
+        acc += s * isum as f32 + off * xsum as f32;
+    }
+    acc * x_scale
+}
+
 /// `y = W·x + bias` for one token.
 pub fn matvec(w: &MatRef, bias: Option<&[f32]>, x: &[f32], y: &mut [f32]) {
     w.check();
@@ -90,6 +108,13 @@ pub fn matvec(w: &MatRef, bias: Option<&[f32]>, x: &[f32], y: &mut [f32]) {
                 }
             }
         },
+        MatRef::Quant(q) => {
+            let mut xq = vec![0i8; x.len()];
+            let xs = quantize_activations(x, &mut xq);
+            for (o, yo) in y.iter_mut().enumerate() {
+                *yo = quant_row(q, o, &xq, xs);
+            }
+        }
     }
     if let Some(b) = bias {
         for (yo, bo) in y.iter_mut().zip(b) {

@@ -578,6 +578,13 @@ fn abs_mag(w: &MatRef, x: &[f32]) -> Vec<f32> {
     match w {
         MatRef::Dense(_) => dense_mag(w, x),
         MatRef::Int8(q) => int8_mag(q, x),
+        MatRef::Quant(q) => (0..q.out_dim)
+            .map(|o| {
+                (0..q.in_dim)
+                    .map(|i| (slimlm_kernels::quant::weight(q, o, i) * x[i]).abs())
+                    .sum()
+            })
+            .collect(),
     }
 }
 
@@ -927,6 +934,113 @@ mod ops_tests {
                             &[vmax],
                             1e-5,
                         );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A random sub-8-bit matrix: codes, F16 scales (some groups all zero), optional F16 minimums.
+fn quant_matrix(
+    rng: &mut Rng,
+    bits: u8,
+    n: usize,
+    k: usize,
+    group: usize,
+    asym: bool,
+) -> (Vec<u8>, Vec<f16>, Option<Vec<f16>>) {
+    let rb = slimlm_kernels::quant::row_bytes(bits, k);
+    let mut packed = vec![0u8; n * rb];
+    for r in 0..n {
+        let codes: Vec<u8> = (0..k)
+            .map(|_| (rng.next() >> 33) as u8 % (1 << bits))
+            .collect();
+        slimlm_kernels::quant::pack_row(bits, &codes, &mut packed[r * rb..(r + 1) * rb]);
+    }
+    let groups = n * k.div_ceil(group);
+    let scales = (0..groups)
+        .map(|g| {
+            f16::from_f32(if g % 7 == 3 {
+                0.0
+            } else {
+                rng.f().abs() * 0.1 + 1e-3
+            })
+        })
+        .collect();
+    let mins = asym.then(|| (0..groups).map(|_| f16::from_f32(rng.f() * 0.5)).collect());
+    (packed, scales, mins)
+}
+
+/// Sub-8-bit products on every path, every token count and the threads of the default team equal the
+/// reference bit for bit (the integer sums are exact and every path does the float steps in the
+/// reference's order); the reference itself is within the activation quantization's error of the
+/// dequantized weights times the f32 input.
+#[test]
+fn quant_matvec_and_matmul_all_paths_bit_exact() {
+    let mut rng = Rng(0x5eed_0004);
+    for bits in [3u8, 4] {
+        for &(n, k, group) in &[
+            (1, 1, 32),
+            (5, 31, 32),
+            (67, 80, 32),
+            (64, 96, 64),
+            (130, 300, 128),
+            (33, 768, 128),
+            (9, 2100, 256),
+        ] {
+            for asym in [false, true] {
+                let (packed, scales, mins) = quant_matrix(&mut rng, bits, n, k, group, asym);
+                let q = slimlm_kernels::QuantRef {
+                    bits,
+                    packed: &packed,
+                    scales: &scales,
+                    mins: mins.as_deref(),
+                    out_dim: n,
+                    in_dim: k,
+                    group,
+                };
+                let w = MatRef::Quant(q);
+                let bias = rng.vec(n, 1.0);
+                for tokens in [1usize, 3, 40] {
+                    let xs = rng.vec(tokens * k, 2.0);
+                    let mut want = vec![0.0f32; tokens * n];
+                    reference::matmul(&w, Some(&bias), &xs, &mut want);
+                    // The reference against the dequantized weights (W8A8's error bound: half a step
+                    // of x per term).
+                    for t in 0..tokens {
+                        let x = &xs[t * k..(t + 1) * k];
+                        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                        for o in 0..n {
+                            let (mut dot, mut mag) = (0.0f64, 0.0f64);
+                            for (i, &xi) in x.iter().enumerate() {
+                                let wi = slimlm_kernels::quant::weight(&q, o, i) as f64;
+                                dot += wi * xi as f64;
+                                mag += wi.abs();
+                            }
+                            let got = (want[t * n + o] - bias[o]) as f64;
+                            let tol = mag * amax as f64 / 254.0 * 1.01 + 1e-4 * (1.0 + dot.abs());
+                            assert!(
+                                (got - dot).abs() <= tol,
+                                "reference q{bits} g{group} {n}x{k} t{t} o{o}: {got} vs {dot} (tol {tol})"
+                            );
+                        }
+                    }
+                    for isa in isas() {
+                        let mut got = vec![0.0f32; tokens * n];
+                        if tokens == 1 {
+                            matvec_with(isa, &w, Some(&bias), &xs, &mut got);
+                        } else {
+                            matmul_with(isa, &w, Some(&bias), &xs, &mut got);
+                        }
+                        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                            assert_eq!(
+                                g.to_bits(),
+                                e.to_bits(),
+                                "{} q{bits} g{group} asym {asym} {n}x{k} tokens {tokens} at {i}: {g} vs {e}",
+                                isa.name()
+                            );
+                        }
                     }
                 }
             }

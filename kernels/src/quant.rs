@@ -1,0 +1,347 @@
+//! 4- and 3-bit weights ([`QuantRef`]): the packed block format and the W4A8 / W3A8 row kernels.
+//!
+//! A row is cut into blocks of 32 inputs, each packed so one SIMD load unpacks it without moving
+//! bytes across 128-bit lanes:
+//! * 4 bits, 16 bytes: byte `j` holds code `j` (low nibble) and code `j + 16` (high nibble);
+//! * 3 bits, 12 bytes: byte `j < 8` holds the two low bits of codes `j, j+8, j+16, j+24` (bits 0–1,
+//!   2–3, 4–5, 6–7); bytes 8..12 are a little-endian `u32` whose bit `e` is code `e`'s high bit.
+//!
+//! Inputs past the end of a row are code 0 (the activations there are 0 too).
+//!
+//! Products quantize the activations per token to INT8 (`x ≈ xq·xs`, as W8A8 does) and compute per
+//! group the exact integer sums `Σ q·xq` and `Σ xq`, then, in f32 and in group order,
+//! `acc += scale·Σq·xq + off·Σxq` with `off = min` (asymmetric) or `−2^(bits−1)·scale`, and
+//! `y = acc·xs`. Every path does these float operations in the same order, so every path gives the
+//! reference's bits ([`crate::reference::quant_row`]).
+
+use crate::matrix::QuantRef;
+
+/// Inputs per packed block.
+pub const BLOCK: usize = 32;
+
+/// Packed bytes of one block of 32 codes.
+pub fn block_bytes(bits: u8) -> usize {
+    match bits {
+        4 => 16,
+        3 => 12,
+        _ => panic!("{bits}-bit blocks are not supported (3 or 4)"),
+    }
+}
+
+/// Packed bytes of a row of `k` inputs.
+pub fn row_bytes(bits: u8, k: usize) -> usize {
+    k.div_ceil(BLOCK) * block_bytes(bits)
+}
+
+/// Packs one row of codes (each `< 2^bits`) into `out` (`row_bytes(bits, codes.len())` bytes).
+///
+/// # Panics
+/// When a code does not fit in `bits` or `out` has the wrong length.
+pub fn pack_row(bits: u8, codes: &[u8], out: &mut [u8]) {
+    assert_eq!(
+        out.len(),
+        row_bytes(bits, codes.len()),
+        "pack_row: output length"
+    );
+    assert!(
+        codes.iter().all(|&c| c >> bits == 0),
+        "pack_row: a code does not fit in {bits} bits"
+    );
+    let bb = block_bytes(bits);
+    for (b, dst) in out.chunks_exact_mut(bb).enumerate() {
+        let mut c = [0u8; BLOCK];
+        let src = &codes[b * BLOCK..codes.len().min((b + 1) * BLOCK)];
+        c[..src.len()].copy_from_slice(src);
+        dst.fill(0);
+        if bits == 4 {
+            for j in 0..16 {
+                dst[j] = c[j] | c[j + 16] << 4;
+            }
+        } else {
+            let mut high = 0u32;
+            for j in 0..8 {
+                dst[j] =
+                    c[j] & 3 | (c[j + 8] & 3) << 2 | (c[j + 16] & 3) << 4 | (c[j + 24] & 3) << 6;
+            }
+            for (e, &v) in c.iter().enumerate() {
+                high |= ((v >> 2) as u32 & 1) << e;
+            }
+            dst[8..12].copy_from_slice(&high.to_le_bytes());
+        }
+    }
+}
+
+/// The 32 codes of one packed block.
+#[inline]
+pub fn unpack_block(bits: u8, block: &[u8], out: &mut [u8; BLOCK]) {
+    if bits == 4 {
+        for j in 0..16 {
+            out[j] = block[j] & 15;
+            out[j + 16] = block[j] >> 4;
+        }
+    } else {
+        let high = u32::from_le_bytes([block[8], block[9], block[10], block[11]]);
+        for e in 0..BLOCK {
+            let low = block[e % 8] >> (2 * (e / 8)) & 3;
+            out[e] = low | ((high >> e) as u8 & 1) << 2;
+        }
+    }
+}
+
+/// Code `i` of row `o`.
+pub fn code(q: &QuantRef, o: usize, i: usize) -> u8 {
+    let bb = block_bytes(q.bits);
+    let at = o * q.row_bytes() + i / BLOCK * bb;
+    let mut c = [0u8; BLOCK];
+    unpack_block(q.bits, &q.packed[at..at + bb], &mut c);
+    c[i % BLOCK]
+}
+
+/// Scale and offset (`off`: the value of code 0) of group `g` of row `o`.
+#[inline]
+pub fn group_params(q: &QuantRef, o: usize, g: usize) -> (f32, f32) {
+    let at = o * q.groups_per_row() + g;
+    let s = q.scales[at].to_f32();
+    let off = match q.mins {
+        Some(m) => m[at].to_f32(),
+        None => -((1u32 << (q.bits - 1)) as f32) * s,
+    };
+    (s, off)
+}
+
+/// Weight `(o, i)` as f32.
+pub fn weight(q: &QuantRef, o: usize, i: usize) -> f32 {
+    let (s, off) = group_params(q, o, i / q.group);
+    s * code(q, o, i) as f32 + off
+}
+
+/// Activations quantized for [`QuantRef`] products: `xq` padded with zeros to whole blocks, and `Σ xq`
+/// per group.
+pub fn group_sums(xq: &[i8], group: usize, k: usize, sums: &mut [i32]) {
+    for (g, s) in sums.iter_mut().enumerate() {
+        let lo = g * group;
+        *s = xq[lo..k.min(lo + group)].iter().map(|&v| v as i32).sum();
+    }
+}
+
+/// Rows `o0 .. o0 + y.len()` on the portable path: blocks unpacked into bytes, integer sums in i32.
+/// `xq` holds whole blocks (zero-padded), `sums` the per-group `Σ xq`.
+pub(crate) fn rows_portable(
+    q: &QuantRef,
+    xq: &[i8],
+    sums: &[i32],
+    xs: f32,
+    o0: usize,
+    y: &mut [f32],
+) {
+    let (bb, rb, gpr) = (block_bytes(q.bits), q.row_bytes(), q.groups_per_row());
+    let bpg = q.group / BLOCK;
+    let blocks = q.in_dim.div_ceil(BLOCK);
+    assert!(xq.len() >= blocks * BLOCK && sums.len() == gpr);
+    let mut c = [0u8; BLOCK];
+    for (r, yo) in y.iter_mut().enumerate() {
+        let o = o0 + r;
+        let row = &q.packed[o * rb..(o + 1) * rb];
+        let mut acc = 0.0f32;
+        for (g, &xsum) in sums.iter().enumerate() {
+            let mut isum = 0i32;
+            for b in g * bpg..blocks.min((g + 1) * bpg) {
+                unpack_block(q.bits, &row[b * bb..(b + 1) * bb], &mut c);
+                let x = &xq[b * BLOCK..(b + 1) * BLOCK];
+                isum += c
+                    .iter()
+                    .zip(x)
+                    .map(|(&c, &x)| c as i32 * x as i32)
+                    .sum::<i32>();
+            }
+            let (s, off) = group_params(q, o, g);
+            acc += s * isum as f32 + off * xsum as f32;
+        }
+        *yo = acc * xs;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{block_bytes, BLOCK};
+    use crate::matrix::QuantRef;
+
+    /// The 32 codes of a 4-bit block as bytes: the 16 bytes in both lanes, the high lane shifted by 4.
+    #[inline(always)]
+    unsafe fn unpack4(p: *const u8) -> __m256i {
+        let v = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
+        let v = _mm256_srlv_epi64(v, _mm256_set_epi64x(4, 4, 0, 0));
+        _mm256_and_si256(v, _mm256_set1_epi8(15))
+    }
+
+    /// The 32 codes of a 3-bit block as bytes.
+    #[inline(always)]
+    unsafe fn unpack3(p: *const u8) -> __m256i {
+        let low = _mm256_set1_epi64x((p as *const i64).read_unaligned());
+        let low = _mm256_srlv_epi64(low, _mm256_set_epi64x(6, 4, 2, 0));
+        let low = _mm256_and_si256(low, _mm256_set1_epi8(3));
+        let high = _mm256_set1_epi32((p.add(8) as *const i32).read_unaligned());
+        // Byte e takes the byte of the high bits holding bit e, then tests its bit.
+        let sel = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
+        );
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let high = _mm256_and_si256(_mm256_shuffle_epi8(high, sel), bit);
+        let high = _mm256_and_si256(_mm256_cmpeq_epi8(high, bit), _mm256_set1_epi8(4));
+        _mm256_or_si256(low, high)
+    }
+
+    /// The sums of the 8 lanes of each of 4 vectors.
+    #[inline(always)]
+    unsafe fn reduce4(a: [__m256i; 4]) -> __m128i {
+        let r01 = _mm256_hadd_epi32(a[0], a[1]);
+        let r23 = _mm256_hadd_epi32(a[2], a[3]);
+        let r = _mm256_hadd_epi32(r01, r23);
+        _mm_add_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1))
+    }
+
+    /// Rows `o0 .. o0 + y.len()` with AVX2: four rows per pass share every load of `xq`; codes times
+    /// activations through `vpmaddubsw` (codes ≤ 15 and |xq| ≤ 127 cannot saturate: at most 8 blocks
+    /// are summed in i16), the group's float step done for the four rows in one vector, in the
+    /// reference's order.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be available; `q` must have passed `MatRef::check`; `xq` holds whole
+    /// blocks (checked), `sums` one entry per group (checked).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn rows_avx2(
+        q: &QuantRef,
+        xq: &[i8],
+        sums: &[i32],
+        xs: f32,
+        o0: usize,
+        y: &mut [f32],
+    ) {
+        let blocks = q.in_dim.div_ceil(BLOCK);
+        let gpr = q.groups_per_row();
+        assert!(xq.len() >= blocks * BLOCK && sums.len() == gpr);
+        assert!(q.packed.len() >= (o0 + y.len()) * q.row_bytes());
+        match q.bits {
+            4 => rows_r::<4>(q, xq, sums, xs, o0, y),
+            _ => rows_r::<3>(q, xq, sums, xs, o0, y),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn rows_r<const BITS: u8>(
+        q: &QuantRef,
+        xq: &[i8],
+        sums: &[i32],
+        xs: f32,
+        o0: usize,
+        y: &mut [f32],
+    ) {
+        let (bb, rb, gpr) = (block_bytes(BITS), q.row_bytes(), q.groups_per_row());
+        let bpg = q.group / BLOCK;
+        let blocks = q.in_dim.div_ceil(BLOCK);
+        let half = -((1u32 << (BITS - 1)) as f32);
+        let ones = _mm256_set1_epi16(1);
+        let scales = q.scales.as_ptr() as *const u16;
+        let mins = q.mins.map(|m| m.as_ptr() as *const u16);
+        let mut r = 0;
+        while r < y.len() {
+            let rows = (y.len() - r).min(4);
+            let o = o0 + r;
+            let rw: [usize; 4] = std::array::from_fn(|j| o + j.min(rows - 1));
+            let p: [*const u8; 4] = std::array::from_fn(|j| q.packed.as_ptr().add(rw[j] * rb));
+            let mut acc = _mm_setzero_ps();
+            for (g, &xsum) in sums.iter().enumerate() {
+                let mut isum = [_mm256_setzero_si256(); 4];
+                let (b0, b1) = (g * bpg, blocks.min((g + 1) * bpg));
+                let mut b = b0;
+                while b < b1 {
+                    // At most 8 blocks in i16 (8 · 2 · 15 · 127 < 2^15).
+                    let end = b1.min(b + 8);
+                    let mut s16 = [_mm256_setzero_si256(); 4];
+                    while b < end {
+                        let x = _mm256_loadu_si256(xq.as_ptr().add(b * BLOCK) as *const __m256i);
+                        for j in 0..4 {
+                            let c = if BITS == 4 {
+                                unpack4(p[j].add(b * bb))
+                            } else {
+                                unpack3(p[j].add(b * bb))
+                            };
+                            s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(c, x));
+                        }
+                        b += 1;
+                    }
+                    for j in 0..4 {
+                        isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(s16[j], ones));
+                    }
+                }
+                let isum = _mm_cvtepi32_ps(reduce4(isum));
+                let at: [usize; 4] = std::array::from_fn(|j| rw[j] * gpr + g);
+                let sv = _mm_cvtph_ps(_mm_setr_epi16(
+                    *scales.add(at[0]) as i16,
+                    *scales.add(at[1]) as i16,
+                    *scales.add(at[2]) as i16,
+                    *scales.add(at[3]) as i16,
+                    0,
+                    0,
+                    0,
+                    0,
+                ));
+                let off = match mins {
+                    Some(m) => _mm_cvtph_ps(_mm_setr_epi16(
+                        *m.add(at[0]) as i16,
+                        *m.add(at[1]) as i16,
+                        *m.add(at[2]) as i16,
+                        *m.add(at[3]) as i16,
+                        0,
+                        0,
+                        0,
+                        0,
+                    )),
+                    None => _mm_mul_ps(_mm_set1_ps(half), sv),
+                };
+                // acc += s·Σq·xq + off·Σxq, rounded step by step as the reference does (no FMA).
+                let t = _mm_add_ps(
+                    _mm_mul_ps(sv, isum),
+                    _mm_mul_ps(off, _mm_set1_ps(xsum as f32)),
+                );
+                acc = _mm_add_ps(acc, t);
+            }
+            let mut out = [0.0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), _mm_mul_ps(acc, _mm_set1_ps(xs)));
+            y[r..r + rows].copy_from_slice(&out[..rows]);
+            r += rows;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_round_trip_at_both_widths() {
+        for bits in [3u8, 4] {
+            for k in [1usize, 31, 32, 33, 80, 96] {
+                let codes: Vec<u8> = (0..k).map(|i| ((i * 7 + 3) % (1 << bits)) as u8).collect();
+                let mut packed = vec![0u8; row_bytes(bits, k)];
+                pack_row(bits, &codes, &mut packed);
+                let mut c = [0u8; BLOCK];
+                for (i, &want) in codes.iter().enumerate() {
+                    let b = i / BLOCK * block_bytes(bits);
+                    unpack_block(bits, &packed[b..b + block_bytes(bits)], &mut c);
+                    assert_eq!(c[i % BLOCK], want, "bits {bits} k {k} i {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "does not fit")]
+    fn a_code_too_wide_is_refused() {
+        let mut out = vec![0u8; row_bytes(3, 32)];
+        pack_row(3, &[8u8; 32], &mut out);
+    }
+}
