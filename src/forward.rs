@@ -664,6 +664,11 @@ fn add_row(table: &Matrix, r: usize, out: &mut [f32]) {
                 *o += vals[i] as f32 * q.scales[r * groups + i / q.group];
             }
         }
+        MatRef::Quant(q) => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o += slimlm_kernels::quant::weight(&q, r, i);
+            }
+        }
     }
 }
 

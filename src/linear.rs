@@ -4,7 +4,9 @@
 //! aligned for its element type is the only thing ever copied, and it is counted in
 //! [`Linear::copied_bytes`].
 
-use slimlm_kernels::{self as kernels, DenseRef, Elems, Int8Act, Int8Ref, Layout, MatRef};
+use slimlm_kernels::{
+    self as kernels, DenseRef, Elems, Int8Act, Int8Ref, Layout, MatRef, QuantRef,
+};
 
 use crate::error::Result;
 use crate::tensor_file::{DType, Mapped, TensorView};
@@ -178,6 +180,16 @@ pub enum Matrix {
         out_dim: usize,
         in_dim: usize,
     },
+    /// 4- or 3-bit codes in packed blocks of 32 inputs, F16 scales (and minimums) per group.
+    Quant {
+        bits: u8,
+        packed: Bytes,
+        scales: Bytes,
+        mins: Option<Bytes>,
+        group: usize,
+        out_dim: usize,
+        in_dim: usize,
+    },
 }
 
 impl Matrix {
@@ -229,6 +241,54 @@ impl Matrix {
         })
     }
 
+    /// A 4- or 3-bit matrix: `packed` U8 `[out, row_bytes]` (see `slimlm_kernels::quant`), `scales`
+    /// and optional `mins` F16 `[out, groups]`. One group per row, or groups of `in / groups` inputs,
+    /// which must be a multiple of 32.
+    pub fn quant(
+        bits: u8,
+        packed: &TensorView,
+        scales: &TensorView,
+        mins: Option<&TensorView>,
+        out_dim: usize,
+        in_dim: usize,
+    ) -> Result<Matrix> {
+        if !matches!(bits, 3 | 4) {
+            return Err(packed.error(format!("{bits}-bit weights are not supported (3 or 4)")));
+        }
+        packed.expect_dtype(&[DType::U8])?;
+        packed.expect_shape(&[out_dim, kernels::quant::row_bytes(bits, in_dim)])?;
+        scales.expect_dtype(&[DType::F16])?;
+        if scales.shape.len() != 2 || scales.shape[0] != out_dim || scales.shape[1] == 0 {
+            return Err(scales.error(format!(
+                "expected shape [{out_dim}, groups], found {:?}",
+                scales.shape
+            )));
+        }
+        let groups = scales.shape[1];
+        let group = if groups == 1 {
+            in_dim.div_ceil(kernels::quant::BLOCK) * kernels::quant::BLOCK
+        } else if in_dim % groups == 0 && (in_dim / groups) % kernels::quant::BLOCK == 0 {
+            in_dim / groups
+        } else {
+            return Err(scales.error(format!(
+                "{groups} groups do not cut the {in_dim} inputs into groups of a multiple of 32"
+            )));
+        };
+        if let Some(m) = mins {
+            m.expect_dtype(&[DType::F16])?;
+            m.expect_shape(&[out_dim, groups])?;
+        }
+        Ok(Matrix::Quant {
+            bits,
+            packed: Bytes::new(packed, 1),
+            scales: Bytes::new(scales, 2),
+            mins: mins.map(|m| Bytes::new(m, 2)),
+            group,
+            out_dim,
+            in_dim,
+        })
+    }
+
     /// Output and input sizes.
     pub fn dims(&self) -> (usize, usize) {
         match self {
@@ -236,6 +296,9 @@ impl Matrix {
                 out_dim, in_dim, ..
             }
             | Matrix::Int8 {
+                out_dim, in_dim, ..
+            }
+            | Matrix::Quant {
                 out_dim, in_dim, ..
             } => (*out_dim, *in_dim),
         }
@@ -278,36 +341,59 @@ impl Matrix {
                 group: *group,
                 act,
             }),
+            Matrix::Quant {
+                bits,
+                packed,
+                scales,
+                mins,
+                group,
+                out_dim,
+                in_dim,
+            } => MatRef::Quant(QuantRef {
+                bits: *bits,
+                packed: packed.bytes(),
+                scales: bytemuck::cast_slice(scales.bytes()),
+                mins: mins.as_ref().map(|m| bytemuck::cast_slice(m.bytes())),
+                out_dim: *out_dim,
+                in_dim: *in_dim,
+                group: *group,
+            }),
+        }
+    }
+
+    /// The stored buffers.
+    fn buffers(&self) -> Vec<&Bytes> {
+        match self {
+            Matrix::Dense { data, .. } => vec![data],
+            Matrix::Int8 { values, scales, .. } => vec![values, scales],
+            Matrix::Quant {
+                packed,
+                scales,
+                mins,
+                ..
+            } => [Some(packed), Some(scales), mins.as_ref()]
+                .into_iter()
+                .flatten()
+                .collect(),
         }
     }
 
     /// Bytes of weight data.
     pub fn weight_bytes(&self) -> usize {
-        match self {
-            Matrix::Dense { data, .. } => data.bytes().len(),
-            Matrix::Int8 { values, scales, .. } => values.bytes().len() + scales.bytes().len(),
-        }
+        self.buffers().iter().map(|b| b.bytes().len()).sum()
     }
 
     /// Bytes copied out of the mapping (unaligned tensors).
     pub fn copied_bytes(&self) -> usize {
-        match self {
-            Matrix::Dense { data, .. } => data.copied_bytes(),
-            Matrix::Int8 { values, scales, .. } => values.copied_bytes() + scales.copied_bytes(),
-        }
+        self.buffers().iter().map(|b| b.copied_bytes()).sum()
     }
 
     /// Pointers to the start of each stored buffer (to check they point into the mapping).
     pub fn data_ptrs(&self) -> Vec<*const u8> {
-        match self {
-            Matrix::Dense { data, .. } => vec![data.bytes().as_ptr()],
-            Matrix::Int8 { values, scales, .. } => {
-                vec![values.bytes().as_ptr(), scales.bytes().as_ptr()]
-            }
-        }
+        self.buffers().iter().map(|b| b.bytes().as_ptr()).collect()
     }
 
-    /// A short storage name: `f32`, `f16`, `bf16`, `int8`.
+    /// A short storage name: `f32`, `f16`, `bf16`, `int8`, `q4`, `q3`.
     pub fn storage_name(&self) -> &'static str {
         match self {
             Matrix::Dense { dtype, .. } => match dtype {
@@ -316,6 +402,8 @@ impl Matrix {
                 _ => "bf16",
             },
             Matrix::Int8 { .. } => "int8",
+            Matrix::Quant { bits: 4, .. } => "q4",
+            Matrix::Quant { .. } => "q3",
         }
     }
 }

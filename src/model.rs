@@ -155,10 +155,11 @@ impl Model {
         let positions = match (config.position_rows(), names.positions) {
             (Some(rows), Some(name)) => {
                 let m = w.matrix(&w.weight(name), Layout::OutIn, rows, d)?;
-                if matches!(m, Matrix::Int8 { .. }) {
-                    return Err(config_err(
-                        "INT8 position embeddings are not supported".into(),
-                    ));
+                if !matches!(m, Matrix::Dense { .. }) {
+                    return Err(config_err(format!(
+                        "{} position embeddings are not supported",
+                        m.storage_name()
+                    )));
                 }
                 Some(m)
             }
@@ -444,8 +445,16 @@ impl Loader<'_> {
         format!("{}{name}.weight", self.root)
     }
 
-    /// A matrix stored under `name`: dense in `layout`, or INT8 (`name` of dtype I8 plus `name_scale`).
+    /// A matrix stored under `name`: dense in `layout`, INT8 (`name` of dtype I8 plus `name_scale`), or
+    /// 4-/3-bit (`name_q4` / `name_q3` plus F16 `name_scale` and optional `name_min`).
     fn matrix(&self, name: &str, layout: Layout, out_dim: usize, in_dim: usize) -> Result<Matrix> {
+        for bits in [4u8, 3] {
+            if let Some(packed) = self.store.get(&format!("{name}_q{bits}")) {
+                let scales = self.store.require(&format!("{name}_scale"))?;
+                let mins = self.store.get(&format!("{name}_min"));
+                return Matrix::quant(bits, &packed, &scales, mins.as_ref(), out_dim, in_dim);
+            }
+        }
         let t = self.store.require(name)?;
         if t.dtype == DType::I8 {
             let scales = self.store.require(&format!("{name}_scale"))?;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use slimlm::compress::{
-    self, Component, FactorDtype, MethodName, Plan, PlanOptions, SFold, SvdKind,
+    self, Component, FactorDtype, MethodName, Plan, PlanOptions, Quantizer, SFold, SvdKind,
 };
 
 use super::CliResult;
@@ -16,6 +16,10 @@ enum Mode {
     F16,
     /// Every linear layer as low-rank factors (`--rank`, `--energy` or `--budget`).
     Lowrank,
+    /// Every linear layer 4-bit in groups (`--group`, default 128; `--quantizer`), embeddings INT8.
+    Q4,
+    /// Every linear layer 3-bit in groups, embeddings INT8.
+    Q3,
 }
 
 #[derive(clap::Args)]
@@ -32,9 +36,15 @@ pub struct Args {
     /// A plan file (TOML, or JSON by extension) for mixed plans.
     #[arg(long)]
     plan: Option<PathBuf>,
-    /// INT8 group size (values per scale); default one scale per row.
+    /// Group size (values per scale): INT8 default one scale per row; q4/q3 default 128 (a multiple of 32).
     #[arg(long)]
     group: Option<usize>,
+    /// q4/q3: how codes are chosen, `rtn` (round to nearest, default) or `gptq` (needs --calibration).
+    #[arg(long, value_parser = ["rtn", "gptq", "awq"])]
+    quantizer: Option<String>,
+    /// q4/q3: one scale per group, no minimum (default: a scale and a minimum per group).
+    #[arg(long)]
+    symmetric: bool,
     /// Low rank: rank of every matrix (matrices where it would not save memory are left dense and reported).
     #[arg(long, conflicts_with_all = ["energy", "budget"])]
     rank: Option<usize>,
@@ -48,7 +58,7 @@ pub struct Args {
     #[arg(long, value_parser = ["f32", "f16", "int8"])]
     factors: Option<String>,
     /// Storage of the token embedding / tied LM head (default: as the mode; int8 for lowrank).
-    #[arg(long, value_parser = ["keep", "f16", "int8"])]
+    #[arg(long, value_parser = ["keep", "f16", "int8", "q4", "q3"])]
     embeddings: Option<String>,
     /// Leave a component as it is (attn_qkv, attn_out, mlp_in, mlp_out, embeddings); repeatable.
     #[arg(long)]
@@ -89,6 +99,8 @@ fn plan_options(a: &Args) -> slimlm::Result<PlanOptions> {
             Mode::Int8 => compress::Mode::Int8,
             Mode::F16 => compress::Mode::F16,
             Mode::Lowrank => compress::Mode::Lowrank,
+            Mode::Q4 => compress::Mode::Q4,
+            Mode::Q3 => compress::Mode::Q3,
         }),
         plan: a.plan.as_deref().map(Plan::from_file).transpose()?,
         group: a.group,
@@ -107,6 +119,8 @@ fn plan_options(a: &Args) -> slimlm::Result<PlanOptions> {
         calibration: !a.calibration.is_empty(),
         alpha: a.alpha,
         s_fold: a.s_fold.as_deref().map(SFold::parse).transpose()?,
+        quantizer: a.quantizer.as_deref().map(Quantizer::parse).transpose()?,
+        symmetric: a.symmetric,
     })
 }
 

@@ -17,6 +17,7 @@
 
 pub mod plan;
 pub mod quantize;
+pub mod sub8;
 pub mod svd;
 pub mod writer;
 
@@ -27,8 +28,8 @@ use serde::Serialize;
 use slimlm_kernels::Layout;
 
 pub use plan::{
-    Component, FactorDtype, Method, MethodName, Mode, Override, Plan, PlanOptions, RankRule, SFold,
-    Spec, SvdKind,
+    Component, FactorDtype, Method, MethodName, Mode, Override, Plan, PlanOptions, Quantizer,
+    RankRule, SFold, Spec, SvdKind,
 };
 use writer::OutTensor;
 
@@ -279,6 +280,80 @@ fn int8_tensors(
     ))
 }
 
+/// A 4-/3-bit matrix (`name_qB` packed codes, F16 `name_scale` and `name_min`); returns the tensors, the
+/// values as stored (dequantized) and, for GPTQ, a note comparing its calibration output error with RTN's.
+fn sub8_tensors(
+    name: &str,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    method: Method,
+    gram: Option<&[f64]>,
+) -> Result<(Vec<OutTensor>, Vec<f32>, Option<String>)> {
+    let Method::Sub8 {
+        bits,
+        group,
+        quantizer,
+        symmetric,
+    } = method
+    else {
+        unreachable!("sub8_tensors takes sub-8-bit methods")
+    };
+    if cols % group != 0 && cols > group {
+        return Err(Error::Plan(format!(
+            "q{bits} group size {group} does not divide the {cols} inputs of a {rows}×{cols} matrix"
+        )));
+    }
+    let q = sub8::Sub8 {
+        bits,
+        group,
+        asym: !symmetric,
+    };
+    let (qm, note) = match (quantizer, gram) {
+        (Quantizer::Rtn, _) => (sub8::rtn(w, rows, cols, q)?, None),
+        (Quantizer::Gptq, Some(g)) => {
+            let qm = sub8::gptq(w, rows, cols, g, q, &sub8::GptqOptions::default())?;
+            let rtn = sub8::rtn(w, rows, cols, q)?.dequantize();
+            let (e_gptq, e_rtn) = (
+                sub8::output_error(w, &qm.dequantize(), rows, cols, g),
+                sub8::output_error(w, &rtn, rows, cols, g),
+            );
+            let note = format!(
+                "calibration output error {:.3}× RTN's",
+                e_gptq / e_rtn.max(f64::MIN_POSITIVE)
+            );
+            (qm, Some(note))
+        }
+        (Quantizer::Gptq, None) => {
+            return Err(Error::Plan(format!("{name}: GPTQ needs calibration text")))
+        }
+    };
+    // The packed group size: one group per row when the group covers the whole row.
+    let groups = qm.groups();
+    let rb = slimlm_kernels::quant::row_bytes(bits, cols);
+    let mut packed = vec![0u8; rows * rb];
+    for (r, out) in packed.chunks_exact_mut(rb).enumerate() {
+        slimlm_kernels::quant::pack_row(bits, &qm.codes[r * cols..(r + 1) * cols], out);
+    }
+    let mut ts = vec![
+        OutTensor {
+            name: format!("{name}_q{bits}"),
+            dtype: DType::U8,
+            shape: vec![rows, rb],
+            data: packed,
+        },
+        OutTensor::f16(format!("{name}_scale"), vec![rows, groups], &qm.scales)?,
+    ];
+    if let Some(m) = &qm.mins {
+        ts.push(OutTensor::f16(
+            format!("{name}_min"),
+            vec![rows, groups],
+            m,
+        )?);
+    }
+    Ok((ts, qm.dequantize(), note))
+}
+
 /// A factor in its storage; returns the tensors and the values as stored (dequantized).
 fn factor_tensors(
     name: &str,
@@ -360,6 +435,28 @@ fn compress_linear(ctx: &Ctx, site: &LinearSite, t: &TensorView) -> Result<Produ
                 Ok(Produced {
                     tensors: ts,
                     stored: Method::Int8 { group }.describe(),
+                    rel_error: rel_error(&w, &deq),
+                    factor_error: None,
+                    note,
+                })
+            }
+            Method::Sub8 { .. } => {
+                let w = weight_out_in(t, site.layout, m, n)?;
+                let gram = ctx
+                    .calib
+                    .and_then(|c| c.grams.get(&(site.layer, site.component)));
+                let (ts, deq, note) = sub8_tensors(
+                    &format!("{}.weight", site.base),
+                    &w,
+                    m,
+                    n,
+                    method,
+                    gram.map(|g| &g[..]),
+                )
+                .map_err(|e| Error::Plan(format!("{}: {e}", what())))?;
+                Ok(Produced {
+                    tensors: ts,
+                    stored: method.describe(),
                     rel_error: rel_error(&w, &deq),
                     factor_error: None,
                     note,
@@ -513,6 +610,24 @@ fn compress_embedding(method: Method, t: &TensorView) -> Result<Produced> {
                 note: None,
             })
         }
+        Method::Sub8 {
+            quantizer: Quantizer::Gptq,
+            ..
+        } => Err(Error::Plan(
+            "embeddings: GPTQ applies to linear layers (use rtn for the embeddings)".into(),
+        )),
+        Method::Sub8 { .. } => {
+            let w = finite_values(t)?;
+            let (ts, deq, _) = sub8_tensors(&t.name, &w, rows, cols, method, None)
+                .map_err(|e| Error::Plan(format!("embeddings: {e}")))?;
+            Ok(Produced {
+                tensors: ts,
+                stored: method.describe(),
+                rel_error: rel_error(&w, &deq),
+                factor_error: None,
+                note: None,
+            })
+        }
         Method::LowRank { .. } => Err(Error::Plan("low-rank embeddings are not supported".into())),
     }
 }
@@ -568,7 +683,7 @@ pub fn compress_model(
             model,
             &opts.calibration,
             opts.calibration_tokens,
-            plan.svd == SvdKind::Whiten,
+            resolved.needs_grams(config.n_layer()),
             progress,
         )?)
     } else {

@@ -42,23 +42,74 @@ pub enum MethodName {
     Keep,
     F16,
     Int8,
+    Q4,
+    Q3,
     Lowrank,
 }
 
 impl MethodName {
-    /// Parses `keep`, `f16`, `int8` or `lowrank`.
+    /// Parses `keep`, `f16`, `int8`, `q4`, `q3` or `lowrank`.
     pub fn parse(s: &str) -> Result<MethodName> {
         match s {
             "keep" => Ok(MethodName::Keep),
             "f16" => Ok(MethodName::F16),
             "int8" => Ok(MethodName::Int8),
+            "q4" => Ok(MethodName::Q4),
+            "q3" => Ok(MethodName::Q3),
             "lowrank" => Ok(MethodName::Lowrank),
             _ => Err(Error::input(format!(
-                "unknown method {s:?} (expected keep, f16, int8 or lowrank)"
+                "unknown method {s:?} (expected keep, f16, int8, q4, q3 or lowrank)"
             ))),
         }
     }
+
+    /// Bits of a sub-8-bit method.
+    fn sub8_bits(self) -> Option<u8> {
+        match self {
+            MethodName::Q4 => Some(4),
+            MethodName::Q3 => Some(3),
+            _ => None,
+        }
+    }
 }
+
+/// How 4- and 3-bit codes are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantizer {
+    /// Round to nearest, group by group.
+    Rtn,
+    /// GPTQ: column by column, each rounding error spread over the columns still to come through the
+    /// inverse Hessian of the layer's calibration inputs.
+    Gptq,
+}
+
+impl Quantizer {
+    /// Parses `rtn` or `gptq`.
+    pub fn parse(s: &str) -> Result<Quantizer> {
+        match s {
+            "rtn" => Ok(Quantizer::Rtn),
+            "gptq" => Ok(Quantizer::Gptq),
+            "awq" => Err(Error::input(
+                "quantizer awq is not implemented yet (rtn or gptq)",
+            )),
+            _ => Err(Error::input(format!(
+                "unknown quantizer {s:?} (expected rtn or gptq)"
+            ))),
+        }
+    }
+
+    /// `rtn` or `gptq`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantizer::Rtn => "rtn",
+            Quantizer::Gptq => "gptq",
+        }
+    }
+}
+
+/// Default group of 4- and 3-bit weights (inputs per scale).
+pub const SUB8_DEFAULT_GROUP: usize = 128;
 
 /// Storage of low-rank factors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +168,12 @@ pub struct Spec {
     /// tests); a rank above min(out, in) stays an error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub force: Option<bool>,
+    /// q4/q3: how codes are chosen (default rtn).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantizer: Option<Quantizer>,
+    /// q4/q3: a scale per group only, no minimum (default false: a scale and a minimum per group).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symmetric: Option<bool>,
 }
 
 /// A per-layer override.
@@ -142,6 +199,10 @@ pub struct Override {
     pub factors: Option<FactorDtype>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub force: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantizer: Option<Quantizer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symmetric: Option<bool>,
 }
 
 impl Override {
@@ -154,6 +215,8 @@ impl Override {
             budget: self.budget,
             factors: self.factors,
             force: self.force,
+            quantizer: self.quantizer,
+            symmetric: self.symmetric,
         }
     }
 }
@@ -252,6 +315,14 @@ pub enum Method {
     F16,
     /// INT8 `[out, in]`, `group` inputs per scale (`None`: a whole row).
     Int8 { group: Option<usize> },
+    /// 4 or 3 bits `[out, in]` in groups of `group` inputs (a multiple of 32), F16 scales (and minimums
+    /// unless `symmetric`).
+    Sub8 {
+        bits: u8,
+        group: usize,
+        quantizer: Quantizer,
+        symmetric: bool,
+    },
     /// `U·S·Vh`; `explicit` ranks are errors where they would not save memory, global ones fall back;
     /// `force` stores the factors anyway.
     LowRank {
@@ -271,6 +342,16 @@ impl Method {
             Method::F16 => "f16".into(),
             Method::Int8 { group: None } => "int8".into(),
             Method::Int8 { group: Some(g) } => format!("int8 g{g}"),
+            Method::Sub8 {
+                bits,
+                group,
+                quantizer,
+                symmetric,
+            } => format!(
+                "q{bits} g{group} {}{}",
+                quantizer.name(),
+                if *symmetric { " sym" } else { "" }
+            ),
             Method::LowRank { rank, factors, .. } => {
                 let r = match rank {
                     RankRule::Fixed(r) => format!("r={r}"),
@@ -287,9 +368,38 @@ fn spec_to_method(spec: &Spec, what: &str, explicit: bool) -> Result<Method> {
     let bad = |msg: String| Error::Plan(format!("{what}: {msg}"));
     let method = spec
         .method
-        .ok_or_else(|| bad("no `method` (keep, f16, int8 or lowrank)".into()))?;
+        .ok_or_else(|| bad("no `method` (keep, f16, int8, q4, q3 or lowrank)".into()))?;
     if spec.group == Some(0) {
         return Err(bad("group size 0".into()));
+    }
+    if let Some(bits) = method.sub8_bits() {
+        if spec.rank.is_some()
+            || spec.energy.is_some()
+            || spec.budget.is_some()
+            || spec.factors.is_some()
+            || spec.force.is_some()
+        {
+            return Err(bad(format!(
+                "rank/energy/budget/factors/force only apply to method lowrank, not q{bits}"
+            )));
+        }
+        let group = spec.group.unwrap_or(SUB8_DEFAULT_GROUP);
+        if group % 32 != 0 {
+            return Err(bad(format!(
+                "q{bits} group size {group} is not a multiple of 32"
+            )));
+        }
+        return Ok(Method::Sub8 {
+            bits,
+            group,
+            quantizer: spec.quantizer.unwrap_or(Quantizer::Rtn),
+            symmetric: spec.symmetric.unwrap_or(false),
+        });
+    }
+    if spec.quantizer.is_some() || spec.symmetric.is_some() {
+        return Err(bad(format!(
+            "`quantizer` and `symmetric` apply to q4 and q3, not {method:?}"
+        )));
     }
     let lowrank_fields = spec.rank.is_some()
         || spec.energy.is_some()
@@ -314,6 +424,7 @@ fn spec_to_method(spec: &Spec, what: &str, explicit: bool) -> Result<Method> {
                 _ => Method::Int8 { group: spec.group },
             })
         }
+        MethodName::Q4 | MethodName::Q3 => unreachable!("sub-8-bit methods return above"),
         MethodName::Lowrank => {
             let rules = [
                 spec.rank.is_some(),
@@ -516,13 +627,35 @@ impl Resolved {
         })
     }
 
-    /// Whether any matrix is low rank with activation-aware SVD (which needs calibration text).
+    /// Whether any linear layer's method satisfies `f`.
+    fn any_linear(&self, n_layer: usize, f: impl Fn(&Method) -> bool) -> bool {
+        (0..n_layer).any(|l| {
+            Component::ALL[..4]
+                .iter()
+                .any(|&c| f(&self.method(Some(l), c)))
+        })
+    }
+
+    /// Whether any matrix is low rank with activation-aware SVD or GPTQ-quantized (which need
+    /// calibration text).
     pub fn needs_calibration(&self, n_layer: usize) -> bool {
-        self.plan.svd != SvdKind::Plain
-            && (0..n_layer).any(|l| {
-                Component::ALL[..4]
-                    .iter()
-                    .any(|&c| matches!(self.method(Some(l), c), Method::LowRank { .. }))
+        (self.plan.svd != SvdKind::Plain
+            && self.any_linear(n_layer, |m| matches!(m, Method::LowRank { .. })))
+            || self.needs_grams(n_layer)
+    }
+
+    /// Whether calibration must collect Gram matrices `Σ x·xᵀ` (whitened SVD, GPTQ).
+    pub fn needs_grams(&self, n_layer: usize) -> bool {
+        (self.plan.svd == SvdKind::Whiten
+            && self.any_linear(n_layer, |m| matches!(m, Method::LowRank { .. })))
+            || self.any_linear(n_layer, |m| {
+                matches!(
+                    m,
+                    Method::Sub8 {
+                        quantizer: Quantizer::Gptq,
+                        ..
+                    }
+                )
             })
     }
 }
@@ -536,6 +669,10 @@ pub enum Mode {
     F16,
     /// Every linear layer as low-rank factors (INT8 unless told otherwise), the embeddings INT8.
     Lowrank,
+    /// Every linear layer 4-bit in groups, the embeddings INT8.
+    Q4,
+    /// Every linear layer 3-bit in groups, the embeddings INT8.
+    Q3,
 }
 
 impl Mode {
@@ -545,8 +682,10 @@ impl Mode {
             "int8" => Ok(Mode::Int8),
             "f16" => Ok(Mode::F16),
             "lowrank" => Ok(Mode::Lowrank),
+            "q4" => Ok(Mode::Q4),
+            "q3" => Ok(Mode::Q3),
             _ => Err(Error::input(format!(
-                "unknown mode {s:?} (expected int8, f16 or lowrank)"
+                "unknown mode {s:?} (expected int8, f16, lowrank, q4 or q3)"
             ))),
         }
     }
@@ -557,6 +696,8 @@ impl Mode {
             Mode::Int8 => "int8",
             Mode::F16 => "f16",
             Mode::Lowrank => "lowrank",
+            Mode::Q4 => "q4",
+            Mode::Q3 => "q3",
         }
     }
 }
@@ -607,6 +748,10 @@ pub struct PlanOptions {
     pub alpha: Option<f64>,
     /// Where singular values go.
     pub s_fold: Option<SFold>,
+    /// q4/q3: how codes are chosen (default rtn).
+    pub quantizer: Option<Quantizer>,
+    /// q4/q3: scales only, no minimums.
+    pub symmetric: bool,
 }
 
 fn method_spec(method: MethodName) -> Spec {
@@ -623,6 +768,11 @@ impl PlanOptions {
         let bad = |m: &str| Err(Error::input(m));
         let rank_rule = self.rank.is_some() || self.energy.is_some() || self.budget.is_some();
         let lowrank_opts = rank_rule || self.factors.is_some();
+        if (self.quantizer.is_some() || self.symmetric)
+            && !matches!(self.mode, Some(Mode::Q4 | Mode::Q3))
+        {
+            return bad("a quantizer and --symmetric go with the q4 and q3 modes");
+        }
         let mut plan = match (self.plan, self.mode) {
             (Some(_), Some(_)) => return bad("give a mode or a plan, not both"),
             (None, None) => return bad("give a mode (int8, f16 or lowrank) or a plan"),
@@ -633,6 +783,23 @@ impl PlanOptions {
                     );
                 }
                 p
+            }
+            (None, Some(mode @ (Mode::Q4 | Mode::Q3))) => {
+                if lowrank_opts {
+                    return bad("rank, energy, budget and factors apply to the lowrank mode");
+                }
+                let s = Spec {
+                    method: Some(if mode == Mode::Q4 {
+                        MethodName::Q4
+                    } else {
+                        MethodName::Q3
+                    }),
+                    group: self.group,
+                    quantizer: self.quantizer,
+                    symmetric: self.symmetric.then_some(true),
+                    ..Spec::default()
+                };
+                Plan::uniform(s, method_spec(MethodName::Int8))
             }
             (None, Some(Mode::Int8)) => {
                 if lowrank_opts {
@@ -661,7 +828,7 @@ impl PlanOptions {
                     budget: self.budget,
                     factors: Some(self.factors.unwrap_or(FactorDtype::Int8)),
                     group: self.group,
-                    force: None,
+                    ..Spec::default()
                 };
                 Plan::uniform(s, method_spec(MethodName::Int8))
             }

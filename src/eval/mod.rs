@@ -124,11 +124,12 @@ pub fn build_compressed(
 }
 
 /// Parses a compact method: `keep`, `f16`, `int8`, `int8:g64`, `lowrank:r64`, `lowrank:r64:int8`,
-/// `lowrank:e0.9:f16`, `lowrank:r32:int8:g32` (r = rank, e = energy, b = budget, g = INT8 group).
+/// `lowrank:e0.9:f16`, `lowrank:r32:int8:g32`, `q4:g128:gptq`, `q3:g64:rtn:sym` (r = rank, e = energy,
+/// b = budget, g = group; q4/q3 take a quantizer, `rtn` by default, and `sym` for scales without minimums).
 pub fn parse_spec(s: &str) -> Result<Spec> {
     let bad = |why: String| {
         Error::input(format!(
-            "method {s:?}: {why} (e.g. int8, int8:g64, f16, keep, lowrank:r64:int8, lowrank:e0.9)"
+            "method {s:?}: {why} (e.g. int8, int8:g64, f16, keep, lowrank:r64:int8, lowrank:e0.9, q4:g128:gptq)"
         ))
     };
     let mut parts = s.trim().split(':');
@@ -136,6 +137,8 @@ pub fn parse_spec(s: &str) -> Result<Spec> {
         "keep" => MethodName::Keep,
         "f16" => MethodName::F16,
         "int8" => MethodName::Int8,
+        "q4" => MethodName::Q4,
+        "q3" => MethodName::Q3,
         "lowrank" => MethodName::Lowrank,
         m => return Err(bad(format!("unknown method {m:?}"))),
     };
@@ -154,6 +157,10 @@ pub fn parse_spec(s: &str) -> Result<Spec> {
         };
         if let Ok(f) = FactorDtype::parse(p) {
             spec.factors = Some(f);
+        } else if let Ok(q) = crate::compress::Quantizer::parse(p) {
+            spec.quantizer = Some(q);
+        } else if p == "sym" {
+            spec.symmetric = Some(true);
         } else if let Some(v) = p.strip_prefix('r') {
             spec.rank = Some(int(v)?);
         } else if let Some(v) = p.strip_prefix('e') {
@@ -186,6 +193,8 @@ pub fn describe_spec(spec: &Spec) -> String {
         Some(MethodName::Keep) | None => "keep".to_string(),
         Some(MethodName::F16) => "f16".to_string(),
         Some(MethodName::Int8) => "int8".to_string(),
+        Some(MethodName::Q4) => "q4".to_string(),
+        Some(MethodName::Q3) => "q3".to_string(),
         Some(MethodName::Lowrank) => "lowrank".to_string(),
     };
     if let Some(r) = spec.rank {
@@ -202,6 +211,12 @@ pub fn describe_spec(spec: &Spec) -> String {
     }
     if let Some(g) = spec.group {
         s += &format!(":g{g}");
+    }
+    if let Some(q) = spec.quantizer {
+        s += &format!(":{}", q.name());
+    }
+    if spec.symmetric == Some(true) {
+        s += ":sym";
     }
     s
 }
