@@ -111,6 +111,13 @@ fn every_mode_round_trips_on_both_models() {
     let mut separate = Plan::uniform(lowrank(48, FactorDtype::F32), spec(MethodName::F16));
     separate.s_fold = Some(compress::SFold::Separate);
     let none = Options::default();
+    let sub8 = |m: MethodName, group: usize, q: compress::Quantizer, symmetric: bool| Spec {
+        group: Some(group),
+        quantizer: Some(q),
+        symmetric: symmetric.then_some(true),
+        ..spec(m)
+    };
+    let (rtn, gptq) = (compress::Quantizer::Rtn, compress::Quantizer::Gptq);
     // (name, plan, options, allowed relative NLL increase over FP32)
     let cases: Vec<(&str, Plan, &Options, f64)> = vec![
         (
@@ -153,6 +160,33 @@ fn every_mode_round_trips_on_both_models() {
         ("asvd", asvd, &calib, 0.5),
         ("whiten", whiten, &calib, 0.5),
         ("mixed plan", mixed, &none, 0.3),
+        (
+            "q4 g128 rtn",
+            Plan::uniform(
+                sub8(MethodName::Q4, 128, rtn, false),
+                spec(MethodName::Int8),
+            ),
+            &none,
+            0.02,
+        ),
+        (
+            "q4 g128 gptq",
+            Plan::uniform(
+                sub8(MethodName::Q4, 128, gptq, false),
+                spec(MethodName::Int8),
+            ),
+            &calib,
+            0.02,
+        ),
+        (
+            "q3 g64 rtn sym, q4 embeddings",
+            Plan::uniform(
+                sub8(MethodName::Q3, 64, rtn, true),
+                sub8(MethodName::Q4, 32, rtn, false),
+            ),
+            &none,
+            0.06,
+        ),
     ];
     for name in MODELS {
         let dense = Model::open(ref_model(name)).unwrap();
@@ -403,6 +437,124 @@ fn output_is_atomic_and_never_clobbered() {
 }
 
 /// Copies the model directory `src` to a new directory and rewrites its weights with `edit`.
+/// 4-/3-bit storage is what the plan says; GPTQ's calibration output error is below RTN's on every
+/// matrix; groups that do not fit, GPTQ without calibration text, and damaged sub-8-bit tensors are
+/// clear errors that leave nothing behind.
+#[test]
+fn sub8_storage_gptq_gain_and_errors() {
+    let q = |m: MethodName, group: Option<usize>, quantizer| Spec {
+        group,
+        quantizer,
+        ..spec(m)
+    };
+    let plan = Plan::uniform(
+        q(MethodName::Q4, None, Some(compress::Quantizer::Gptq)),
+        spec(MethodName::Int8),
+    );
+    let calib = Options {
+        calibration: vec![udhr("eng"), udhr("fra")],
+        calibration_tokens: 2048,
+        ..Options::default()
+    };
+    let (_t, good, report) = compress_to("ref-gpt2", &plan, &calib);
+    let m = Model::open(&good).unwrap();
+    for (_, c, lin) in m.linears() {
+        let want = if c == "lm_head" { "int8" } else { "q4" };
+        assert_eq!(lin.describe(), want, "{c}");
+    }
+    let mut ratios = 0;
+    for r in report.matrices.iter().filter(|r| r.layer.is_some()) {
+        let note = r.note.as_deref().unwrap_or_default();
+        let ratio: f64 = note
+            .strip_prefix("calibration output error ")
+            .and_then(|n| n.strip_suffix("× RTN's"))
+            .unwrap_or_else(|| panic!("{}: note {note:?}", r.name))
+            .parse()
+            .unwrap();
+        assert!(ratio < 0.9, "{}: GPTQ output error {ratio}× RTN's", r.name);
+        ratios += 1;
+    }
+    assert_eq!(ratios, 24);
+
+    // Bad plans: nothing is written.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    for (plan, opts, want) in [
+        (
+            Plan::uniform(q(MethodName::Q4, Some(48), None), spec(MethodName::Keep)),
+            &Options::default(),
+            "not a multiple of 32",
+        ),
+        (
+            Plan::uniform(q(MethodName::Q3, Some(96), None), spec(MethodName::Keep)),
+            &Options::default(),
+            "does not divide the 256 inputs",
+        ),
+        (plan.clone(), &Options::default(), "needs calibration text"),
+    ] {
+        let e = compress::compress(&ref_model("ref-gpt2"), &out, &plan, opts, &mut |_, _, _| {})
+            .expect_err("bad plan compressed")
+            .to_string();
+        assert!(e.contains(want), "{e}");
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            0,
+            "left behind"
+        );
+    }
+
+    // Damaged sub-8-bit tensors.
+    let open_err = |dir: &Path| {
+        Model::open(dir)
+            .expect_err("damaged model opened")
+            .to_string()
+    };
+    let base = "transformer.h.1.mlp.c_fc.weight";
+    let cases: [(&str, fn(&mut OutTensor), &str); 4] = [
+        (
+            "_scale",
+            |t| {
+                t.shape = vec![1024, 3];
+                t.data = vec![0; 1024 * 3 * 2];
+            },
+            "groups do not cut the 256 inputs",
+        ),
+        (
+            "_scale",
+            |t| {
+                t.dtype = slimlm::tensor_file::DType::U8;
+                t.shape = vec![1024, 4];
+            },
+            "dtype",
+        ),
+        (
+            "_q4",
+            |t| t.shape = vec![2048, 64],
+            "expected shape [1024, 128]",
+        ),
+        (
+            "_min",
+            |t| {
+                t.shape = vec![1024, 1];
+                t.data = vec![0; 1024 * 2];
+            },
+            "expected shape [1024, 2]",
+        ),
+    ];
+    for (suffix, edit, want) in cases {
+        let name = format!("{base}{suffix}");
+        let bytes = rewritten(&good, |n, mut t| {
+            if n == name {
+                edit(&mut t);
+            }
+            Some(t)
+        });
+        let (_a, d) = damaged(&good, |b| *b = bytes);
+        let e = open_err(&d);
+        assert!(e.contains(&name) && e.contains(want), "{name}: {e}");
+    }
+}
+
 fn damaged(src: &Path, edit: impl FnOnce(&mut Vec<u8>)) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("m");

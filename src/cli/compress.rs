@@ -175,7 +175,11 @@ pub fn run(a: Args) -> CliResult {
             outln!("    note: {n}")?;
         }
     }
-    let left = report.matrices.iter().filter(|m| m.note.is_some()).count();
+    let left = report
+        .matrices
+        .iter()
+        .filter(|m| m.note.as_deref().is_some_and(|n| n.contains("left dense")))
+        .count();
     if left > 0 {
         outln!(
             "{left} matrices left dense where the global rank would not save memory (see notes)"

@@ -880,7 +880,7 @@ mod tests {
         for r in 0..rows {
             for t in 0..samples {
                 let y: f64 = (0..cols)
-                    .map(|j| (w[r * cols + j] - a[r * cols + j]) as f64 * x[t * cols + j])
+                    .map(|j| (w[r * cols + j] as f64 - a[r * cols + j] as f64) * x[t * cols + j])
                     .sum();
                 direct += y * y;
             }
