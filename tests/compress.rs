@@ -510,7 +510,8 @@ fn sub8_storage_gptq_gain_and_errors() {
             .to_string()
     };
     let base = "transformer.h.1.mlp.c_fc.weight";
-    let cases: [(&str, fn(&mut OutTensor), &str); 4] = [
+    type Edit = fn(&mut OutTensor);
+    let cases: [(&str, Edit, &str); 4] = [
         (
             "_scale",
             |t| {
