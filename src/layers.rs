@@ -127,7 +127,12 @@ pub fn resolve_root(config: &Config, store: &TensorStore) -> Result<&'static str
         .roots
         .iter()
         .copied()
-        .find(|r| store.contains(&format!("{r}{}.weight", names.embed)))
+        .find(|r| {
+            // Dense or INT8 under `.weight`; 4-/3-bit under `.weight_q4` / `.weight_q3`.
+            ["", "_q4", "_q3"]
+                .iter()
+                .any(|s| store.contains(&format!("{r}{}.weight{s}", names.embed)))
+        })
         .ok_or_else(|| {
             let tried: Vec<String> = names
                 .roots

@@ -436,7 +436,6 @@ fn output_is_atomic_and_never_clobbered() {
     assert!(e.to_string().contains("already compressed"), "{e}");
 }
 
-/// Copies the model directory `src` to a new directory and rewrites its weights with `edit`.
 /// 4-/3-bit storage is what the plan says; GPTQ's calibration output error is below RTN's on every
 /// matrix; groups that do not fit, GPTQ without calibration text, and damaged sub-8-bit tensors are
 /// clear errors that leave nothing behind.
@@ -556,6 +555,7 @@ fn sub8_storage_gptq_gain_and_errors() {
     }
 }
 
+/// Copies the model directory `src` to a new directory and rewrites its weights with `edit`.
 fn damaged(src: &Path, edit: impl FnOnce(&mut Vec<u8>)) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("m");

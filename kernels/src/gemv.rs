@@ -412,6 +412,9 @@ fn quant_matmul(
     tokens: usize,
 ) {
     let (k, n) = (q.in_dim, q.out_dim);
+    if tokens == 0 {
+        return;
+    }
     let kp = k.div_ceil(quant::BLOCK) * quant::BLOCK;
     let gpr = q.groups_per_row();
     with_scratch(&XQ, tokens * kp, |xq| {

@@ -972,6 +972,45 @@ fn quant_matrix(
     (packed, scales, mins)
 }
 
+/// The i16 sums of the AVX2 kernel at their worst (every code at its top, every activation at ±127, groups
+/// of 1024 = 4 chunks of 8 blocks) equal the reference bit for bit.
+#[test]
+fn quant_worst_case_sums_are_exact() {
+    for bits in [3u8, 4] {
+        let (n, k, group) = (4, 1024, 1024);
+        let rb = slimlm_kernels::quant::row_bytes(bits, k);
+        let mut packed = vec![0u8; n * rb];
+        for r in 0..n {
+            let codes = vec![(1u8 << bits) - 1; k];
+            slimlm_kernels::quant::pack_row(bits, &codes, &mut packed[r * rb..(r + 1) * rb]);
+        }
+        let scales = vec![f16::from_f32(1.0); n];
+        let q = slimlm_kernels::QuantRef {
+            bits,
+            packed: &packed,
+            scales: &scales,
+            mins: None,
+            out_dim: n,
+            in_dim: k,
+            group,
+        };
+        let w = MatRef::Quant(q);
+        for sign in [1.0f32, -1.0] {
+            let x = vec![sign; k];
+            let mut want = vec![0.0f32; n];
+            reference::matvec(&w, None, &x, &mut want);
+            // Σ (top − half)·x = k·(2^(bits−1) − 1)·sign: exact in f32.
+            let exact = sign * (k as f32) * (((1u32 << (bits - 1)) - 1) as f32);
+            assert_eq!(want[0], exact, "reference q{bits}");
+            for isa in isas() {
+                let mut got = vec![0.0f32; n];
+                matvec_with(isa, &w, None, &x, &mut got);
+                assert_eq!(got, want, "{} q{bits} sign {sign}", isa.name());
+            }
+        }
+    }
+}
+
 /// Sub-8-bit products on every path, every token count and the threads of the default team equal the
 /// reference bit for bit (the integer sums are exact and every path does the float steps in the
 /// reference's order); the reference itself is within the activation quantization's error of the
@@ -988,6 +1027,8 @@ fn quant_matvec_and_matmul_all_paths_bit_exact() {
             (130, 300, 128),
             (33, 768, 128),
             (9, 2100, 256),
+            (6, 1100, 512),
+            (5, 2048, 1024),
         ] {
             for asym in [false, true] {
                 let (packed, scales, mins) = quant_matrix(&mut rng, bits, n, k, group, asym);

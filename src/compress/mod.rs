@@ -219,7 +219,9 @@ fn calibrate(
         ids.extend(t_ids);
     }
     if ids.len() < 2 {
-        return Err(Error::input("activation-aware SVD needs calibration text"));
+        return Err(Error::input(
+            "calibration (activation-aware SVD, GPTQ) needs calibration text",
+        ));
     }
     let window = model.config.n_ctx.min(256);
     let mut col = Collector {

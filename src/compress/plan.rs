@@ -540,6 +540,19 @@ impl Plan {
         for (name, spec) in &self.components {
             let c = Component::parse(name)?;
             let m = spec_to_method(spec, &format!("[components.{name}]"), true)?;
+            if c == Component::Embeddings
+                && matches!(
+                    m,
+                    Method::Sub8 {
+                        quantizer: Quantizer::Gptq,
+                        ..
+                    }
+                )
+            {
+                return Err(Error::Plan(
+                    "[components.embeddings]: GPTQ applies to linear layers (use rtn for the embeddings)".into(),
+                ));
+            }
             if c == Component::Embeddings && matches!(m, Method::LowRank { .. }) {
                 return Err(Error::Plan(
                     "[components.embeddings]: low-rank embeddings are not supported (use keep, f16 or int8)".into(),

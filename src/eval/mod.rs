@@ -124,12 +124,13 @@ pub fn build_compressed(
 }
 
 /// Parses a compact method: `keep`, `f16`, `int8`, `int8:g64`, `lowrank:r64`, `lowrank:r64:int8`,
-/// `lowrank:e0.9:f16`, `lowrank:r32:int8:g32`, `q4:g128:gptq`, `q3:g64:rtn:sym` (r = rank, e = energy,
-/// b = budget, g = group; q4/q3 take a quantizer, `rtn` by default, and `sym` for scales without minimums).
+/// `lowrank:e0.9:f16`, `lowrank:r32:int8:g32`, `q4:g128:rtn`, `q3:g64:rtn:sym` (r = rank, e = energy,
+/// b = budget, g = group; q4/q3 take `rtn` (the default; GPTQ needs calibration, so its candidates come
+/// from `slimlm compress`) and `sym` for scales without minimums).
 pub fn parse_spec(s: &str) -> Result<Spec> {
     let bad = |why: String| {
         Error::input(format!(
-            "method {s:?}: {why} (e.g. int8, int8:g64, f16, keep, lowrank:r64:int8, lowrank:e0.9, q4:g128:gptq)"
+            "method {s:?}: {why} (e.g. int8, int8:g64, f16, keep, lowrank:r64:int8, lowrank:e0.9, q4:g128)"
         ))
     };
     let mut parts = s.trim().split(':');
@@ -157,6 +158,12 @@ pub fn parse_spec(s: &str) -> Result<Spec> {
         };
         if let Ok(f) = FactorDtype::parse(p) {
             spec.factors = Some(f);
+        } else if p == "gptq" || p == "awq" {
+            // Candidates are built in memory without calibration text.
+            return Err(bad(format!(
+                "{p} needs calibration text: build the candidate with `slimlm compress --quantizer {p} \
+                 --calibration FILE` and pass it as the candidate"
+            )));
         } else if let Ok(q) = crate::compress::Quantizer::parse(p) {
             spec.quantizer = Some(q);
         } else if p == "sym" {
