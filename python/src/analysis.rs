@@ -203,6 +203,9 @@ pub fn compress<'py>(
         calibration: !calibration.is_empty(),
         alpha,
         s_fold: s_fold.as_deref().map(SFold::parse).transpose().py_err()?,
+        // q4/q3 from Python: RTN with minimums (a plan dict can say `quantizer` and `symmetric`).
+        quantizer: None,
+        symmetric: false,
     }
     .into_plan()
     .py_err()?;
