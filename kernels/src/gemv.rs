@@ -8,13 +8,13 @@
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
+use crate::dispatch::{kernels, GemmF32, Kernels};
 use crate::int8;
 use crate::isa::{self, Isa};
 use crate::kern::{self, PackSrc};
 use crate::matrix::{DenseRef, Elems, Int8Act, Int8Ref, Layout, MatRef, QuantRef};
 use crate::par;
 use crate::quant;
-use crate::reference;
 
 /// Below this many weight bytes a product stays on the calling thread.
 const PAR_MIN_BYTES: usize = 256 * 1024;
@@ -106,30 +106,7 @@ struct Acts<'a> {
 /// # Panics
 /// When `isa` is not supported by this CPU or the lengths differ.
 pub fn quantize_activations_with(isa: Isa, x: &[f32], q: &mut [i8]) -> f32 {
-    check_isa(isa);
-    quantize_with(isa, x, q)
-}
-
-fn quantize_with(isa: Isa, x: &[f32], q: &mut [i8]) -> f32 {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: callers pass a path checked by `check_isa`.
-        Isa::Avx512 => unsafe { kern::avx512::quantize_row(x, q) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { kern::avx2::quantize_row(x, q) },
-        Isa::Scalar => reference::quantize_activations(x, q),
-        // SAFETY: the portable path needs no CPU features.
-        _ => unsafe { kern::portable::quantize_row(x, q) },
-    }
-}
-
-fn check_isa(isa: Isa) {
-    assert!(
-        isa.supported(),
-        "kernel path {} is not supported by this CPU",
-        isa.name()
-    );
+    (kernels(isa).quantize)(x, q)
 }
 
 /// `y = W·x + bias` for one token.
@@ -142,7 +119,10 @@ pub fn matvec(w: &MatRef, bias: Option<&[f32]>, x: &[f32], y: &mut [f32]) {
 /// # Panics
 /// When `isa` is not supported by this CPU, or on shape mismatches.
 pub fn matvec_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, x: &[f32], y: &mut [f32]) {
-    check_isa(isa);
+    matvec_on(kernels(isa), w, bias, x, y)
+}
+
+fn matvec_on(kt: &Kernels, w: &MatRef, bias: Option<&[f32]>, x: &[f32], y: &mut [f32]) {
     w.check();
     assert_eq!(x.len(), w.in_dim(), "matvec: input length");
     assert_eq!(y.len(), w.out_dim(), "matvec: output length");
@@ -150,14 +130,14 @@ pub fn matvec_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, x: &[f32], y: &mu
         assert_eq!(b.len(), w.out_dim(), "matvec: bias length");
     }
     if let MatRef::Quant(q) = w {
-        return quant_matmul(isa, q, bias, x, y, 1);
+        return quant_matmul(kt, q, bias, x, y, 1);
     }
     let needs_q = matches!(w, MatRef::Int8(q) if q.act == Int8Act::Int8);
     if needs_q {
         with_scratch(&XQ, x.len(), |xq| {
-            let xs = quantize_with(isa, x, xq);
+            let xs = (kt.quantize)(x, xq);
             matvec_split(
-                isa,
+                kt,
                 w,
                 bias,
                 &Acts {
@@ -170,7 +150,7 @@ pub fn matvec_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, x: &[f32], y: &mu
         })
     } else {
         matvec_split(
-            isa,
+            kt,
             w,
             bias,
             &Acts {
@@ -183,16 +163,16 @@ pub fn matvec_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, x: &[f32], y: &mu
     }
 }
 
-fn matvec_split(isa: Isa, w: &MatRef, bias: Option<&[f32]>, a: &Acts, y: &mut [f32]) {
+fn matvec_split(kt: &Kernels, w: &MatRef, bias: Option<&[f32]>, a: &Acts, y: &mut [f32]) {
     let n = w.out_dim();
     let threads = par::threads();
     if threads <= 1 || w.weight_bytes() < PAR_MIN_BYTES || n < 2 * ROW_ALIGN {
-        matvec_rows(isa, w, bias, a, 0, y);
+        matvec_rows(kt, w, bias, a, 0, y);
         return;
     }
     if let MatRef::Dense(d) = w {
-        if splits_inout(isa, d) {
-            return inout_halves_par(isa, d, bias, a.x, y, threads);
+        if splits_inout(kt, d) {
+            return inout_halves_par(kt, d, bias, a.x, y, threads);
         }
     }
     // A shallow `[in, out]` task (not split in halves) reads a stretch of every input row, as wide as
@@ -202,9 +182,7 @@ fn matvec_split(isa: Isa, w: &MatRef, bias: Option<&[f32]>, a: &Acts, y: &mut [f
         _ => MATVEC_TASKS_PER_THREAD,
     };
     let chunk = n.div_ceil(per_thread * threads).div_ceil(ROW_ALIGN) * ROW_ALIGN;
-    par::for_each_chunk_mut(y, chunk, |c, yc| {
-        matvec_rows(isa, w, bias, a, c * chunk, yc)
-    });
+    par::for_each_chunk_mut(y, chunk, |c, yc| matvec_rows(kt, w, bias, a, c * chunk, yc));
 }
 
 /// `[in, out]` products at least this deep are summed as two halves of the inputs (see [`splits_inout`]).
@@ -215,9 +193,10 @@ const INOUT_SPLIT_MIN_IN: usize = 64;
 /// Cutting the columns of an `[in, out]` matrix between threads makes each thread read a short stretch
 /// of every row (half the bandwidth it could stream); cutting its rows in two gives each thread one
 /// contiguous half of the matrix. The halves are fixed by the shape alone, and a single thread sums
-/// them the same way, so the bits never depend on the thread count. The scalar path keeps the reference's single sum (its column split never depended on the team).
-fn splits_inout(isa: Isa, d: &DenseRef) -> bool {
-    isa != Isa::Scalar && d.layout == Layout::InOut && d.in_dim >= INOUT_SPLIT_MIN_IN
+/// them the same way, so the bits never depend on the thread count. The scalar path keeps the
+/// reference's single sum (its column split never depended on the team).
+fn splits_inout(kt: &Kernels, d: &DenseRef) -> bool {
+    kt.split_inout && d.layout == Layout::InOut && d.in_dim >= INOUT_SPLIT_MIN_IN
 }
 
 /// Where the second half of an `[in, out]` product's inputs starts (a multiple of 16).
@@ -244,7 +223,7 @@ fn inout_rows<'a>(d: &DenseRef<'a>, i0: usize, i1: usize) -> DenseRef<'a> {
 /// [`splits_inout`]'s sum with the halves on different threads (and the columns cut between pairs
 /// of threads when there are more): the same additions as [`matvec_rows`] on one thread.
 fn inout_halves_par(
-    isa: Isa,
+    kt: &Kernels,
     d: &DenseRef,
     bias: Option<&[f32]>,
     x: &[f32],
@@ -267,7 +246,7 @@ fn inout_halves_par(
             // SAFETY: `y` and `second` hold `n` floats each and outlive the loop; task (c, half)
             // alone writes columns o0..o1 of its half's buffer.
             let part = unsafe { std::slice::from_raw_parts_mut(out.get().add(o0), o1 - o0) };
-            dense_any(isa, &inout_rows(d, i0, i1), &x[i0..i1], o0, part);
+            (kt.dense)(&inout_rows(d, i0, i1), &x[i0..i1], o0, part);
         });
         y.iter_mut().zip(&*second).for_each(|(y, s)| *y += s);
     });
@@ -276,34 +255,25 @@ fn inout_halves_par(
     }
 }
 
-/// Dense outputs `o0 .. o0 + y.len()`, whole sums in input order, on the calling thread.
-fn dense_any(isa: Isa, d: &DenseRef, x: &[f32], o0: usize, y: &mut [f32]) {
-    match d.data {
-        Elems::F32(s) => dense_rows(isa, d, s, x, o0, y),
-        Elems::F16(s) => dense_rows(isa, d, s, x, o0, y),
-        Elems::BF16(s) => dense_rows(isa, d, s, x, o0, y),
-    }
-}
-
 /// Computes outputs `o0 .. o0 + y.len()` on the calling thread.
-fn matvec_rows(isa: Isa, w: &MatRef, bias: Option<&[f32]>, a: &Acts, o0: usize, y: &mut [f32]) {
+fn matvec_rows(kt: &Kernels, w: &MatRef, bias: Option<&[f32]>, a: &Acts, o0: usize, y: &mut [f32]) {
     match w {
-        MatRef::Dense(d) if splits_inout(isa, d) => {
+        MatRef::Dense(d) if splits_inout(kt, d) => {
             let (k, h) = (d.in_dim, inout_half(d.in_dim));
-            dense_any(isa, &inout_rows(d, 0, h), &a.x[..h], o0, y);
+            (kt.dense)(&inout_rows(d, 0, h), &a.x[..h], o0, y);
             with_scratch(&INOUT_PART, y.len(), |second| {
-                dense_any(isa, &inout_rows(d, h, k), &a.x[h..], o0, second);
+                (kt.dense)(&inout_rows(d, h, k), &a.x[h..], o0, second);
                 y.iter_mut().zip(&*second).for_each(|(y, s)| *y += s);
             });
         }
-        MatRef::Dense(d) => dense_any(isa, d, a.x, o0, y),
+        MatRef::Dense(d) => (kt.dense)(d, a.x, o0, y),
         MatRef::Int8(q) => match a.q {
-            Some((xq, xs)) => w8a8_rows(isa, q, xq, xs, o0, y),
-            None => w8a32_rows(isa, q, a.x, o0, y),
+            Some((xq, xs)) => (kt.w8a8_rows)(q, xq, xs, o0, y),
+            None => (kt.w8a32_rows)(q, a.x, o0, y),
         },
         MatRef::Quant(q) => {
             let (xq, xs) = a.q.expect("sub-8-bit products take quantized activations");
-            quant_rows(isa, q, xq, a.sums, xs, o0, y)
+            (kt.quant_rows)(q, xq, a.sums, xs, o0, y)
         }
     }
     if let Some(b) = bias {
@@ -313,98 +283,11 @@ fn matvec_rows(isa: Isa, w: &MatRef, bias: Option<&[f32]>, a: &Acts, o0: usize, 
     }
 }
 
-fn dense_rows<T: crate::simd::Elem>(
-    isa: Isa,
-    d: &DenseRef,
-    w: &[T],
-    x: &[f32],
-    o0: usize,
-    y: &mut [f32],
-) {
-    let (k, n) = (d.in_dim, d.out_dim);
-    match (isa, d.layout) {
-        (Isa::Scalar, _) => dense_rows_scalar(d, x, o0, y),
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa` was checked to be supported by this CPU (`check_isa`); shapes checked by `check`.
-        (Isa::Avx512, Layout::OutIn) => unsafe { kern::avx512::dense_outin(w, k, x, o0, y) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        (Isa::Avx512, Layout::InOut) => unsafe { kern::avx512::dense_inout(w, n, x, o0, y) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        (Isa::Avx2, Layout::OutIn) => unsafe { kern::avx2::dense_outin(w, k, x, o0, y) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        (Isa::Avx2, Layout::InOut) => unsafe { kern::avx2::dense_inout(w, n, x, o0, y) },
-        // SAFETY: the portable path needs no CPU features; shapes are checked inside.
-        (_, Layout::OutIn) => unsafe { kern::portable::dense_outin(w, k, x, o0, y) },
-        // SAFETY: as above.
-        (_, Layout::InOut) => unsafe { kern::portable::dense_inout(w, n, x, o0, y) },
-    }
-}
-
-fn w8a8_rows(isa: Isa, q: &Int8Ref, xq: &[i8], xs: f32, o0: usize, y: &mut [f32]) {
-    let (v, s, k, g) = (q.values, q.scales, q.in_dim, q.group);
-    match isa {
-        Isa::Scalar => {
-            for (r, yo) in y.iter_mut().enumerate() {
-                *yo = reference::int8_w8a8_row(q, o0 + r, xq, xs);
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if isa::has_avx512_vnni() => {
-            // SAFETY: AVX-512 checked by `check_isa`, VNNI just now; shapes re-checked inside.
-            unsafe { int8::x86::w8a8_rows_vnni(v, s, k, g, xq, xs, o0, y) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx2 => {
-            // SAFETY: both paths imply AVX2 (checked by `check_isa`); shapes re-checked inside.
-            unsafe { int8::x86::w8a8_rows_avx2(v, s, k, g, xq, xs, o0, y) }
-        }
-        _ => int8::w8a8_rows_portable(v, s, k, g, xq, xs, o0, y),
-    }
-}
-
-fn w8a32_rows(isa: Isa, q: &Int8Ref, x: &[f32], o0: usize, y: &mut [f32]) {
-    let (v, s, k, g) = (q.values, q.scales, q.in_dim, q.group);
-    match isa {
-        Isa::Scalar => {
-            for (r, yo) in y.iter_mut().enumerate() {
-                *yo = reference::int8_w8a32_row(q, o0 + r, x);
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa` checked by `check_isa`; shapes re-checked inside.
-        Isa::Avx512 => unsafe { kern::avx512::w8a32_rows(v, s, k, g, x, o0, y) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { kern::avx2::w8a32_rows(v, s, k, g, x, o0, y) },
-        // SAFETY: the portable path needs no CPU features; shapes re-checked inside.
-        _ => unsafe { kern::portable::w8a32_rows(v, s, k, g, x, o0, y) },
-    }
-}
-
-/// Sub-8-bit rows `o0 .. o0 + y.len()` of one token on the calling thread.
-fn quant_rows(isa: Isa, q: &QuantRef, xq: &[i8], sums: &[i32], xs: f32, o0: usize, y: &mut [f32]) {
-    match isa {
-        Isa::Scalar => {
-            for (r, yo) in y.iter_mut().enumerate() {
-                *yo = reference::quant_row(q, o0 + r, xq, xs);
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: both paths imply AVX2, FMA and F16C (checked by `check_isa`); the matrix passed `check`,
-        // the lengths of `xq` and `sums` are re-checked inside.
-        Isa::Avx512 | Isa::Avx2 => unsafe { quant::x86::rows_avx2(q, xq, sums, xs, o0, y) },
-        _ => quant::rows_portable(q, xq, sums, xs, o0, y),
-    }
-}
-
 /// `ys[t] = W·xs[t] + bias` for sub-8-bit weights: every token quantized to INT8 (zero-padded to whole
 /// blocks, with its per-group sums), then blocks of rows that stay in cache run every token in turn.
 /// Per token the arithmetic is the reference's, whatever the path, the token count or the threads.
 fn quant_matmul(
-    isa: Isa,
+    kt: &Kernels,
     q: &QuantRef,
     bias: Option<&[f32]>,
     xs: &[f32],
@@ -421,7 +304,7 @@ fn quant_matmul(
         with_scratch(&ACT_SCALE, tokens, |xscale| {
             with_scratch(&GROUP_SUMS, tokens * gpr, |sums| {
                 let prep = |t: usize, row: &mut [i8], sc: &mut f32, sm: &mut [i32]| {
-                    *sc = quantize_with(isa, &xs[t * k..(t + 1) * k], &mut row[..k]);
+                    *sc = (kt.quantize)(&xs[t * k..(t + 1) * k], &mut row[..k]);
                     row[k..].fill(0);
                     quant::group_sums(row, q.group, k, sm);
                 };
@@ -466,7 +349,7 @@ fn quant_matmul(
                             };
                             let (xt, st) =
                                 (&xq[t * kp..(t + 1) * kp], &sums[t * gpr..(t + 1) * gpr]);
-                            quant_rows(isa, q, xt, st, xscale[t], o0, y);
+                            (kt.quant_rows)(q, xt, st, xscale[t], o0, y);
                             if let Some(b) = bias {
                                 y.iter_mut().zip(&b[o0..o1]).for_each(|(y, b)| *y += b);
                             }
@@ -484,26 +367,6 @@ fn quant_matmul(
     })
 }
 
-fn dense_rows_scalar(d: &DenseRef, x: &[f32], o0: usize, y: &mut [f32]) {
-    match d.layout {
-        Layout::OutIn => {
-            for (k, yo) in y.iter_mut().enumerate() {
-                let base = (o0 + k) * d.in_dim;
-                *yo = (0..d.in_dim).map(|i| d.data.get(base + i) * x[i]).sum();
-            }
-        }
-        Layout::InOut => {
-            y.fill(0.0);
-            for (i, &xi) in x.iter().enumerate() {
-                let base = i * d.out_dim + o0;
-                for (k, yo) in y.iter_mut().enumerate() {
-                    *yo += d.data.get(base + k) * xi;
-                }
-            }
-        }
-    }
-}
-
 /// Exact per-group i32 dot products of one INT8 row with quantized activations, on an explicit path.
 ///
 /// `out[g] = Σ_{i in group g} row[i]·xq[i]`; exposed so tests can check the integer kernels bit for bit.
@@ -511,32 +374,9 @@ fn dense_rows_scalar(d: &DenseRef, x: &[f32], o0: usize, y: &mut [f32]) {
 /// # Panics
 /// When `isa` is unsupported or the lengths disagree (`out.len()` must be `row.len().div_ceil(group)`).
 pub fn int8_group_dots_with(isa: Isa, row: &[i8], xq: &[i8], group: usize, out: &mut [i32]) {
-    check_isa(isa);
+    let kt = kernels(isa);
     assert!(group > 0 && row.len() == xq.len() && out.len() == row.len().div_ceil(group));
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX-512 checked by `check_isa`, VNNI just now.
-        Isa::Avx512 if isa::has_avx512_vnni() => unsafe {
-            int8::x86::group_dots_vnni(row, xq, group, out)
-        },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: both paths imply AVX2, checked by `check_isa`.
-        Isa::Avx512 | Isa::Avx2 => unsafe { int8::x86::group_dots_avx2(row, xq, group, out) },
-        Isa::Scalar => {
-            for (g, o) in out.iter_mut().enumerate() {
-                let lo = g * group;
-                let hi = (lo + group).min(row.len());
-                *o = reference::dot_i8(&row[lo..hi], &xq[lo..hi]);
-            }
-        }
-        _ => {
-            for (g, o) in out.iter_mut().enumerate() {
-                let lo = g * group;
-                let hi = (lo + group).min(row.len());
-                *o = int8::dot_i8(&row[lo..hi], &xq[lo..hi]);
-            }
-        }
-    }
+    (kt.group_dots)(row, xq, group, out)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -559,7 +399,7 @@ pub fn matmul(w: &MatRef, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32]) {
 /// # Panics
 /// When `isa` is not supported by this CPU, or on shape mismatches.
 pub fn matmul_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32]) {
-    check_isa(isa);
+    let kt = kernels(isa);
     w.check();
     let (k, n) = (w.in_dim(), w.out_dim());
     assert!(k > 0 && n > 0, "matmul: empty matrix");
@@ -570,16 +410,16 @@ pub fn matmul_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, xs: &[f32], ys: &
         assert_eq!(b.len(), n, "matmul: bias length");
     }
     if let MatRef::Quant(q) = w {
-        return quant_matmul(isa, q, bias, xs, ys, tokens);
+        return quant_matmul(kt, q, bias, xs, ys, tokens);
     }
-    if isa == Isa::Scalar || tokens == 1 {
+    let Some(gemm) = kt.gemm_f32.as_ref().filter(|_| tokens > 1) else {
         for (x, y) in xs.chunks_exact(k).zip(ys.chunks_exact_mut(n)) {
-            matvec_with(isa, w, bias, x, y);
+            matvec_on(kt, w, bias, x, y);
         }
         return;
-    }
+    };
     if tokens < GEMM_MIN_TOKENS {
-        return matmul_small(isa, w, bias, xs, ys, tokens);
+        return matmul_small(kt, w, bias, xs, ys, tokens);
     }
     let src = match w {
         MatRef::Dense(d) => match (d.data, d.layout) {
@@ -596,22 +436,14 @@ pub fn matmul_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, xs: &[f32], ys: &
             group: q.group,
         },
         MatRef::Int8(q) => {
-            #[cfg(target_arch = "x86_64")]
-            if isa == Isa::Avx512 && isa::has_avx512_vnni() {
-                gemm_w8a8_vnni(q, bias, xs, ys, tokens);
-                return;
-            }
-            #[cfg(target_arch = "x86_64")]
-            if matches!(isa, Isa::Avx2 | Isa::Avx512) {
-                gemm_w8a8_avx2(isa, q, bias, xs, ys, tokens);
-                return;
-            }
-            let _ = q;
-            return matmul_small(isa, w, bias, xs, ys, tokens);
+            return match kt.gemm_w8a8 {
+                Some(gemm_w8a8) => gemm_w8a8(kt, q, bias, xs, ys, tokens),
+                None => matmul_small(kt, w, bias, xs, ys, tokens),
+            };
         }
         MatRef::Quant(_) => unreachable!("sub-8-bit products were dispatched above"),
     };
-    gemm_f32(isa, src, k, n, tokens, xs, ys, bias);
+    gemm_f32(gemm, src, k, n, tokens, xs, ys, bias);
 }
 
 /// `matmul` for a few tokens (a batch of decode steps): the rows are cut into blocks of about
@@ -619,7 +451,7 @@ pub fn matmul_with(isa: Isa, w: &MatRef, bias: Option<&[f32]>, xs: &[f32], ys: &
 /// so the weights come from memory once and from cache for the other tokens. Per token the arithmetic is
 /// exactly [`matvec`]'s.
 fn matmul_small(
-    isa: Isa,
+    kt: &Kernels,
     w: &MatRef,
     bias: Option<&[f32]>,
     xs: &[f32],
@@ -630,16 +462,17 @@ fn matmul_small(
     let w8a8 = matches!(w, MatRef::Int8(q) if q.act == Int8Act::Int8);
     with_scratch(&XQ, if w8a8 { tokens * k } else { 0 }, |xq| {
         with_scratch(&ACT_SCALE, tokens, |xscale| {
-            let vnni = w8a8 && isa == Isa::Avx512 && isa::has_avx512_vnni();
+            let multi = kt.w8a8_tokens.as_ref().filter(|_| w8a8);
+            let u8_acts = multi.is_some_and(|m| m.u8_acts);
             if w8a8 {
-                // One task per token; the VNNI kernel takes the activations offset to u8 (x + 128).
+                // One task per token; some several-token kernels take the activations offset to u8.
                 let q = I8Ptr(xq.as_mut_ptr());
                 par::for_each_chunk_mut(xscale, 1, |t, sc| {
                     // SAFETY: `xq` holds `tokens × k` values; token t's row is this task's alone, and
                     // `xq` outlives the parallel loop.
                     let row = unsafe { std::slice::from_raw_parts_mut(q.get().add(t * k), k) };
-                    sc[0] = quantize_with(isa, &xs[t * k..(t + 1) * k], row);
-                    if vnni {
+                    sc[0] = (kt.quantize)(&xs[t * k..(t + 1) * k], row);
+                    if u8_acts {
                         row.iter_mut().for_each(|v| *v ^= i8::MIN);
                     }
                 });
@@ -662,35 +495,30 @@ fn matmul_small(
                 let b1 = ((ti + 1) * per_task).min(blocks);
                 for b in b0..b1 {
                     let (o0, o1) = (b * block, ((b + 1) * block).min(n));
-                    #[cfg(target_arch = "x86_64")]
-                    if let (true, MatRef::Int8(q)) = (w8a8, w) {
-                        // SAFETY: AVX-512 checked by `check_isa`, VNNI just now; the matrix passed `check`;
-                        // rows o0..o1 of every token are this task's alone (see below).
-                        let done = if vnni {
-                            unsafe { w8a8_tokens_vnni(q, xq, xscale, o0, o1, out, n) };
-                            true
-                        } else if matches!(isa, Isa::Avx2 | Isa::Avx512) {
-                            // SAFETY: both paths imply AVX2 (`check_isa`); as above otherwise.
-                            unsafe { w8a8_tokens_avx2(q, xq, xscale, o0, o1, out, n) };
-                            true
-                        } else {
-                            false
-                        };
-                        if done {
-                            if let Some(b) = bias {
-                                for t in 0..tokens {
-                                    // SAFETY: rows o0..o1 of token t are this task's alone.
-                                    let yt = unsafe {
-                                        std::slice::from_raw_parts_mut(
-                                            out.get().add(t * n + o0),
-                                            o1 - o0,
-                                        )
-                                    };
-                                    yt.iter_mut().zip(&b[o0..o1]).for_each(|(y, b)| *y += b);
-                                }
-                            }
-                            continue;
+                    if let (Some(multi), MatRef::Int8(q)) = (multi, w) {
+                        let mut t = 0;
+                        while t < tokens {
+                            let m = (tokens - t).min(4);
+                            // SAFETY: the matrix passed `check` and `xq`/`xscale` hold every token;
+                            // rows o0..o1 of every token are this task's alone (see below).
+                            unsafe {
+                                multi.run[m - 1](q, xq, xscale, t, o0, o1 - o0, out.get(), n)
+                            };
+                            t += m;
                         }
+                        if let Some(b) = bias {
+                            for t in 0..tokens {
+                                // SAFETY: rows o0..o1 of token t are this task's alone.
+                                let yt = unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        out.get().add(t * n + o0),
+                                        o1 - o0,
+                                    )
+                                };
+                                yt.iter_mut().zip(&b[o0..o1]).for_each(|(y, b)| *y += b);
+                            }
+                        }
+                        continue;
                     }
                     for t in 0..tokens {
                         let a = Acts {
@@ -703,7 +531,7 @@ fn matmul_small(
                         let y = unsafe {
                             std::slice::from_raw_parts_mut(out.get().add(t * n + o0), o1 - o0)
                         };
-                        matvec_rows(isa, w, bias, &a, o0, y);
+                        matvec_rows(kt, w, bias, &a, o0, y);
                     }
                 }
             };
@@ -715,162 +543,6 @@ fn matmul_small(
             }
         })
     })
-}
-
-/// W8A8 rows `o0..o1` of every token (`xq`/`xscale`: all tokens' quantized activations, offset to u8 by
-/// 128) with AVX-512 VNNI, four tokens per pass over the rows (the caller adds the bias): [`matvec`]'s
-/// arithmetic for each token.
-///
-/// # Safety
-/// AVX-512 + VNNI must be available; `out` must point to `tokens × n` floats of which rows `o0..o1` of
-/// every token are written by this call alone.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn w8a8_tokens_vnni(
-    q: &Int8Ref,
-    xq: &[i8],
-    xscale: &[f32],
-    o0: usize,
-    o1: usize,
-    out: OutPtr,
-    n: usize,
-) {
-    use int8::x86::w8a8_rows_vnni_t;
-    let (v, s, k, g) = (q.values, q.scales, q.in_dim, q.group);
-    let tokens = xscale.len();
-    let x = |t: usize| bytemuck_u8(&xq[t * k..(t + 1) * k]);
-    let y = |t: usize| out.get().add(t * n + o0);
-    let rows = o1 - o0;
-    let mut t = 0;
-    while t < tokens {
-        match tokens - t {
-            1 => w8a8_rows_vnni_t::<1>(v, s, k, g, [x(t)], [xscale[t]], o0, rows, [y(t)]),
-            2 => {
-                let ts = [t, t + 1];
-                w8a8_rows_vnni_t::<2>(
-                    v,
-                    s,
-                    k,
-                    g,
-                    ts.map(x),
-                    ts.map(|t| xscale[t]),
-                    o0,
-                    rows,
-                    ts.map(y),
-                )
-            }
-            3 => {
-                let ts = [t, t + 1, t + 2];
-                w8a8_rows_vnni_t::<3>(
-                    v,
-                    s,
-                    k,
-                    g,
-                    ts.map(x),
-                    ts.map(|t| xscale[t]),
-                    o0,
-                    rows,
-                    ts.map(y),
-                )
-            }
-            _ => {
-                let ts = [t, t + 1, t + 2, t + 3];
-                w8a8_rows_vnni_t::<4>(
-                    v,
-                    s,
-                    k,
-                    g,
-                    ts.map(x),
-                    ts.map(|t| xscale[t]),
-                    o0,
-                    rows,
-                    ts.map(y),
-                )
-            }
-        }
-        t += (tokens - t).min(4);
-    }
-}
-
-/// W8A8 rows `o0..o1` of every token (`xq`/`xscale`: all tokens' quantized activations) with AVX2,
-/// up to four tokens per pass over the rows (the caller adds the bias): [`matvec`]'s arithmetic for each token.
-///
-/// # Safety
-/// AVX2 must be available; `out` must point to `tokens × n` floats of which rows `o0..o1` of every
-/// token are written by this call alone.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn w8a8_tokens_avx2(
-    q: &Int8Ref,
-    xq: &[i8],
-    xscale: &[f32],
-    o0: usize,
-    o1: usize,
-    out: OutPtr,
-    n: usize,
-) {
-    use int8::x86::w8a8_rows_avx2_t;
-    let (v, s, k, g) = (q.values, q.scales, q.in_dim, q.group);
-    let tokens = xscale.len();
-    let x = |t: usize| &xq[t * k..(t + 1) * k];
-    let y = |t: usize| out.get().add(t * n + o0);
-    let rows = o1 - o0;
-    let mut t = 0;
-    while t < tokens {
-        let left = tokens - t;
-        match left {
-            1 => w8a8_rows_avx2_t::<4, 1>(v, s, k, g, [x(t)], [xscale[t]], o0, rows, [y(t)]),
-            2 => {
-                let ts = [t, t + 1];
-                w8a8_rows_avx2_t::<4, 2>(
-                    v,
-                    s,
-                    k,
-                    g,
-                    ts.map(x),
-                    ts.map(|t| xscale[t]),
-                    o0,
-                    rows,
-                    ts.map(y),
-                )
-            }
-            3 => {
-                let ts = [t, t + 1, t + 2];
-                w8a8_rows_avx2_t::<2, 3>(
-                    v,
-                    s,
-                    k,
-                    g,
-                    ts.map(x),
-                    ts.map(|t| xscale[t]),
-                    o0,
-                    rows,
-                    ts.map(y),
-                )
-            }
-            _ => {
-                let ts = [t, t + 1, t + 2, t + 3];
-                w8a8_rows_avx2_t::<2, 4>(
-                    v,
-                    s,
-                    k,
-                    g,
-                    ts.map(x),
-                    ts.map(|t| xscale[t]),
-                    o0,
-                    rows,
-                    ts.map(y),
-                )
-            }
-        }
-        t += left.min(4);
-    }
-}
-
-/// `i8` bytes seen as `u8` (same size and alignment).
-fn bytemuck_u8(v: &[i8]) -> &[u8] {
-    // SAFETY: i8 and u8 have the same size and alignment, and every bit pattern is valid for both.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()) }
 }
 
 /// A raw pointer to quantized activations, shared by tasks that write disjoint rows.
@@ -932,7 +604,7 @@ fn gemm_grid(
 
 #[allow(clippy::too_many_arguments)]
 fn gemm_f32(
-    isa: Isa,
+    gemm: &GemmF32,
     src: PackSrc,
     k: usize,
     n: usize,
@@ -941,19 +613,13 @@ fn gemm_f32(
     ys: &mut [f32],
     bias: Option<&[f32]>,
 ) {
-    let (mr, nr) = match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => (kern::avx512::MR, kern::avx512::NR),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => (kern::avx2::MR, kern::avx2::NR),
-        _ => (kern::portable::MR, kern::portable::NR),
-    };
+    let (mr, nr) = (gemm.mr, gemm.nr);
     let (nc, ncb, tc, ntb) = gemm_grid(tokens, n, mr, nr, tokens * k * n);
     let kc = GEMM_KC.min(k);
     with_scratch(&ACT_F32, tokens.div_ceil(mr) * mr * k, |packed| {
         kern::pack_acts(xs, k, mr, packed);
         gemm_f32_tasks(
-            isa,
+            gemm,
             src,
             k,
             n,
@@ -969,7 +635,7 @@ fn gemm_f32(
 
 #[allow(clippy::too_many_arguments)]
 fn gemm_f32_tasks(
-    isa: Isa,
+    gemm: &GemmF32,
     src: PackSrc,
     k: usize,
     n: usize,
@@ -987,45 +653,11 @@ fn gemm_f32_tasks(
         let (n0, n1) = (cb * nc, ((cb + 1) * nc).min(n));
         let (t0, t1) = (tb * tc, ((tb + 1) * tc).min(tokens));
         let xs = xp as *const f32;
-        with_scratch(&PACK_F32, kc * nc, |pack| match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `isa` checked by the caller (`check_isa`); `xs` holds the activations packed with
-            // this path's MR (`round_up(tokens, MR) × k`), `ys` `tokens × n` floats (asserted by
-            // `matmul_with`); this task alone writes block (t0..t1, n0..n1).
-            Isa::Avx512 => unsafe {
-                kern::avx512::gemm_block(
-                    src,
-                    k,
-                    n,
-                    xs,
-                    out.get(),
-                    bias,
-                    (t0, t1),
-                    (n0, n1),
-                    kc,
-                    pack,
-                )
-            },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            Isa::Avx2 => unsafe {
-                kern::avx2::gemm_block(src, k, n, xs, out.get(), bias, (t0, t1), (n0, n1), kc, pack)
-            },
-            // SAFETY: as above; the portable path needs no CPU features.
-            _ => unsafe {
-                kern::portable::gemm_block(
-                    src,
-                    k,
-                    n,
-                    xs,
-                    out.get(),
-                    bias,
-                    (t0, t1),
-                    (n0, n1),
-                    kc,
-                    pack,
-                )
-            },
+        with_scratch(&PACK_F32, kc * nc, |pack| {
+            // SAFETY: `xs` holds the activations packed with this path's MR (`round_up(tokens, MR) ×
+            // k`), `ys` `tokens × n` floats (asserted by `matmul_with`); this task alone writes block
+            // (t0..t1, n0..n1).
+            unsafe { (gemm.block)(src, k, n, xs, out.get(), bias, (t0, t1), (n0, n1), kc, pack) }
         });
     };
     par::for_each(ncb * ntb, task);
@@ -1086,7 +718,14 @@ type W8a8Block<P> = unsafe fn(
 
 /// The W8A8 GEMM with VNNI: activations offset to u8, `vpdpbusd`.
 #[cfg(target_arch = "x86_64")]
-fn gemm_w8a8_vnni(q: &Int8Ref, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32], tokens: usize) {
+pub(crate) fn gemm_w8a8_vnni(
+    kt: &Kernels,
+    q: &Int8Ref,
+    bias: Option<&[f32]>,
+    xs: &[f32],
+    ys: &mut [f32],
+    tokens: usize,
+) {
     use int8::x86::{gemm_w8a8_block, pack_act, panel_bytes, Q_MR, Q_NR};
     let g = W8a8Gemm {
         mr: Q_MR,
@@ -1097,14 +736,15 @@ fn gemm_w8a8_vnni(q: &Int8Ref, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32],
         pack_act,
         block: gemm_w8a8_block,
     };
-    // SAFETY: the caller checked AVX-512 (`check_isa`) and VNNI, which `gemm_w8a8_block` needs.
-    unsafe { gemm_w8a8(Isa::Avx512, q, bias, xs, ys, tokens, &g) }
+    // SAFETY: only the AVX-512 VNNI table holds this driver, and `kernels` hands that out only on a CPU
+    // with AVX-512 and VNNI, which `gemm_w8a8_block` needs.
+    unsafe { gemm_w8a8(kt, q, bias, xs, ys, tokens, &g) }
 }
 
 /// The W8A8 GEMM on AVX2 (also AVX-512 without VNNI): i16 pairs through `vpmaddwd`, see `int8.rs`.
 #[cfg(target_arch = "x86_64")]
-fn gemm_w8a8_avx2(
-    isa: Isa,
+pub(crate) fn gemm_w8a8_avx2(
+    kt: &Kernels,
     q: &Int8Ref,
     bias: Option<&[f32]>,
     xs: &[f32],
@@ -1121,8 +761,9 @@ fn gemm_w8a8_avx2(
         pack_act: pack_act_i16,
         block: gemm_w8a8_block_avx2,
     };
-    // SAFETY: `isa` is AVX2 or AVX-512, both checked by `check_isa`; either implies AVX2.
-    unsafe { gemm_w8a8(isa, q, bias, xs, ys, tokens, &g) }
+    // SAFETY: only the AVX2 and AVX-512 tables hold this driver, and `kernels` hands them out only on a
+    // CPU with AVX2.
+    unsafe { gemm_w8a8(kt, q, bias, xs, ys, tokens, &g) }
 }
 
 /// The driver of both integer GEMMs: activations quantized as [`matvec`] quantizes them on `isa` (so
@@ -1133,7 +774,7 @@ fn gemm_w8a8_avx2(
 /// The CPU must have what `g.block` needs.
 #[cfg(target_arch = "x86_64")]
 unsafe fn gemm_w8a8<P: Copy + Default + Send + Sync + 'static>(
-    isa: Isa,
+    kt: &Kernels,
     q: &Int8Ref,
     bias: Option<&[f32]>,
     xs: &[f32],
@@ -1146,7 +787,7 @@ unsafe fn gemm_w8a8<P: Copy + Default + Send + Sync + 'static>(
     with_scratch(g.act, tokens * geo.kp, |act| {
         with_scratch(&ACT_SCALE, tokens, |xscale| {
             quantize_tokens(xs, k, xscale, act, geo.kp, |x, xq, dst| {
-                let s = quantize_with(isa, x, xq);
+                let s = (kt.quantize)(x, xq);
                 (g.pack_act)(&geo, xq, dst);
                 s
             });

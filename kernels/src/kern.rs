@@ -12,6 +12,7 @@
 
 use half::{bf16, f16};
 
+use crate::matrix::{DenseRef, Elems, Layout};
 use crate::simd::{Elem, F32Vec, PREFETCH_BYTES};
 
 /// Rows of `[out, in]` weights `o0 .. o0 + y.len()`: `y[r] = Σ_i w[(o0 + r)·k + i]·x[i]`.
@@ -595,18 +596,21 @@ macro_rules! instantiate {
             /// Outputs per GEMM micro-tile.
             pub(crate) const NR: usize = $nv * <$V as F32Vec>::W;
 
+            /// Rows `o0 .. o0 + y.len()` of any dense matrix (both layouts, every element type).
+            ///
             /// # Safety
             /// The CPU must support this instruction set.
             #[$feat]
-            pub(crate) unsafe fn dense_outin<T: Elem>(w: &[T], k: usize, x: &[f32], o0: usize, y: &mut [f32]) {
-                super::dense_outin::<$V, T>(w, k, x, o0, y)
-            }
-
-            /// # Safety
-            /// The CPU must support this instruction set.
-            #[$feat]
-            pub(crate) unsafe fn dense_inout<T: Elem>(w: &[T], n: usize, x: &[f32], o0: usize, y: &mut [f32]) {
-                super::dense_inout::<$V, T>(w, n, x, o0, y)
+            pub(crate) unsafe fn dense(d: &DenseRef, x: &[f32], o0: usize, y: &mut [f32]) {
+                let (k, n) = (d.in_dim, d.out_dim);
+                match (d.data, d.layout) {
+                    (Elems::F32(w), Layout::OutIn) => super::dense_outin::<$V, f32>(w, k, x, o0, y),
+                    (Elems::F16(w), Layout::OutIn) => super::dense_outin::<$V, f16>(w, k, x, o0, y),
+                    (Elems::BF16(w), Layout::OutIn) => super::dense_outin::<$V, bf16>(w, k, x, o0, y),
+                    (Elems::F32(w), Layout::InOut) => super::dense_inout::<$V, f32>(w, n, x, o0, y),
+                    (Elems::F16(w), Layout::InOut) => super::dense_inout::<$V, f16>(w, n, x, o0, y),
+                    (Elems::BF16(w), Layout::InOut) => super::dense_inout::<$V, bf16>(w, n, x, o0, y),
+                }
             }
 
             /// # Safety

@@ -15,6 +15,7 @@ pub mod par;
 pub mod quant;
 pub mod reference;
 
+mod dispatch;
 mod gemv;
 mod int8;
 mod kern;

@@ -28,6 +28,11 @@ pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
 }
 
+/// One output of a dense product: `Σ_i w[o][i]·x[i]` in input order.
+pub fn dense_row(d: &DenseRef, o: usize, x: &[f32]) -> f32 {
+    (0..d.in_dim).map(|i| dense_weight(d, o, i) * x[i]).sum()
+}
+
 fn dense_weight(d: &DenseRef, o: usize, i: usize) -> f32 {
     match d.layout {
         Layout::OutIn => d.data.get(o * d.in_dim + i),
@@ -91,7 +96,7 @@ pub fn matvec(w: &MatRef, bias: Option<&[f32]>, x: &[f32], y: &mut [f32]) {
     match w {
         MatRef::Dense(d) => {
             for (o, yo) in y.iter_mut().enumerate() {
-                *yo = (0..d.in_dim).map(|i| dense_weight(d, o, i) * x[i]).sum();
+                *yo = dense_row(d, o, x);
             }
         }
         MatRef::Int8(q) => match q.act {
