@@ -76,6 +76,10 @@ pub(crate) type GemmW8a8 =
 pub(crate) type QuantRows =
     fn(q: &QuantRef, xq: &[i8], sums: &[i32], xs: f32, o0: usize, y: &mut [f32]);
 
+/// A sub-8-bit GEMM: `ys[t] = W·xs[t] + bias` for `tokens` tokens, matvec's bits per token.
+pub(crate) type GemmQuant =
+    fn(kt: &Kernels, q: &QuantRef, bias: Option<&[f32]>, xs: &[f32], ys: &mut [f32], tokens: usize);
+
 /// The kernels of one path.
 pub(crate) struct Kernels {
     /// Per-token symmetric INT8 quantization of activations, the reference's bits; returns the scale.
@@ -98,6 +102,8 @@ pub(crate) struct Kernels {
     pub gemm_f32: Option<GemmF32>,
     /// The integer GEMM for W8A8 prefill (None: row blocks of the matvec kernels).
     pub gemm_w8a8: Option<GemmW8a8>,
+    /// The integer GEMM for sub-8-bit prefill (None: row blocks of the matvec kernels).
+    pub gemm_quant: Option<GemmQuant>,
 }
 
 /// The table of `isa`.
@@ -152,6 +158,7 @@ static SCALAR: Kernels = Kernels {
     w8a8_tokens: None,
     gemm_f32: None,
     gemm_w8a8: None,
+    gemm_quant: None,
 };
 
 /// Portable SIMD through `wide` (any target).
@@ -177,6 +184,7 @@ static PORTABLE: Kernels = Kernels {
         block: kern::portable::gemm_block,
     }),
     gemm_w8a8: None,
+    gemm_quant: None,
 };
 
 /// AVX2 + FMA + F16C. The INT8 kernels pair i8 products with `vpmaddubsw`/`vpmaddwd`.
@@ -202,6 +210,7 @@ static AVX2: Kernels = Kernels {
         block: kern::avx2::gemm_block,
     }),
     gemm_w8a8: Some(crate::gemv::gemm_w8a8_avx2),
+    gemm_quant: Some(crate::gemv::gemm_quant_avx2),
 };
 
 /// AVX-512 F/BW/VL without VNNI: the f32 kernels at 512 bits, the integer ones of AVX2.
@@ -230,6 +239,7 @@ const AVX512_BASE: Kernels = Kernels {
         block: kern::avx512::gemm_block,
     }),
     gemm_w8a8: Some(crate::gemv::gemm_w8a8_avx2),
+    gemm_quant: Some(crate::gemv::gemm_quant_avx2),
 };
 
 /// AVX-512 with VNNI: the INT8 products through `vpdpbusd`.

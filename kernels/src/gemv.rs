@@ -51,6 +51,7 @@ thread_local! {
     static ACT_I16: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
     static PACK_I16: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
     static GROUP_SUMS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    static CODES: RefCell<Vec<i8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on at least `len` elements of a thread-local scratch vector that only ever grows.
@@ -90,6 +91,7 @@ pub fn release_scratch() {
     PACK_I16.with(|c| c.take());
     INOUT_PART.with(|c| c.take());
     GROUP_SUMS.with(|c| c.take());
+    CODES.with(|c| c.take());
 }
 
 /// Activations as the kernels consume them: f32, and for W8A8 and sub-8-bit weights also quantized
@@ -297,6 +299,11 @@ fn quant_matmul(
     let (k, n) = (q.in_dim, q.out_dim);
     if tokens == 0 {
         return;
+    }
+    if tokens >= GEMM_MIN_TOKENS {
+        if let Some(gemm) = kt.gemm_quant {
+            return gemm(kt, q, bias, xs, ys, tokens);
+        }
     }
     let kp = k.div_ceil(quant::BLOCK) * quant::BLOCK;
     let gpr = q.groups_per_row();
@@ -819,6 +826,74 @@ unsafe fn gemm_w8a8<P: Copy + Default + Send + Sync + 'static>(
                 });
             };
             par::for_each(ncb * ntb, task);
+        })
+    })
+}
+
+/// The sub-8-bit GEMM on AVX2 (and AVX-512): every token quantized as [`matvec`] quantizes it and
+/// widened to i16 with its per-group sums, then blocks of (tokens × outputs) as tasks, each unpacking
+/// its weight panels once for all its tokens (`quant::x86::gemm_block`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn gemm_quant_avx2(
+    kt: &Kernels,
+    q: &QuantRef,
+    bias: Option<&[f32]>,
+    xs: &[f32],
+    ys: &mut [f32],
+    tokens: usize,
+) {
+    use int8::x86::{pack_act_i16, QGeom, W_MR, W_NR};
+    let (k, n) = (q.in_dim, q.out_dim);
+    let geo = QGeom::new(k, q.group);
+    with_scratch(&ACT_I16, tokens * geo.kp, |act| {
+        with_scratch(&ACT_SCALE, tokens, |xscale| {
+            quantize_tokens(xs, k, xscale, act, geo.kp, |x, xq, dst| {
+                let s = (kt.quantize)(x, xq);
+                pack_act_i16(&geo, xq, dst);
+                s
+            });
+            with_scratch(&ACT_F32, tokens * geo.groups, |xsum| {
+                // Padding is 0, so each group's sum may run over its padded stretch.
+                for (t, sums) in xsum.chunks_exact_mut(geo.groups).enumerate() {
+                    let row = &act[t * geo.kp..(t + 1) * geo.kp];
+                    for (g, s) in sums.iter_mut().enumerate() {
+                        let part = &row[g * geo.gp..((g + 1) * geo.gp).min(geo.kp)];
+                        *s = part.iter().map(|&v| v as i32).sum::<i32>() as f32;
+                    }
+                }
+                let (nc, ncb, tc, ntb) = gemm_grid(tokens, n, W_MR, W_NR, tokens * k * n / 4);
+                let out = OutPtr(ys.as_mut_ptr());
+                let (act, xscale, xsum) = (&*act, &*xscale, &*xsum);
+                let task = |ti: usize| {
+                    let (cb, tb) = (ti % ncb, ti / ncb);
+                    let (n0, n1) = (cb * nc, ((cb + 1) * nc).min(n));
+                    let (t0, t1) = (tb * tc, ((tb + 1) * tc).min(tokens));
+                    with_scratch(&PACK_I16, quant::x86::panel_i16s(&geo), |panel| {
+                        with_scratch(&CODES, W_NR * k, |codes| {
+                            // SAFETY: only the AVX2 and AVX-512 tables hold this driver, and
+                            // `kernels` hands them out only on a CPU with AVX2, FMA and F16C; the
+                            // matrix passed `check`; `ys` holds `tokens × n` floats (asserted by the
+                            // callers) and this task alone writes block (t0..t1, n0..n1).
+                            unsafe {
+                                quant::x86::gemm_block(
+                                    &geo,
+                                    q,
+                                    act,
+                                    xscale,
+                                    xsum,
+                                    out.get(),
+                                    bias,
+                                    (t0, t1),
+                                    (n0, n1),
+                                    panel,
+                                    codes,
+                                )
+                            }
+                        })
+                    });
+                };
+                par::for_each(ncb * ntb, task);
+            })
         })
     })
 }

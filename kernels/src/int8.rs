@@ -853,6 +853,36 @@ pub(crate) mod x86 {
                 && scales.len() >= (o0 + cols) * geo.groups
         );
         let (vals, sc) = dst.split_at_mut(geo.kp * W_NR);
+        pack_values_i16(geo, values, o0, cols, vals);
+        sc.fill(0);
+        for j in 0..cols {
+            for g in 0..geo.groups {
+                put_f32(sc, g * W_NR + j, scales[(o0 + j) * geo.groups + g]);
+            }
+        }
+    }
+
+    /// Stores `v` as f32 number `i` of a panel's float part (pairs of i16).
+    pub(crate) fn put_f32(dst: &mut [i16], i: usize, v: f32) {
+        let bits = v.to_bits();
+        dst[2 * i] = bits as u16 as i16;
+        dst[2 * i + 1] = (bits >> 16) as u16 as i16;
+    }
+
+    /// The value part of [`pack_weights_i16`]: rows `o0 .. o0 + cols` of `values` (`[out, geo.k]`) as i16
+    /// pairs of K, `W_NR` outputs per pair (`geo.kp · W_NR` values, zero where there is no weight).
+    ///
+    /// # Safety
+    /// AVX2 must be available.
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn pack_values_i16(
+        geo: &QGeom,
+        values: &[i8],
+        o0: usize,
+        cols: usize,
+        vals: &mut [i16],
+    ) {
+        assert!(cols <= W_NR && vals.len() >= geo.kp * W_NR && values.len() >= (o0 + cols) * geo.k);
         vals.fill(0);
         let k = geo.k;
         let lane = |p: usize, j: usize| 2 * (p * W_NR + j);
@@ -882,15 +912,6 @@ pub(crate) mod x86 {
                         vals[lane(p0 + i / 2, j0 + r) + i % 2] = v as i16;
                     }
                 }
-            }
-        }
-        sc.fill(0);
-        for j in 0..cols {
-            for g in 0..geo.groups {
-                let bits = scales[(o0 + j) * geo.groups + g].to_bits();
-                let c = 2 * (g * W_NR + j);
-                sc[c] = bits as u16 as i16;
-                sc[c + 1] = (bits >> 16) as u16 as i16;
             }
         }
     }
@@ -932,18 +953,22 @@ pub(crate) mod x86 {
 
     /// `R` tokens × `W_NR` outputs over one packed panel; writes `(Σ_g dot_g·s_g)·x_scale + bias`
     /// with [`w8a8_rows_avx2`]'s float operations (a product, then a sum, per group), so the bits are
-    /// matvec's.
+    /// matvec's. With `OFF` (sub-8-bit weights `s·code + off`) the panel holds the offsets after the
+    /// scales, `xsum` the tokens' per-group `Σ xq` as f32 (stride `geo.groups`), and the group's step is
+    /// `acc += s·dot + off·Σxq`, as in `quant.rs`.
     ///
     /// # Safety
-    /// AVX2; `a` holds `R` rows of `geo.kp` i16 at stride `lda`; `panel` is from [`pack_weights_i16`];
-    /// `c` valid for `R` rows (stride `ldc`) of `cols` floats.
+    /// AVX2; `a` holds `R` rows of `geo.kp` i16 at stride `lda`; `panel` is from [`pack_weights_i16`]
+    /// (or `quant::x86::pack_panel`); `c` valid for `R` rows (stride `ldc`) of `cols` floats; with
+    /// `OFF`, `xsum` holds `R · geo.groups` floats.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn micro_avx2<const R: usize>(
+    pub(crate) unsafe fn micro_avx2<const R: usize, const OFF: bool>(
         geo: &QGeom,
         a: *const i16,
         lda: usize,
         xscale: &[f32],
+        xsum: *const f32,
         panel: *const i16,
         bias: Option<&[f32]>,
         c: *mut f32,
@@ -951,6 +976,7 @@ pub(crate) mod x86 {
         cols: usize,
     ) {
         let sc = panel.add(geo.kp * W_NR) as *const f32;
+        let offs = sc.add(geo.groups * W_NR);
         let mut accf = [[_mm256_setzero_ps(); W_NB]; R];
         for g in 0..geo.groups {
             let mut acci = [[_mm256_setzero_si256(); W_NB]; R];
@@ -970,9 +996,24 @@ pub(crate) mod x86 {
             }
             let s: [__m256; W_NB] =
                 std::array::from_fn(|i| _mm256_loadu_ps(sc.add(g * W_NR + 8 * i)));
-            for (acc, f) in acci.iter().zip(accf.iter_mut()) {
-                for i in 0..W_NB {
-                    f[i] = _mm256_add_ps(f[i], _mm256_mul_ps(_mm256_cvtepi32_ps(acc[i]), s[i]));
+            if OFF {
+                let off: [__m256; W_NB] =
+                    std::array::from_fn(|i| _mm256_loadu_ps(offs.add(g * W_NR + 8 * i)));
+                for (r, (acc, f)) in acci.iter().zip(accf.iter_mut()).enumerate() {
+                    let xs = _mm256_set1_ps(*xsum.add(r * geo.groups + g));
+                    for i in 0..W_NB {
+                        let t = _mm256_add_ps(
+                            _mm256_mul_ps(s[i], _mm256_cvtepi32_ps(acc[i])),
+                            _mm256_mul_ps(off[i], xs),
+                        );
+                        f[i] = _mm256_add_ps(f[i], t);
+                    }
+                }
+            } else {
+                for (acc, f) in acci.iter().zip(accf.iter_mut()) {
+                    for i in 0..W_NB {
+                        f[i] = _mm256_add_ps(f[i], _mm256_mul_ps(_mm256_cvtepi32_ps(acc[i]), s[i]));
+                    }
                 }
             }
         }
@@ -1030,11 +1071,12 @@ pub(crate) mod x86 {
                 let xsr = &xscale[t..t + rows];
                 let c = ys.add(t * n + o);
                 let p = panel.as_ptr();
+                let none = std::ptr::null();
                 match rows {
-                    4 => micro_avx2::<4>(geo, a, geo.kp, xsr, p, b, c, n, cols),
-                    3 => micro_avx2::<3>(geo, a, geo.kp, xsr, p, b, c, n, cols),
-                    2 => micro_avx2::<2>(geo, a, geo.kp, xsr, p, b, c, n, cols),
-                    _ => micro_avx2::<1>(geo, a, geo.kp, xsr, p, b, c, n, cols),
+                    4 => micro_avx2::<4, false>(geo, a, geo.kp, xsr, none, p, b, c, n, cols),
+                    3 => micro_avx2::<3, false>(geo, a, geo.kp, xsr, none, p, b, c, n, cols),
+                    2 => micro_avx2::<2, false>(geo, a, geo.kp, xsr, none, p, b, c, n, cols),
+                    _ => micro_avx2::<1, false>(geo, a, geo.kp, xsr, none, p, b, c, n, cols),
                 }
                 t += rows;
             }

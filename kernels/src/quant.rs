@@ -165,7 +165,8 @@ pub(crate) fn rows_portable(
 pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{block_bytes, BLOCK};
+    use super::{block_bytes, group_params, BLOCK};
+    use crate::int8::x86::{micro_avx2, pack_values_i16, put_f32, QGeom, W_MR, W_NR};
     use crate::matrix::QuantRef;
 
     /// The 32 codes of a 4-bit block as bytes: the 16 bytes in both lanes, the high lane shifted by 4.
@@ -192,6 +193,120 @@ pub(crate) mod x86 {
         let high = _mm256_and_si256(_mm256_shuffle_epi8(high, sel), bit);
         let high = _mm256_and_si256(_mm256_cmpeq_epi8(high, bit), _mm256_set1_epi8(4));
         _mm256_or_si256(low, high)
+    }
+
+    /// i16 values of one packed panel of the sub-8-bit GEMM: the codes as i16 pairs of K, then per group
+    /// `W_NR` f32 scales and `W_NR` f32 offsets.
+    pub(crate) fn panel_i16s(geo: &QGeom) -> usize {
+        geo.kp * W_NR + geo.groups * W_NR * 4
+    }
+
+    /// Packs outputs `o0 .. o0 + cols` (≤ `W_NR`) of `q` for the AVX2 integer GEMM (`int8.rs`'s
+    /// `micro_avx2` with offsets): each row's codes unpacked into `codes` (`W_NR · k` bytes of scratch)
+    /// then laid out as the INT8 panels are, and each group's scale and offset as f32.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be available; `q` must have passed `MatRef::check`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn pack_panel(
+        geo: &QGeom,
+        q: &QuantRef,
+        o0: usize,
+        cols: usize,
+        codes: &mut [i8],
+        dst: &mut [i16],
+    ) {
+        let (k, bb, rb) = (q.in_dim, block_bytes(q.bits), q.row_bytes());
+        assert!(
+            cols <= W_NR
+                && codes.len() >= cols * k
+                && dst.len() >= panel_i16s(geo)
+                && q.packed.len() >= (o0 + cols) * rb
+        );
+        let mut tmp = [0u8; BLOCK];
+        for j in 0..cols {
+            let row = q.packed.as_ptr().add((o0 + j) * rb);
+            for b in 0..k.div_ceil(BLOCK) {
+                let c = if q.bits == 4 {
+                    unpack4(row.add(b * bb))
+                } else {
+                    unpack3(row.add(b * bb))
+                };
+                _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, c);
+                let len = (k - b * BLOCK).min(BLOCK);
+                for (d, &v) in codes[j * k + b * BLOCK..][..len].iter_mut().zip(&tmp) {
+                    *d = v as i8;
+                }
+            }
+        }
+        let (vals, fl) = dst.split_at_mut(geo.kp * W_NR);
+        pack_values_i16(geo, codes, 0, cols, vals);
+        fl.fill(0);
+        for j in 0..cols {
+            for g in 0..geo.groups {
+                let (s, off) = group_params(q, o0 + j, g);
+                put_f32(fl, g * W_NR + j, s);
+                put_f32(fl, (geo.groups + g) * W_NR + j, off);
+            }
+        }
+    }
+
+    /// One block of the sub-8-bit GEMM: tokens `t0 .. t1` × outputs `n0 .. n1`, with the arithmetic of
+    /// [`rows_avx2`] per token (so matvec's bits).
+    ///
+    /// `act` holds every token's INT8 activations as i16 in `geo`'s layout (`int8.rs`'s
+    /// `pack_act_i16`), `xscale` their scales, `xsum` their per-group `Σ xq` as f32 (`geo.groups` per
+    /// token); `ys` is the whole `tokens × n` output; `panel` and `codes` scratch of [`panel_i16s`] and
+    /// `W_NR · k`.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be available; `q` must have passed `MatRef::check`; `ys` valid for
+    /// `t1 × n` floats and this block not written concurrently by anyone else.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gemm_block(
+        geo: &QGeom,
+        q: &QuantRef,
+        act: &[i16],
+        xscale: &[f32],
+        xsum: &[f32],
+        ys: *mut f32,
+        bias: Option<&[f32]>,
+        (t0, t1): (usize, usize),
+        (n0, n1): (usize, usize),
+        panel: &mut [i16],
+        codes: &mut [i8],
+    ) {
+        let n = q.out_dim;
+        assert!(
+            act.len() >= t1 * geo.kp
+                && xscale.len() >= t1
+                && xsum.len() >= t1 * geo.groups
+                && panel.len() >= panel_i16s(geo)
+                && n1 <= n
+        );
+        let mut o = n0;
+        while o < n1 {
+            let cols = (n1 - o).min(W_NR);
+            pack_panel(geo, q, o, cols, codes, panel);
+            let b = bias.map(|b| &b[o..o + cols]);
+            let mut t = t0;
+            while t < t1 {
+                let rows = (t1 - t).min(W_MR);
+                let a = act.as_ptr().add(t * geo.kp);
+                let (xsr, xsm) = (&xscale[t..t + rows], xsum.as_ptr().add(t * geo.groups));
+                let c = ys.add(t * n + o);
+                let p = panel.as_ptr();
+                match rows {
+                    4 => micro_avx2::<4, true>(geo, a, geo.kp, xsr, xsm, p, b, c, n, cols),
+                    3 => micro_avx2::<3, true>(geo, a, geo.kp, xsr, xsm, p, b, c, n, cols),
+                    2 => micro_avx2::<2, true>(geo, a, geo.kp, xsr, xsm, p, b, c, n, cols),
+                    _ => micro_avx2::<1, true>(geo, a, geo.kp, xsr, xsm, p, b, c, n, cols),
+                }
+                t += rows;
+            }
+            o += cols;
+        }
     }
 
     /// The sums of the 8 lanes of each of 4 vectors.

@@ -1043,7 +1043,7 @@ fn quant_matvec_and_matmul_all_paths_bit_exact() {
                 };
                 let w = MatRef::Quant(q);
                 let bias = rng.vec(n, 1.0);
-                for tokens in [1usize, 3, 40] {
+                for tokens in [1usize, 3, 37, 66] {
                     let xs = rng.vec(tokens * k, 2.0);
                     let mut want = vec![0.0f32; tokens * n];
                     reference::matmul(&w, Some(&bias), &xs, &mut want);
