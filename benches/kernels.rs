@@ -14,8 +14,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use half::f16;
 use slimlm_kernels::{
-    lowrank_matmul, lowrank_matvec, matmul, matvec, DenseRef, Elems, Int8Act, Int8Ref, Layout,
-    MatRef,
+    lowrank_matmul, lowrank_matvec, matmul, matvec, quant, DenseRef, Elems, Int8Act, Int8Ref,
+    Layout, MatRef, QuantRef,
 };
 
 const GROUP: usize = 128;
@@ -33,6 +33,9 @@ impl Rng {
             .map(|_| ((self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1)
             .collect()
     }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| (self.next() >> 32) as u8).collect()
+    }
     fn i8s(&mut self, n: usize) -> Vec<i8> {
         (0..n)
             .map(|_| ((self.next() >> 32) % 255) as i32 - 127)
@@ -49,6 +52,11 @@ struct Mats {
     f16: Vec<f16>,
     q: Vec<i8>,
     s: Vec<f32>,
+    /// 4- and 3-bit codes (any bytes are valid codes) with F16 scales and minimums per group.
+    q4: Vec<u8>,
+    q3: Vec<u8>,
+    qs: Vec<f16>,
+    qm: Vec<f16>,
 }
 
 impl Mats {
@@ -66,6 +74,9 @@ impl Mats {
             .into_iter()
             .map(|v| v.abs() * 0.01 + 1e-4)
             .collect();
+        let groups = out_dim * in_dim.div_ceil(GROUP);
+        let qs = rng.f32s(groups).into_iter().map(|v| f16::from_f32(v.abs() * 0.1 + 1e-3));
+        let qm = rng.f32s(groups).into_iter().map(f16::from_f32);
         Mats {
             out_dim,
             in_dim,
@@ -73,7 +84,23 @@ impl Mats {
             f16,
             q,
             s,
+            q4: rng.bytes(out_dim * quant::row_bytes(4, in_dim)),
+            q3: rng.bytes(out_dim * quant::row_bytes(3, in_dim)),
+            qs: qs.collect(),
+            qm: qm.collect(),
         }
+    }
+    /// 4-bit (`bits` 4) or 3-bit weights, groups of 128 with minimums (`q4_0`-like sizes).
+    fn quant(&self, bits: u8) -> MatRef<'_> {
+        MatRef::Quant(QuantRef {
+            bits,
+            packed: if bits == 4 { &self.q4 } else { &self.q3 },
+            scales: &self.qs,
+            mins: Some(&self.qm),
+            out_dim: self.out_dim,
+            in_dim: self.in_dim,
+            group: GROUP,
+        })
     }
     fn f32(&self, layout: Layout) -> MatRef<'_> {
         MatRef::Dense(DenseRef {
@@ -169,6 +196,8 @@ fn gemv(c: &mut Criterion) {
         run(&mut g, "f16", m.f16());
         run(&mut g, "int8_w8a8", m.int8(Int8Act::Int8));
         run(&mut g, "int8_w8a32", m.int8(Int8Act::F32));
+        run(&mut g, "q4_w4a8", m.quant(4));
+        run(&mut g, "q3_w3a8", m.quant(3));
         drop(m);
         let ranks: &[usize] = if (k, n) == (2048, 8192) {
             &[64, 128, 256]
@@ -220,6 +249,8 @@ fn gemm(c: &mut Criterion) {
         run(&mut g, "f16", m.f16());
         run(&mut g, "int8_w8a8", m.int8(Int8Act::Int8));
         run(&mut g, "int8_w8a32", m.int8(Int8Act::F32));
+        run(&mut g, "q4_w4a8", m.quant(4));
+        run(&mut g, "q3_w3a8", m.quant(3));
         drop(m);
         let lr = LowRank::new(&mut rng, n, k, 128);
         let (vh, u) = lr.pair("int8");

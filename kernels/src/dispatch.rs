@@ -262,6 +262,7 @@ static AVX512_VNNI: Kernels = Kernels {
         u8_acts: true,
     }),
     gemm_w8a8: Some(crate::gemv::gemm_w8a8_vnni),
+    gemm_quant: Some(crate::gemv::gemm_quant_vnni),
     ..AVX512_BASE
 };
 

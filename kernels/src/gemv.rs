@@ -830,9 +830,7 @@ unsafe fn gemm_w8a8<P: Copy + Default + Send + Sync + 'static>(
     })
 }
 
-/// The sub-8-bit GEMM on AVX2 (and AVX-512): every token quantized as [`matvec`] quantizes it and
-/// widened to i16 with its per-group sums, then blocks of (tokens × outputs) as tasks, each unpacking
-/// its weight panels once for all its tokens (`quant::x86::gemm_block`).
+/// The sub-8-bit GEMM on AVX2 (and AVX-512 without VNNI): the i16 GEMM of `int8.rs`.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn gemm_quant_avx2(
     kt: &Kernels,
@@ -842,40 +840,126 @@ pub(crate) fn gemm_quant_avx2(
     ys: &mut [f32],
     tokens: usize,
 ) {
-    use int8::x86::{pack_act_i16, QGeom, W_MR, W_NR};
+    let g = QuantGemm {
+        mr: int8::x86::W_MR,
+        nr: int8::x86::W_NR,
+        act: &ACT_I16,
+        panel: &PACK_I16,
+        panel_len: quant::x86::panel_i16s,
+        pack_act: int8::x86::pack_act_i16,
+        zero: 0,
+        block: quant::x86::gemm_block,
+    };
+    // SAFETY: only the AVX2 and AVX-512 tables hold this driver, and `kernels` hands them out only on a
+    // CPU with AVX2, FMA and F16C, which `gemm_block` needs.
+    unsafe { gemm_quant(kt, q, bias, xs, ys, tokens, &g) }
+}
+
+/// The sub-8-bit GEMM with AVX-512 VNNI: the `vpdpbusd` GEMM of `int8.rs`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn gemm_quant_vnni(
+    kt: &Kernels,
+    q: &QuantRef,
+    bias: Option<&[f32]>,
+    xs: &[f32],
+    ys: &mut [f32],
+    tokens: usize,
+) {
+    let g = QuantGemm {
+        mr: int8::x86::Q_MR,
+        nr: int8::x86::Q_NR,
+        act: &ACT_U8,
+        panel: &PACK_U8,
+        panel_len: quant::x86::panel_bytes_vnni,
+        pack_act: int8::x86::pack_act,
+        zero: 128,
+        block: quant::x86::gemm_block_vnni,
+    };
+    // SAFETY: only the AVX-512 VNNI table holds this driver, and `kernels` hands it out only on a CPU
+    // with AVX-512 and VNNI (and AVX2, FMA, F16C), which `gemm_block_vnni` needs.
+    unsafe { gemm_quant(kt, q, bias, xs, ys, tokens, &g) }
+}
+
+/// One sub-8-bit GEMM of `quant.rs`: its packed activation type `P`, micro-tile and kernels.
+#[cfg(target_arch = "x86_64")]
+struct QuantGemm<P: 'static> {
+    mr: usize,
+    nr: usize,
+    /// Thread-local scratch for the packed activations and for one weight panel.
+    act: &'static LocalKey<RefCell<Vec<P>>>,
+    panel: &'static LocalKey<RefCell<Vec<P>>>,
+    panel_len: fn(&int8::x86::QGeom) -> usize,
+    pack_act: fn(&int8::x86::QGeom, &[i8], &mut [P]),
+    /// The packed value of an activation of 0.
+    zero: i32,
+    /// Computes tokens `t0..t1` × outputs `n0..n1` (see `quant::x86::gemm_block`).
+    block: QuantBlock<P>,
+}
+
+#[cfg(target_arch = "x86_64")]
+type QuantBlock<P> = unsafe fn(
+    &int8::x86::QGeom,
+    &QuantRef,
+    &[P],
+    &[f32],
+    &[f32],
+    *mut f32,
+    Option<&[f32]>,
+    (usize, usize),
+    (usize, usize),
+    &mut [P],
+    &mut [i8],
+);
+
+/// The driver of both sub-8-bit GEMMs: every token quantized as [`matvec`] quantizes it and packed,
+/// with its per-group `Σ xq`, then blocks of (tokens × outputs) as tasks, each unpacking its weight
+/// panels once for all its tokens.
+///
+/// # Safety
+/// The CPU must have what `g.block` needs.
+#[cfg(target_arch = "x86_64")]
+unsafe fn gemm_quant<P: Copy + Default + Into<i32> + Send + Sync + 'static>(
+    kt: &Kernels,
+    q: &QuantRef,
+    bias: Option<&[f32]>,
+    xs: &[f32],
+    ys: &mut [f32],
+    tokens: usize,
+    g: &QuantGemm<P>,
+) {
     let (k, n) = (q.in_dim, q.out_dim);
-    let geo = QGeom::new(k, q.group);
-    with_scratch(&ACT_I16, tokens * geo.kp, |act| {
+    let geo = int8::x86::QGeom::new(k, q.group);
+    with_scratch(g.act, tokens * geo.kp, |act| {
         with_scratch(&ACT_SCALE, tokens, |xscale| {
             quantize_tokens(xs, k, xscale, act, geo.kp, |x, xq, dst| {
                 let s = (kt.quantize)(x, xq);
-                pack_act_i16(&geo, xq, dst);
+                (g.pack_act)(&geo, xq, dst);
                 s
             });
             with_scratch(&ACT_F32, tokens * geo.groups, |xsum| {
-                // Padding is 0, so each group's sum may run over its padded stretch.
+                // Padding holds `zero`, so each group's sum may run over its padded stretch.
                 for (t, sums) in xsum.chunks_exact_mut(geo.groups).enumerate() {
                     let row = &act[t * geo.kp..(t + 1) * geo.kp];
-                    for (g, s) in sums.iter_mut().enumerate() {
-                        let part = &row[g * geo.gp..((g + 1) * geo.gp).min(geo.kp)];
-                        *s = part.iter().map(|&v| v as i32).sum::<i32>() as f32;
+                    for (gi, s) in sums.iter_mut().enumerate() {
+                        let part = &row[gi * geo.gp..((gi + 1) * geo.gp).min(geo.kp)];
+                        let sum: i32 = part.iter().map(|&v| v.into() - g.zero).sum();
+                        *s = sum as f32;
                     }
                 }
-                let (nc, ncb, tc, ntb) = gemm_grid(tokens, n, W_MR, W_NR, tokens * k * n / 4);
+                let (nc, ncb, tc, ntb) = gemm_grid(tokens, n, g.mr, g.nr, tokens * k * n / 4);
                 let out = OutPtr(ys.as_mut_ptr());
                 let (act, xscale, xsum) = (&*act, &*xscale, &*xsum);
                 let task = |ti: usize| {
                     let (cb, tb) = (ti % ncb, ti / ncb);
                     let (n0, n1) = (cb * nc, ((cb + 1) * nc).min(n));
                     let (t0, t1) = (tb * tc, ((tb + 1) * tc).min(tokens));
-                    with_scratch(&PACK_I16, quant::x86::panel_i16s(&geo), |panel| {
-                        with_scratch(&CODES, W_NR * k, |codes| {
-                            // SAFETY: only the AVX2 and AVX-512 tables hold this driver, and
-                            // `kernels` hands them out only on a CPU with AVX2, FMA and F16C; the
-                            // matrix passed `check`; `ys` holds `tokens × n` floats (asserted by the
-                            // callers) and this task alone writes block (t0..t1, n0..n1).
+                    with_scratch(g.panel, (g.panel_len)(&geo), |panel| {
+                        with_scratch(&CODES, g.nr * k, |codes| {
+                            // SAFETY: the CPU has what `g.block` needs (this function's contract);
+                            // the matrix passed `check`; `ys` holds `tokens × n` floats (asserted by
+                            // the callers) and this task alone writes block (t0..t1, n0..n1).
                             unsafe {
-                                quant::x86::gemm_block(
+                                (g.block)(
                                     &geo,
                                     q,
                                     act,

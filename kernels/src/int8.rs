@@ -660,11 +660,30 @@ pub(crate) mod x86 {
         cols: usize,
         dst: &mut [u8],
     ) {
-        let (vals, rest) = dst.split_at_mut(geo.kp * Q_NR);
-        vals.fill(0);
-        let (corr, sc) = rest.split_at_mut(geo.groups * Q_NR * 4);
-        corr.fill(0);
+        let (head, sc) = dst.split_at_mut(geo.kp * Q_NR + geo.groups * Q_NR * 4);
+        pack_values_u8(geo, values, o0, cols, head);
         sc.fill(0);
+        for j in 0..cols {
+            for g in 0..geo.groups {
+                let c = (g * Q_NR + j) * 4;
+                sc[c..c + 4].copy_from_slice(&scales[(o0 + j) * geo.groups + g].to_ne_bytes());
+            }
+        }
+    }
+
+    /// The values and corrections of [`pack_weights`] (`geo.kp · Q_NR` bytes of quads, then
+    /// `geo.groups · Q_NR` i32 `128·Σw`): rows `o0 .. o0 + cols` of `values` (`[out, geo.k]`).
+    pub(crate) fn pack_values_u8(
+        geo: &QGeom,
+        values: &[i8],
+        o0: usize,
+        cols: usize,
+        dst: &mut [u8],
+    ) {
+        let (vals, corr) = dst.split_at_mut(geo.kp * Q_NR);
+        let corr = &mut corr[..geo.groups * Q_NR * 4];
+        vals.fill(0);
+        corr.fill(0);
         let k = geo.k;
         for j in 0..cols {
             let o = o0 + j;
@@ -685,23 +704,27 @@ pub(crate) mod x86 {
                 let sum: i32 = src.iter().map(|&v| v as i32).sum();
                 let c = g * Q_NR + j;
                 corr[c * 4..c * 4 + 4].copy_from_slice(&(128 * sum).to_ne_bytes());
-                sc[c * 4..c * 4 + 4].copy_from_slice(&scales[o * geo.groups + g].to_ne_bytes());
             }
         }
     }
 
     /// `R` tokens × `Q_NR` outputs over one packed panel; writes `(Σ_g s·(Σ a·w − 128Σw))·x_scale + bias`.
+    /// With `OFF` (sub-8-bit weights `s·code + off`) the panel holds the offsets after the scales,
+    /// `xsum` the tokens' per-group `Σ xq` as f32 (stride `geo.groups`), and the group's step is
+    /// `acc += s·dot + off·Σxq` without fused multiply-adds, as in `quant.rs`.
     ///
     /// # Safety
     /// AVX-512 F/BW + VNNI; `a` holds `R` rows of `geo.kp` bytes at stride `lda`; `panel` is from
-    /// [`pack_weights`]; `c` valid for `R` rows (stride `ldc`) of `cols` floats.
+    /// [`pack_weights`] (or `quant::x86::pack_panel_vnni`); `c` valid for `R` rows (stride `ldc`) of
+    /// `cols` floats; with `OFF`, `xsum` holds `R · geo.groups` floats.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn micro_vnni<const R: usize>(
+    pub(crate) unsafe fn micro_vnni<const R: usize, const OFF: bool>(
         geo: &QGeom,
         a: *const u8,
         lda: usize,
         xscale: &[f32],
+        xsum: *const f32,
         panel: *const u8,
         bias: Option<&[f32]>,
         c: *mut f32,
@@ -711,6 +734,7 @@ pub(crate) mod x86 {
         let vals = panel;
         let corr = panel.add(geo.kp * Q_NR) as *const i32;
         let sc = panel.add(geo.kp * Q_NR + geo.groups * Q_NR * 4) as *const f32;
+        let offs = sc.add(geo.groups * Q_NR);
         let mut accf = [[_mm512_setzero_ps(); 2]; R];
         for g in 0..geo.groups {
             let mut acci = [[_mm512_setzero_si512(); 2]; R];
@@ -730,9 +754,25 @@ pub(crate) mod x86 {
             let c1 = _mm512_loadu_si512(corr.add(g * Q_NR + 16) as *const _);
             let s0 = _mm512_loadu_ps(sc.add(g * Q_NR));
             let s1 = _mm512_loadu_ps(sc.add(g * Q_NR + 16));
-            for (acc, f) in acci.iter().zip(accf.iter_mut()) {
-                f[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[0], c0)), s0, f[0]);
-                f[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[1], c1)), s1, f[1]);
+            if OFF {
+                let off0 = _mm512_loadu_ps(offs.add(g * Q_NR));
+                let off1 = _mm512_loadu_ps(offs.add(g * Q_NR + 16));
+                for (r, (acc, f)) in acci.iter().zip(accf.iter_mut()).enumerate() {
+                    let xs = _mm512_set1_ps(*xsum.add(r * geo.groups + g));
+                    let d0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[0], c0));
+                    let d1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[1], c1));
+                    let t0 = _mm512_add_ps(_mm512_mul_ps(s0, d0), _mm512_mul_ps(off0, xs));
+                    let t1 = _mm512_add_ps(_mm512_mul_ps(s1, d1), _mm512_mul_ps(off1, xs));
+                    f[0] = _mm512_add_ps(f[0], t0);
+                    f[1] = _mm512_add_ps(f[1], t1);
+                }
+            } else {
+                for (acc, f) in acci.iter().zip(accf.iter_mut()) {
+                    let d0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[0], c0));
+                    let d1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[1], c1));
+                    f[0] = _mm512_fmadd_ps(d0, s0, f[0]);
+                    f[1] = _mm512_fmadd_ps(d1, s1, f[1]);
+                }
             }
         }
         let mut tmp = [0.0f32; Q_NR];
@@ -787,13 +827,14 @@ pub(crate) mod x86 {
                 let a = act.as_ptr().add(t * geo.kp);
                 let xsr = &xscale[t..t + rows];
                 let c = ys.add(t * n + o);
+                let (none, p) = (std::ptr::null(), panel.as_ptr());
                 match rows {
-                    6 => micro_vnni::<6>(geo, a, geo.kp, xsr, panel.as_ptr(), b, c, n, cols),
-                    5 => micro_vnni::<5>(geo, a, geo.kp, xsr, panel.as_ptr(), b, c, n, cols),
-                    4 => micro_vnni::<4>(geo, a, geo.kp, xsr, panel.as_ptr(), b, c, n, cols),
-                    3 => micro_vnni::<3>(geo, a, geo.kp, xsr, panel.as_ptr(), b, c, n, cols),
-                    2 => micro_vnni::<2>(geo, a, geo.kp, xsr, panel.as_ptr(), b, c, n, cols),
-                    _ => micro_vnni::<1>(geo, a, geo.kp, xsr, panel.as_ptr(), b, c, n, cols),
+                    6 => micro_vnni::<6, false>(geo, a, geo.kp, xsr, none, p, b, c, n, cols),
+                    5 => micro_vnni::<5, false>(geo, a, geo.kp, xsr, none, p, b, c, n, cols),
+                    4 => micro_vnni::<4, false>(geo, a, geo.kp, xsr, none, p, b, c, n, cols),
+                    3 => micro_vnni::<3, false>(geo, a, geo.kp, xsr, none, p, b, c, n, cols),
+                    2 => micro_vnni::<2, false>(geo, a, geo.kp, xsr, none, p, b, c, n, cols),
+                    _ => micro_vnni::<1, false>(geo, a, geo.kp, xsr, none, p, b, c, n, cols),
                 }
                 t += rows;
             }

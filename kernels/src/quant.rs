@@ -166,7 +166,10 @@ pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{block_bytes, group_params, BLOCK};
-    use crate::int8::x86::{micro_avx2, pack_values_i16, put_f32, QGeom, W_MR, W_NR};
+    use crate::int8::x86::{
+        micro_avx2, micro_vnni, pack_values_i16, pack_values_u8, put_f32, QGeom, Q_MR, Q_NR, W_MR,
+        W_NR,
+    };
     use crate::matrix::QuantRef;
 
     /// The 32 codes of a 4-bit block as bytes: the 16 bytes in both lanes, the high lane shifted by 4.
@@ -216,29 +219,8 @@ pub(crate) mod x86 {
         codes: &mut [i8],
         dst: &mut [i16],
     ) {
-        let (k, bb, rb) = (q.in_dim, block_bytes(q.bits), q.row_bytes());
-        assert!(
-            cols <= W_NR
-                && codes.len() >= cols * k
-                && dst.len() >= panel_i16s(geo)
-                && q.packed.len() >= (o0 + cols) * rb
-        );
-        let mut tmp = [0u8; BLOCK];
-        for j in 0..cols {
-            let row = q.packed.as_ptr().add((o0 + j) * rb);
-            for b in 0..k.div_ceil(BLOCK) {
-                let c = if q.bits == 4 {
-                    unpack4(row.add(b * bb))
-                } else {
-                    unpack3(row.add(b * bb))
-                };
-                _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, c);
-                let len = (k - b * BLOCK).min(BLOCK);
-                for (d, &v) in codes[j * k + b * BLOCK..][..len].iter_mut().zip(&tmp) {
-                    *d = v as i8;
-                }
-            }
-        }
+        assert!(cols <= W_NR && dst.len() >= panel_i16s(geo));
+        unpack_rows(q, o0, cols, codes);
         let (vals, fl) = dst.split_at_mut(geo.kp * W_NR);
         pack_values_i16(geo, codes, 0, cols, vals);
         fl.fill(0);
@@ -248,6 +230,126 @@ pub(crate) mod x86 {
                 put_f32(fl, g * W_NR + j, s);
                 put_f32(fl, (geo.groups + g) * W_NR + j, off);
             }
+        }
+    }
+
+    /// Rows `o0 .. o0 + cols` of `q` unpacked: `codes[j·k + i]` = code `(o0 + j, i)`.
+    ///
+    /// # Safety
+    /// AVX2 must be available.
+    #[target_feature(enable = "avx2")]
+    unsafe fn unpack_rows(q: &QuantRef, o0: usize, cols: usize, codes: &mut [i8]) {
+        let (k, bb, rb) = (q.in_dim, block_bytes(q.bits), q.row_bytes());
+        assert!(codes.len() >= cols * k && q.packed.len() >= (o0 + cols) * rb);
+        let mut tmp = [0u8; BLOCK];
+        for j in 0..cols {
+            let row = q.packed.as_ptr().add((o0 + j) * rb);
+            let dst = &mut codes[j * k..(j + 1) * k];
+            for b in 0..k.div_ceil(BLOCK) {
+                let c = if q.bits == 4 {
+                    unpack4(row.add(b * bb))
+                } else {
+                    unpack3(row.add(b * bb))
+                };
+                let at = b * BLOCK;
+                if at + BLOCK <= k {
+                    _mm256_storeu_si256(dst.as_mut_ptr().add(at) as *mut __m256i, c);
+                } else {
+                    _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, c);
+                    for (d, &v) in dst[at..].iter_mut().zip(&tmp) {
+                        *d = v as i8;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bytes of one packed panel of the sub-8-bit VNNI GEMM: the codes in quads of K and the `128·Σ`
+    /// corrections as `int8.rs`'s W8A8 panels, then per group `Q_NR` f32 scales and `Q_NR` f32 offsets.
+    pub(crate) fn panel_bytes_vnni(geo: &QGeom) -> usize {
+        geo.kp * Q_NR + geo.groups * Q_NR * 12
+    }
+
+    /// Packs outputs `o0 .. o0 + cols` (≤ `Q_NR`) of `q` for the VNNI micro-kernel (`int8.rs`'s
+    /// `micro_vnni` with offsets).
+    ///
+    /// # Safety
+    /// AVX2 and F16C must be available; `q` must have passed `MatRef::check`.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(crate) unsafe fn pack_panel_vnni(
+        geo: &QGeom,
+        q: &QuantRef,
+        o0: usize,
+        cols: usize,
+        codes: &mut [i8],
+        dst: &mut [u8],
+    ) {
+        assert!(cols <= Q_NR && dst.len() >= panel_bytes_vnni(geo));
+        unpack_rows(q, o0, cols, codes);
+        let (head, fl) = dst.split_at_mut(geo.kp * Q_NR + geo.groups * Q_NR * 4);
+        pack_values_u8(geo, codes, 0, cols, head);
+        fl[..geo.groups * Q_NR * 8].fill(0);
+        for j in 0..cols {
+            for g in 0..geo.groups {
+                let (s, off) = group_params(q, o0 + j, g);
+                let (a, b) = ((g * Q_NR + j) * 4, ((geo.groups + g) * Q_NR + j) * 4);
+                fl[a..a + 4].copy_from_slice(&s.to_ne_bytes());
+                fl[b..b + 4].copy_from_slice(&off.to_ne_bytes());
+            }
+        }
+    }
+
+    /// [`gemm_block`] with AVX-512 VNNI: activations as `int8.rs`'s `pack_act` lays them out (u8,
+    /// offset by 128), panels of [`panel_bytes_vnni`].
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL + VNNI, AVX2, FMA and F16C must be available; otherwise as [`gemm_block`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gemm_block_vnni(
+        geo: &QGeom,
+        q: &QuantRef,
+        act: &[u8],
+        xscale: &[f32],
+        xsum: &[f32],
+        ys: *mut f32,
+        bias: Option<&[f32]>,
+        (t0, t1): (usize, usize),
+        (n0, n1): (usize, usize),
+        panel: &mut [u8],
+        codes: &mut [i8],
+    ) {
+        let n = q.out_dim;
+        assert!(
+            act.len() >= t1 * geo.kp
+                && xscale.len() >= t1
+                && xsum.len() >= t1 * geo.groups
+                && panel.len() >= panel_bytes_vnni(geo)
+                && n1 <= n
+        );
+        let mut o = n0;
+        while o < n1 {
+            let cols = (n1 - o).min(Q_NR);
+            pack_panel_vnni(geo, q, o, cols, codes, panel);
+            let b = bias.map(|b| &b[o..o + cols]);
+            let mut t = t0;
+            while t < t1 {
+                let rows = (t1 - t).min(Q_MR);
+                let a = act.as_ptr().add(t * geo.kp);
+                let (xsr, xsm) = (&xscale[t..t + rows], xsum.as_ptr().add(t * geo.groups));
+                let c = ys.add(t * n + o);
+                let p = panel.as_ptr();
+                match rows {
+                    6 => micro_vnni::<6, true>(geo, a, geo.kp, xsr, xsm, p, b, c, n, cols),
+                    5 => micro_vnni::<5, true>(geo, a, geo.kp, xsr, xsm, p, b, c, n, cols),
+                    4 => micro_vnni::<4, true>(geo, a, geo.kp, xsr, xsm, p, b, c, n, cols),
+                    3 => micro_vnni::<3, true>(geo, a, geo.kp, xsr, xsm, p, b, c, n, cols),
+                    2 => micro_vnni::<2, true>(geo, a, geo.kp, xsr, xsm, p, b, c, n, cols),
+                    _ => micro_vnni::<1, true>(geo, a, geo.kp, xsr, xsm, p, b, c, n, cols),
+                }
+                t += rows;
+            }
+            o += cols;
         }
     }
 
