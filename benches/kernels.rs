@@ -75,7 +75,10 @@ impl Mats {
             .map(|v| v.abs() * 0.01 + 1e-4)
             .collect();
         let groups = out_dim * in_dim.div_ceil(GROUP);
-        let qs = rng.f32s(groups).into_iter().map(|v| f16::from_f32(v.abs() * 0.1 + 1e-3));
+        let qs = rng
+            .f32s(groups)
+            .into_iter()
+            .map(|v| f16::from_f32(v.abs() * 0.1 + 1e-3));
         let qm = rng.f32s(groups).into_iter().map(f16::from_f32);
         Mats {
             out_dim,

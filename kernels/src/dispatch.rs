@@ -262,6 +262,8 @@ static AVX512_VNNI: Kernels = Kernels {
         u8_acts: true,
     }),
     gemm_w8a8: Some(crate::gemv::gemm_w8a8_vnni),
+    // SAFETY: as above (with AVX2, FMA and F16C, which this crate requires of AVX-512).
+    quant_rows: |q, xq, sums, xs, o0, y| unsafe { quant::x86::rows_vnni(q, xq, sums, xs, o0, y) },
     gemm_quant: Some(crate::gemv::gemm_quant_vnni),
     ..AVX512_BASE
 };

@@ -167,10 +167,11 @@ pub(crate) mod x86 {
 
     use super::{block_bytes, group_params, BLOCK};
     use crate::int8::x86::{
-        micro_avx2, micro_vnni, pack_values_i16, pack_values_u8, put_f32, QGeom, Q_MR, Q_NR, W_MR,
-        W_NR,
+        micro_avx2, micro_vnni, pack_values_i16, pack_values_u8, put_f32, reduce16, QGeom, Q_MR,
+        Q_NR, W_MR, W_NR,
     };
     use crate::matrix::QuantRef;
+    use crate::simd::PREFETCH_BYTES;
 
     /// The 32 codes of a 4-bit block as bytes: the 16 bytes in both lanes, the high lane shifted by 4.
     #[inline(always)]
@@ -408,6 +409,124 @@ pub(crate) mod x86 {
                 t += rows;
             }
             o += cols;
+        }
+    }
+
+    /// Rows `o0 .. o0 + y.len()` with AVX-512 VNNI: sixteen rows per pass share every load of `xq`;
+    /// two blocks of codes per `vpdpbusd` (the codes are its unsigned operand, the activations its
+    /// signed one: exact, no offset to undo), the sixteen rows' group sums by one tree
+    /// (`int8.rs`'s `reduce16`), and the group's float step for the sixteen rows in one vector, in the
+    /// reference's order.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL + VNNI, AVX2, FMA and F16C must be available; otherwise as [`rows_avx2`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(crate) unsafe fn rows_vnni(
+        q: &QuantRef,
+        xq: &[i8],
+        sums: &[i32],
+        xs: f32,
+        o0: usize,
+        y: &mut [f32],
+    ) {
+        let blocks = q.in_dim.div_ceil(BLOCK);
+        let gpr = q.groups_per_row();
+        assert!(xq.len() >= blocks * BLOCK && sums.len() == gpr);
+        assert!(q.packed.len() >= (o0 + y.len()) * q.row_bytes());
+        assert!(q.scales.len() >= (o0 + y.len()) * gpr);
+        assert!(q.mins.is_none_or(|m| m.len() >= (o0 + y.len()) * gpr));
+        match q.bits {
+            4 => rows_vnni_r::<4>(q, xq, sums, xs, o0, y),
+            _ => rows_vnni_r::<3>(q, xq, sums, xs, o0, y),
+        }
+    }
+
+    /// The codes of one block (`two`: of two consecutive blocks) as 64 bytes, zero past the end.
+    #[inline(always)]
+    unsafe fn codes64<const BITS: u8>(p: *const u8, two: bool) -> __m512i {
+        if BITS == 4 {
+            if two {
+                // Bytes [b0 | b1] → 128-bit lanes [b0 | b0 | b1 | b1], the odd lanes' nibbles high.
+                let v = _mm512_castsi256_si512(_mm256_loadu_si256(p as *const __m256i));
+                let v = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3), v);
+                let v = _mm512_srlv_epi64(v, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
+                _mm512_and_si512(v, _mm512_set1_epi8(15))
+            } else {
+                _mm512_zextsi256_si512(unpack4(p))
+            }
+        } else {
+            let lo = _mm512_zextsi256_si512(unpack3(p));
+            if two {
+                _mm512_inserti64x4::<1>(lo, unpack3(p.add(12)))
+            } else {
+                lo
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn rows_vnni_r<const BITS: u8>(
+        q: &QuantRef,
+        xq: &[i8],
+        sums: &[i32],
+        xs: f32,
+        o0: usize,
+        y: &mut [f32],
+    ) {
+        let (bb, rb, gpr) = (block_bytes(BITS), q.row_bytes(), q.groups_per_row());
+        let bpg = q.group / BLOCK;
+        let blocks = q.in_dim.div_ceil(BLOCK);
+        let half = _mm512_set1_ps(-((1u32 << (BITS - 1)) as f32));
+        let (scales, mins) = (
+            q.scales.as_ptr() as *const u16,
+            q.mins.map(|m| m.as_ptr() as *const u16),
+        );
+        let zero = _mm512_setzero_si512();
+        let mut r = 0;
+        while r < y.len() {
+            let rows = (y.len() - r).min(16);
+            let rw: [usize; 16] = std::array::from_fn(|j| o0 + r + j.min(rows - 1));
+            let p: [*const u8; 16] = std::array::from_fn(|j| q.packed.as_ptr().add(rw[j] * rb));
+            let mut acc = _mm512_setzero_ps();
+            for (g, &xsum) in sums.iter().enumerate() {
+                let mut d = [zero; 16];
+                let (mut b, b1) = (g * bpg, blocks.min((g + 1) * bpg));
+                while b < b1 {
+                    let two = b + 2 <= b1;
+                    let xp = xq.as_ptr().add(b * BLOCK) as *const i8;
+                    let x = if two {
+                        _mm512_loadu_si512(xp as *const _)
+                    } else {
+                        _mm512_maskz_loadu_epi8(u32::MAX as u64, xp)
+                    };
+                    for j in 0..16 {
+                        let at = p[j].add(b * bb);
+                        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_BYTES) as *const i8);
+                        d[j] = _mm512_dpbusd_epi32(d[j], codes64::<BITS>(at, two), x);
+                    }
+                    b += if two { 2 } else { 1 };
+                }
+                let isum = _mm512_cvtepi32_ps(reduce16(d));
+                let gather = |v: *const u16| {
+                    let h: [u16; 16] = std::array::from_fn(|j| *v.add(rw[j] * gpr + g));
+                    _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr() as *const __m256i))
+                };
+                let sv = gather(scales);
+                let off = match mins {
+                    Some(m) => gather(m),
+                    None => _mm512_mul_ps(half, sv),
+                };
+                // acc += s·Σq·xq + off·Σxq, rounded step by step as the reference does (no FMA).
+                let t = _mm512_add_ps(
+                    _mm512_mul_ps(sv, isum),
+                    _mm512_mul_ps(off, _mm512_set1_ps(xsum as f32)),
+                );
+                acc = _mm512_add_ps(acc, t);
+            }
+            let mut out = [0.0f32; 16];
+            _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mul_ps(acc, _mm512_set1_ps(xs)));
+            y[r..r + rows].copy_from_slice(&out[..rows]);
+            r += rows;
         }
     }
 
