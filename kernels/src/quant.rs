@@ -493,7 +493,7 @@ pub(crate) mod x86 {
                 let (mut b, b1) = (g * bpg, blocks.min((g + 1) * bpg));
                 while b < b1 {
                     let two = b + 2 <= b1;
-                    let xp = xq.as_ptr().add(b * BLOCK) as *const i8;
+                    let xp = xq.as_ptr().add(b * BLOCK);
                     let x = if two {
                         _mm512_loadu_si512(xp as *const _)
                     } else {
