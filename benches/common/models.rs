@@ -12,8 +12,9 @@ pub struct Variant {
     pub args: &'static [&'static str],
 }
 
-/// The variants compared everywhere: the FP32 original memory-mapped, INT8 dense, and rank-128 factors
-/// (the prototype's rank) stored F32, F16 or INT8, with the embedding / LM head stored alike.
+/// The variants compared everywhere: the FP32 original memory-mapped, INT8 dense, rank-128 factors
+/// (the prototype's rank) stored F32, F16 or INT8 with the embedding / LM head stored alike, and 4-/3-bit
+/// weights.
 pub const VARIANTS: &[Variant] = &[
     Variant {
         name: "f32",
@@ -61,6 +62,20 @@ pub const VARIANTS: &[Variant] = &[
             "--embeddings",
             "int8",
         ],
+    },
+    // 4 and 3 bits, groups of 128 with minimums (RTN: speed and memory do not depend on the quantizer);
+    // the embedding / LM head INT8 (the modes' default) or, for `q4-all`, 4-bit too.
+    Variant {
+        name: "q4",
+        args: &["--mode", "q4", "--group", "128"],
+    },
+    Variant {
+        name: "q4-all",
+        args: &["--mode", "q4", "--group", "128", "--embeddings", "q4"],
+    },
+    Variant {
+        name: "q3",
+        args: &["--mode", "q3", "--group", "128"],
     },
 ];
 
