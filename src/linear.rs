@@ -421,13 +421,21 @@ pub enum LinearKind {
     },
 }
 
-/// `y = W·x + b`, with the weight in any storage slimlm knows.
+/// `y = W·(m ⊙ x) + b`, with the weight in any storage slimlm knows and `m` an optional per-input
+/// multiplier (AWQ's: the weights were scaled by `1/m` per input before they were quantized).
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub kind: LinearKind,
     pub bias: Option<Vector>,
+    /// The per-input multiplier `m` (`base.in_scale`, f32), if any.
+    pub in_scale: Option<Vector>,
     /// How INT8 matrices multiply (W8A8 by default).
     pub int8_act: Int8Act,
+}
+
+thread_local! {
+    /// Inputs times `in_scale`, for the layers that have one.
+    static SCALED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Linear {
@@ -436,8 +444,24 @@ impl Linear {
         Linear {
             kind,
             bias,
+            in_scale: None,
             int8_act: Int8Act::default(),
         }
+    }
+
+    /// Runs `f` on the inputs as the weights take them: `xs` itself, or `xs ⊙ in_scale` per token.
+    fn with_inputs<R>(&self, xs: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
+        let Some(m) = self.in_scale.as_ref().and_then(Vector::as_f32) else {
+            return f(xs);
+        };
+        let mut buf = SCALED.with(|c| c.take());
+        buf.clear();
+        for row in xs.chunks_exact(m.len()) {
+            buf.extend(row.iter().zip(m).map(|(x, m)| x * m));
+        }
+        let r = f(&buf);
+        SCALED.with(|c| *c.borrow_mut() = buf);
+        r
     }
 
     /// Output and input sizes.
@@ -467,6 +491,10 @@ impl Linear {
 
     /// `y = W·x + b` for one token.
     pub fn forward(&self, x: &[f32], y: &mut [f32]) {
+        self.with_inputs(x, |x| self.forward_scaled(x, y))
+    }
+
+    fn forward_scaled(&self, x: &[f32], y: &mut [f32]) {
         let (bias, add) = self.bias_parts();
         match &self.kind {
             LinearKind::Full(m) => kernels::matvec(&m.mat_ref(self.int8_act), bias, x, y),
@@ -486,6 +514,10 @@ impl Linear {
 
     /// `ys[t] = W·xs[t] + b` for every token (row-major `tokens × in` → `tokens × out`).
     pub fn forward_batch(&self, xs: &[f32], ys: &mut [f32]) {
+        self.with_inputs(xs, |xs| self.forward_batch_scaled(xs, ys))
+    }
+
+    fn forward_batch_scaled(&self, xs: &[f32], ys: &mut [f32]) {
         let (bias, add) = self.bias_parts();
         match &self.kind {
             LinearKind::Full(m) => kernels::matmul(&m.mat_ref(self.int8_act), bias, xs, ys),
@@ -516,6 +548,7 @@ impl Linear {
     /// Bytes of weight data (matrices, factors, scales; bias and `s` included).
     pub fn weight_bytes(&self) -> usize {
         let vecs = self.bias.as_ref().map_or(0, Vector::stored_bytes)
+            + self.in_scale.as_ref().map_or(0, Vector::stored_bytes)
             + match &self.kind {
                 LinearKind::LowRank { s: Some(s), .. } => s.stored_bytes(),
                 _ => 0,
@@ -530,6 +563,7 @@ impl Linear {
     /// Bytes copied out of the mapping.
     pub fn copied_bytes(&self) -> usize {
         let vecs = self.bias.as_ref().map_or(0, Vector::copied_bytes)
+            + self.in_scale.as_ref().map_or(0, Vector::copied_bytes)
             + match &self.kind {
                 LinearKind::LowRank { s: Some(s), .. } => s.copied_bytes(),
                 _ => 0,
@@ -541,8 +575,16 @@ impl Linear {
             + vecs
     }
 
-    /// A short description: `f32`, `int8`, `lowrank r=64 int8`.
+    /// A short description: `f32`, `int8`, `lowrank r=64 int8`, `q4 +in_scale`.
     pub fn describe(&self) -> String {
+        let base = self.describe_weights();
+        match self.in_scale {
+            Some(_) => format!("{base} +in_scale"),
+            None => base,
+        }
+    }
+
+    fn describe_weights(&self) -> String {
         match &self.kind {
             LinearKind::Full(m) => m.storage_name().to_string(),
             LinearKind::LowRank { vh, u, .. } => {

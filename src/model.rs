@@ -500,7 +500,19 @@ impl Loader<'_> {
         } else {
             None
         };
-        Ok(Linear::new(kind, bias))
+        let mut lin = Linear::new(kind, bias);
+        // AWQ's per-input multiplier: f32, finite (it scales every input of the layer).
+        if let Some(t) = self.store.get(&format!("{base}.in_scale")) {
+            let m = Vector::new_f32(&t, in_dim)?;
+            if let Some(i) = m
+                .as_f32()
+                .and_then(|v| v.iter().position(|x| !x.is_finite()))
+            {
+                return Err(t.error(format!("value {i} is not finite")));
+            }
+            lin.in_scale = Some(m);
+        }
+        Ok(lin)
     }
 
     fn norm(&self, base: &str) -> Result<Norm> {

@@ -15,6 +15,7 @@
 //! `_scale` for INT8, and `P.lowrank.s`), biases and LayerNorms F32, `__pad__.N` alignment fillers, and
 //! `__metadata__` with [`META_FORMAT`], [`META_PLAN`], [`META_MATRICES`], [`META_SOURCE_BYTES`].
 
+pub mod awq;
 pub mod plan;
 pub mod quantize;
 pub mod sub8;
