@@ -357,3 +357,50 @@ pub(crate) fn check_tokens(model: &Model, pos: usize, tokens: &[u32]) -> Result<
     }
     Ok(())
 }
+
+#[cfg(all(test, feature = "compress"))]
+mod tests {
+    use super::*;
+
+    /// Records the hidden states entering every block.
+    struct Hidden(Vec<Vec<f32>>);
+    impl Observer for Hidden {
+        fn hidden(&mut self, layer: usize, _pos0: usize, xs: &[f32]) {
+            if self.0.len() <= layer {
+                self.0.resize(layer + 1, Vec::new());
+            }
+            self.0[layer].extend_from_slice(xs);
+        }
+    }
+
+    /// Block by block (the compressor's layer-by-layer calibration) gives the hidden states of a whole
+    /// forward pass, bit for bit: over two passes of rows (300 tokens), with GPT-Neo's local attention.
+    #[test]
+    fn blocks_one_at_a_time_match_the_forward_pass() {
+        let shared = std::env::var_os("SLIMLM_SHARED")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+        for name in ["ref-gpt2", "ref-gptneo"] {
+            let model = Model::open(shared.join("models").join(name)).unwrap();
+            let n = 300.min(model.config.n_ctx);
+            let tokens: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + 13) % 5000).collect();
+            let mut whole = Hidden(Vec::new());
+            model
+                .session()
+                .prefill_observed(&tokens, &mut whole)
+                .unwrap();
+            let mut runner = BlockRunner::new(&model);
+            let mut xs = runner.embed(&tokens).unwrap();
+            assert_eq!(xs, whole.0[0], "{name}: embeddings");
+            for l in 0..model.blocks.len() - 1 {
+                runner.block(l, &mut xs, &mut NoObserver).unwrap();
+                assert_eq!(xs, whole.0[l + 1], "{name}: after block {l}");
+            }
+            // Bad input is an error, not a panic.
+            let nb = model.blocks.len();
+            assert!(runner.block(nb, &mut xs, &mut NoObserver).is_err());
+            assert!(runner.block(0, &mut xs[..5], &mut NoObserver).is_err());
+            assert!(runner.embed(&[]).is_err());
+        }
+    }
+}
