@@ -231,6 +231,7 @@ impl Work {
 
     /// The hidden states entering block 0 for `tokens` at `rows` (at most [`CHUNK`]), into `out`
     /// (`tokens × d_model`): the first step of [`Work::forward`], for running the blocks one at a time.
+    #[cfg(feature = "compress")]
     pub fn embed_rows(&mut self, model: &Model, tokens: &[u32], rows: &[Row], out: &mut [f32]) {
         let nd = tokens.len() * model.config.d_model;
         self.begin(model, rows);
@@ -242,6 +243,7 @@ impl Work {
     /// [`CHUNK`] rows of sequence 0), in place: on return `xs` holds what enters block `l + 1`. Keys and
     /// values go to layer 0 of `cache` (a one-layer cache is enough; reserved for the rows' positions);
     /// `obs` sees block `l`'s linear layers as in [`Work::forward`], with the same arithmetic and bits.
+    #[cfg(feature = "compress")]
     pub fn block_rows(
         &mut self,
         model: &Model,
