@@ -209,34 +209,12 @@ impl Work {
     ) {
         let c = &model.config;
         let (n, d, e) = (tokens.len(), c.d_model, c.embed_dim);
-        debug_assert!(n == rows.len() && n <= chunk_rows(model));
-        self.rows.clear();
-        self.rows.extend_from_slice(rows);
-        self.rows_used = self.rows_used.max(n);
+        self.begin(model, rows);
+        self.embed(model, tokens);
         let p0 = rows[0].pos;
-        let xs = if model.project_in.is_some() {
-            &mut self.emb[..n * e]
-        } else {
-            &mut self.x[..n * d]
-        };
-        for (t, &tok) in tokens.iter().enumerate() {
-            embed_row(&model.embed, tok as usize, &mut xs[t * e..(t + 1) * e]);
-        }
-        if let Some(pi) = &model.project_in {
-            apply(pi, &self.emb[..n * e], &mut self.x[..n * d], n);
-        }
-        if let (Some(table), Positions::Learned { offset }) = (&model.positions, c.positions) {
-            for (t, r) in rows.iter().enumerate() {
-                add_row(table, r.pos + offset, &mut self.x[t * d..(t + 1) * d]);
-            }
-        }
-        if let Some(norm) = &model.embed_norm {
-            self.norm_x_in_place(model, norm, n);
-        }
-        self.rotary_angles();
         obs.hidden(0, p0, &self.x[..n * d]);
         for (l, block) in model.blocks.iter().enumerate() {
-            self.block(model, caches, l, block, obs);
+            self.block(model, caches, l, l, block, obs);
             if l + 1 < model.blocks.len() {
                 obs.hidden(l + 1, p0, &self.x[..n * d]);
             }
@@ -249,6 +227,75 @@ impl Work {
             apply(po, &self.h[..n * d], &mut self.fin[..n * e], n);
         }
         obs.hidden(model.blocks.len(), p0, self.final_rows(model, n));
+    }
+
+    /// The hidden states entering block 0 for `tokens` at `rows` (at most [`CHUNK`]), into `out`
+    /// (`tokens × d_model`): the first step of [`Work::forward`], for running the blocks one at a time.
+    #[cfg(feature = "compress")]
+    pub fn embed_rows(&mut self, model: &Model, tokens: &[u32], rows: &[Row], out: &mut [f32]) {
+        let nd = tokens.len() * model.config.d_model;
+        self.begin(model, rows);
+        self.embed(model, tokens);
+        out[..nd].copy_from_slice(&self.x[..nd]);
+    }
+
+    /// Runs block `l` alone over the hidden states `xs` entering it (`rows.len() × d_model`, at most
+    /// [`CHUNK`] rows of sequence 0), in place: on return `xs` holds what enters block `l + 1`. Keys and
+    /// values go to layer 0 of `cache` (a one-layer cache is enough; reserved for the rows' positions);
+    /// `obs` sees block `l`'s linear layers as in [`Work::forward`], with the same arithmetic and bits.
+    #[cfg(feature = "compress")]
+    pub fn block_rows(
+        &mut self,
+        model: &Model,
+        cache: &mut KvCache,
+        l: usize,
+        rows: &[Row],
+        xs: &mut [f32],
+        obs: &mut dyn Observer,
+    ) {
+        let nd = rows.len() * model.config.d_model;
+        debug_assert!(xs.len() == nd && rows.iter().all(|r| r.seq == 0));
+        self.begin(model, rows);
+        self.x[..nd].copy_from_slice(xs);
+        let caches = std::slice::from_mut(cache);
+        self.block(model, caches, l, 0, &model.blocks[l], obs);
+        xs.copy_from_slice(&self.x[..nd]);
+    }
+
+    /// Starts a pass over `rows` (at most [`CHUNK`]): remembers them and computes their rotary angles.
+    fn begin(&mut self, model: &Model, rows: &[Row]) {
+        debug_assert!(!rows.is_empty() && rows.len() <= chunk_rows(model));
+        self.rows.clear();
+        self.rows.extend_from_slice(rows);
+        self.rows_used = self.rows_used.max(rows.len());
+        self.rotary_angles();
+    }
+
+    /// The embeddings of `tokens` (one per row of the pass begun), with positions, projection and
+    /// embedding norm as the model has them, into `x`.
+    fn embed(&mut self, model: &Model, tokens: &[u32]) {
+        let c = &model.config;
+        let (n, d, e) = (tokens.len(), c.d_model, c.embed_dim);
+        debug_assert!(n == self.rows.len());
+        let xs = if model.project_in.is_some() {
+            &mut self.emb[..n * e]
+        } else {
+            &mut self.x[..n * d]
+        };
+        for (t, &tok) in tokens.iter().enumerate() {
+            embed_row(&model.embed, tok as usize, &mut xs[t * e..(t + 1) * e]);
+        }
+        if let Some(pi) = &model.project_in {
+            apply(pi, &self.emb[..n * e], &mut self.x[..n * d], n);
+        }
+        if let (Some(table), Positions::Learned { offset }) = (&model.positions, c.positions) {
+            for (t, r) in self.rows.iter().enumerate() {
+                add_row(table, r.pos + offset, &mut self.x[t * d..(t + 1) * d]);
+            }
+        }
+        if let Some(norm) = &model.embed_norm {
+            self.norm_x_in_place(model, norm, n);
+        }
     }
 
     /// The final hidden states of the first `n` rows of the last pass (the LM head's input).
@@ -357,11 +404,13 @@ impl Work {
         }
     }
 
+    /// Block `l` (`b`) over the rows of `x`, its keys and values in layer `kv_layer` of the caches.
     fn block(
         &mut self,
         model: &Model,
         caches: &mut [KvCache],
         l: usize,
+        kv_layer: usize,
         b: &Block,
         obs: &mut dyn Observer,
     ) {
@@ -375,7 +424,7 @@ impl Work {
                 self.h[..nd].copy_from_slice(&self.x[..nd]);
             }
         }
-        self.attention_half(model, caches, l, b, obs);
+        self.attention_half(model, caches, l, kv_layer, b, obs);
         match (c.norm, c.residual) {
             (NormPlacement::Pre, Residual::Sequential) => {
                 self.add_tmp_to_x(model, n);
@@ -425,6 +474,7 @@ impl Work {
         model: &Model,
         caches: &mut [KvCache],
         l: usize,
+        kv_layer: usize,
         b: &Block,
         obs: &mut dyn Observer,
     ) {
@@ -450,8 +500,8 @@ impl Work {
             }
         }
         self.position_and_scale_qk(model, b);
-        self.store_kv(model, caches, l);
-        self.attention(model, caches, l, b);
+        self.store_kv(model, caches, kv_layer);
+        self.attention(model, caches, kv_layer, b);
         obs.linear_input(l, "attn_out", &self.att[..n * d]);
         apply(&b.attn_out, &self.att[..n * d], &mut self.tmp[..n * d], n);
         obs.linear(l, "attn_out", &self.tmp[..n * d]);

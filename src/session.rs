@@ -244,6 +244,98 @@ impl Session<'static> {
     }
 }
 
+/// Runs a model one block at a time over independent sequences, each from position 0: the embeddings
+/// of a sequence, then block 0 over its hidden states, then block 1 over block 0's outputs, and so on.
+/// Only one layer's keys and values are kept (a sequence is run through a block in one go), so the
+/// caller holds just the hidden states between blocks. The compressor's layer-by-layer calibration.
+#[cfg(feature = "compress")]
+pub(crate) struct BlockRunner<'m> {
+    model: &'m Model,
+    /// One layer's keys and values, for the sequence in the block being run.
+    kv: KvCache,
+    work: Work,
+}
+
+#[cfg(feature = "compress")]
+impl<'m> BlockRunner<'m> {
+    pub(crate) fn new(model: &'m Model) -> BlockRunner<'m> {
+        let c = &model.config;
+        BlockRunner {
+            kv: KvCache::new(model.kv_dtype(), 1, c.n_head, c.head_dim()),
+            work: Work::new(model),
+            model,
+        }
+    }
+
+    /// The hidden states entering block 0 for the sequence `tokens` (positions `0..`), `tokens × d_model`.
+    pub(crate) fn embed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let model = self.model;
+        check_tokens(model, 0, tokens)?;
+        model.check_files()?;
+        let d = model.config.d_model;
+        let mut out = vec![0.0; tokens.len() * d];
+        self.work.run(|work| {
+            let chunk = forward::chunk_rows(model);
+            for (i, part) in tokens.chunks(chunk).enumerate() {
+                let rows = rows_from(i * chunk, part.len());
+                let o = &mut out[i * chunk * d..(i * chunk + part.len()) * d];
+                work.embed_rows(model, part, &rows, o);
+            }
+        });
+        Ok(out)
+    }
+
+    /// Runs block `layer` over the hidden states `xs` entering it (`tokens × d_model`, one sequence at
+    /// positions `0..`), in place: on return `xs` holds what enters block `layer + 1`. `obs` sees the
+    /// block's linear layers (`hidden` is not called).
+    pub(crate) fn block(
+        &mut self,
+        layer: usize,
+        xs: &mut [f32],
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
+        let model = self.model;
+        let c = &model.config;
+        let d = c.d_model;
+        if layer >= model.blocks.len() || xs.is_empty() || xs.len() % d != 0 {
+            return Err(Error::input(format!(
+                "block {layer} of {} over {} values ({d} per token)",
+                model.blocks.len(),
+                xs.len()
+            )));
+        }
+        let n = xs.len() / d;
+        if n > c.n_ctx {
+            return Err(Error::ContextOverflow {
+                cached: 0,
+                new: n,
+                n_ctx: c.n_ctx,
+            });
+        }
+        self.work.reserve(model, &mut self.kv, n, 0)?;
+        let kv = &mut self.kv;
+        self.work.run(|work| {
+            let chunk = forward::chunk_rows(model);
+            for (i, part) in xs.chunks_mut(chunk * d).enumerate() {
+                let rows = rows_from(i * chunk, part.len() / d);
+                work.block_rows(model, kv, layer, &rows, part, obs);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Rows of sequence 0 at positions `pos0..pos0 + n`.
+#[cfg(feature = "compress")]
+fn rows_from(pos0: usize, n: usize) -> Vec<Row> {
+    (0..n)
+        .map(|t| Row {
+            seq: 0,
+            pos: pos0 + t,
+        })
+        .collect()
+}
+
 /// Checks that `tokens` can follow `pos` tokens: non-empty, ids in the vocabulary, room in the context.
 pub(crate) fn check_tokens(model: &Model, pos: usize, tokens: &[u32]) -> Result<()> {
     let c = &model.config;
@@ -264,4 +356,51 @@ pub(crate) fn check_tokens(model: &Model, pos: usize, tokens: &[u32]) -> Result<
         });
     }
     Ok(())
+}
+
+#[cfg(all(test, feature = "compress"))]
+mod tests {
+    use super::*;
+
+    /// Records the hidden states entering every block.
+    struct Hidden(Vec<Vec<f32>>);
+    impl Observer for Hidden {
+        fn hidden(&mut self, layer: usize, _pos0: usize, xs: &[f32]) {
+            if self.0.len() <= layer {
+                self.0.resize(layer + 1, Vec::new());
+            }
+            self.0[layer].extend_from_slice(xs);
+        }
+    }
+
+    /// Block by block (the compressor's layer-by-layer calibration) gives the hidden states of a whole
+    /// forward pass, bit for bit: over two passes of rows (300 tokens), with GPT-Neo's local attention.
+    #[test]
+    fn blocks_one_at_a_time_match_the_forward_pass() {
+        let shared = std::env::var_os("SLIMLM_SHARED")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+        for name in ["ref-gpt2", "ref-gptneo"] {
+            let model = Model::open(shared.join("models").join(name)).unwrap();
+            let n = 300.min(model.config.n_ctx);
+            let tokens: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + 13) % 5000).collect();
+            let mut whole = Hidden(Vec::new());
+            model
+                .session()
+                .prefill_observed(&tokens, &mut whole)
+                .unwrap();
+            let mut runner = BlockRunner::new(&model);
+            let mut xs = runner.embed(&tokens).unwrap();
+            assert_eq!(xs, whole.0[0], "{name}: embeddings");
+            for l in 0..model.blocks.len() - 1 {
+                runner.block(l, &mut xs, &mut NoObserver).unwrap();
+                assert_eq!(xs, whole.0[l + 1], "{name}: after block {l}");
+            }
+            // Bad input is an error, not a panic.
+            let nb = model.blocks.len();
+            assert!(runner.block(nb, &mut xs, &mut NoObserver).is_err());
+            assert!(runner.block(0, &mut xs[..5], &mut NoObserver).is_err());
+            assert!(runner.embed(&[]).is_err());
+        }
+    }
 }

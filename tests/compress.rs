@@ -456,6 +456,17 @@ fn sub8_storage_gptq_gain_and_errors() {
         ..Options::default()
     };
     let (_t, good, report) = compress_to("ref-gpt2", &plan, &calib);
+    // Written to disk tensor by tensor (through a spill file) or built in memory: the same bytes.
+    let (bytes, mem_report) = compress::compress_model(
+        &Model::open(ref_model("ref-gpt2")).unwrap(),
+        &plan,
+        &calib,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    assert!(bytes == std::fs::read(good.join("model.safetensors")).unwrap());
+    assert_eq!(mem_report.file_bytes, report.file_bytes);
+    assert_eq!(report.file_bytes, bytes.len());
     let m = Model::open(&good).unwrap();
     for (_, c, lin) in m.linears() {
         let want = if c == "lm_head" { "int8" } else { "q4" };

@@ -160,21 +160,26 @@ fn rel_error(w: &[f32], approx: &[f32]) -> f64 {
     }
 }
 
-/// Per-channel mean |x| of each linear input, keyed by `(layer, component)`, and (for whitening) the
-/// Gram matrices `Σ x·xᵀ`.
+/// The calibration statistics of one block's linear layers, by component: the per-channel mean `|x|` of
+/// each input (activation-aware SVD) and, where the plan needs them, the Gram matrices `Σ x·xᵀ` (f32,
+/// `in × in` row-major, symmetric; whitened SVD, GPTQ).
 struct Calibration {
-    stats: HashMap<(usize, Component), Vec<f64>>,
-    grams: HashMap<(usize, Component), Vec<f64>>,
+    stats: HashMap<Component, Vec<f64>>,
+    grams: HashMap<Component, Vec<f32>>,
 }
 
+/// Collects [`Calibration`] while one block runs.
 struct Collector<'c> {
     config: &'c Config,
-    sums: HashMap<(usize, Component), (Vec<f64>, usize)>,
-    grams: Option<HashMap<(usize, Component), faer::Mat<f64>>>,
+    /// The components whose Gram matrices are wanted.
+    want_gram: HashSet<Component>,
+    sums: HashMap<Component, (Vec<f64>, usize)>,
+    /// Lower triangles (and diagonal) of the Gram matrices, column-major, until [`Collector::finish`].
+    grams: HashMap<Component, Vec<f32>>,
 }
 
 impl Observer for Collector<'_> {
-    fn linear_input(&mut self, layer: usize, component: &'static str, xs: &[f32]) {
+    fn linear_input(&mut self, _layer: usize, component: &'static str, xs: &[f32]) {
         let Ok(c) = Component::parse(component) else {
             return;
         };
@@ -183,76 +188,126 @@ impl Observer for Collector<'_> {
         } else {
             self.config.d_model
         };
-        let e = self
-            .sums
-            .entry((layer, c))
-            .or_insert_with(|| (vec![0.0; width], 0));
+        let e = self.sums.entry(c).or_insert_with(|| (vec![0.0; width], 0));
         for row in xs.chunks_exact(width) {
             for (s, x) in e.0.iter_mut().zip(row) {
                 *s += x.abs() as f64;
             }
             e.1 += 1;
         }
-        if let Some(grams) = &mut self.grams {
+        if self.want_gram.contains(&c) {
+            use faer::linalg::matmul::triangular::{matmul, BlockStructure};
             let rows = xs.len() / width;
-            let x = faer::Mat::<f64>::from_fn(rows, width, |t, j| xs[t * width + j] as f64);
-            let g = grams
-                .entry((layer, c))
-                .or_insert_with(|| faer::Mat::zeros(width, width));
-            *g += x.transpose() * &x;
+            let x = faer::mat::from_row_major_slice(&xs[..rows * width], rows, width);
+            let g = self
+                .grams
+                .entry(c)
+                .or_insert_with(|| vec![0.0; width * width]);
+            // G += XᵀX, lower triangle only (half the work), accumulated in place.
+            matmul(
+                faer::mat::from_column_major_slice_mut(g, width, width),
+                BlockStructure::TriangularLower,
+                x.transpose(),
+                BlockStructure::Rectangular,
+                x,
+                BlockStructure::Rectangular,
+                Some(1.0),
+                1.0,
+                faer::Parallelism::Rayon(0),
+            );
         }
     }
 }
 
-fn calibrate(
-    model: &Model,
-    texts: &[String],
-    max_tokens: usize,
-    gram: bool,
-    progress: &mut dyn FnMut(usize, usize, &str),
-) -> Result<Calibration> {
-    // Every text contributes up to an equal share of the tokens (several languages, one budget).
-    let share = max_tokens / texts.len().max(1);
-    let mut ids = Vec::new();
-    for t in texts {
-        let mut t_ids = model.tokenizer().encode(t)?;
-        t_ids.truncate(share);
-        ids.extend(t_ids);
+impl Collector<'_> {
+    /// The statistics, each Gram matrix completed from its lower triangle.
+    fn finish(self) -> Calibration {
+        let mut grams = self.grams;
+        for g in grams.values_mut() {
+            let n = (g.len() as f64).sqrt() as usize;
+            // Column-major lower (i ≥ j) at j·n + i; mirror it to i·n + j.
+            for j in 0..n {
+                for i in j + 1..n {
+                    g[i * n + j] = g[j * n + i];
+                }
+            }
+        }
+        Calibration {
+            stats: self
+                .sums
+                .into_iter()
+                .map(|(k, (s, n))| (k, s.into_iter().map(|v| v / n.max(1) as f64).collect()))
+                .collect(),
+            grams,
+        }
     }
-    if ids.len() < 2 {
-        return Err(Error::input(
-            "calibration (activation-aware SVD, GPTQ) needs calibration text",
-        ));
+}
+
+/// Layer-by-layer calibration: the calibration text's hidden states, one sequence per window of at
+/// most 256 tokens, are run through one block at a time. Each block's statistics are collected, its
+/// matrices compressed and its statistics dropped before the next block runs, so memory holds one
+/// block's Gram matrices (not every block's) plus the hidden states (`tokens × d_model` f32).
+///
+/// Every block runs with the **original** weights: the inputs of block `l` are those of the
+/// uncompressed model, as if calibration ran the whole model in one pass (the statistics are exactly
+/// those of a full forward pass). GPTQ's reference implementation feeds block `l + 1` the outputs of the
+/// already-quantized block `l` instead; that would need a quantized block in memory, and ties each
+/// block's result to every earlier block's.
+struct LayerCalibration<'m> {
+    runner: crate::session::BlockRunner<'m>,
+    /// The hidden states entering block `next`, per sequence.
+    states: Vec<Vec<f32>>,
+    next: usize,
+}
+
+impl<'m> LayerCalibration<'m> {
+    /// Tokenizes `texts` (an equal share of `max_tokens` each) and embeds them.
+    fn new(model: &'m Model, texts: &[String], max_tokens: usize) -> Result<LayerCalibration<'m>> {
+        // Every text contributes up to an equal share of the tokens (several languages, one budget).
+        let share = max_tokens / texts.len().max(1);
+        let mut ids = Vec::new();
+        for t in texts {
+            let mut t_ids = model.tokenizer().encode(t)?;
+            t_ids.truncate(share);
+            ids.extend(t_ids);
+        }
+        if ids.len() < 2 {
+            return Err(Error::input(
+                "calibration (activation-aware SVD, GPTQ) needs calibration text",
+            ));
+        }
+        let window = model.config.n_ctx.min(256);
+        let mut runner = crate::session::BlockRunner::new(model);
+        let states = ids
+            .chunks(window)
+            .map(|w| runner.embed(w))
+            .collect::<Result<_>>()?;
+        Ok(LayerCalibration {
+            runner,
+            states,
+            next: 0,
+        })
     }
-    let window = model.config.n_ctx.min(256);
-    let mut col = Collector {
-        config: &model.config,
-        sums: HashMap::new(),
-        grams: gram.then(HashMap::new),
-    };
-    let mut session = model.session();
-    let chunks: Vec<&[u32]> = ids.chunks(window).collect();
-    for (i, w) in chunks.iter().enumerate() {
-        session.reset();
-        session.prefill_observed(w, &mut col)?;
-        progress(i + 1, chunks.len(), "calibration");
+
+    /// Runs the next block over every sequence, collecting its statistics (Gram matrices of the
+    /// components in `want_gram`), and moves the hidden states on to the block after it.
+    fn next_block(
+        &mut self,
+        config: &Config,
+        want_gram: HashSet<Component>,
+    ) -> Result<Calibration> {
+        let mut col = Collector {
+            config,
+            want_gram,
+            sums: HashMap::new(),
+            grams: HashMap::new(),
+        };
+        for xs in &mut self.states {
+            self.runner.block(self.next, xs, &mut col)?;
+        }
+        self.next += 1;
+        Ok(col.finish())
     }
-    Ok(Calibration {
-        stats: col
-            .sums
-            .into_iter()
-            .map(|(k, (s, n))| (k, s.into_iter().map(|v| v / n.max(1) as f64).collect()))
-            .collect(),
-        grams: col
-            .grams
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, g)| {
-                let n = g.nrows();
-                (k, (0..n * n).map(|i| g.read(i / n, i % n)).collect())
-            })
-            .collect(),
-    })
 }
 
 /// Everything produced for one matrix.
@@ -291,7 +346,7 @@ fn sub8_tensors(
     rows: usize,
     cols: usize,
     method: Method,
-    gram: Option<&[f64]>,
+    gram: Option<&[f32]>,
 ) -> Result<(Vec<OutTensor>, Vec<f32>, Option<String>)> {
     let Method::Sub8 {
         bits,
@@ -316,11 +371,9 @@ fn sub8_tensors(
         (Quantizer::Rtn, _) => (sub8::rtn(w, rows, cols, q)?, None),
         (Quantizer::Gptq, Some(g)) => {
             let qm = sub8::gptq(w, rows, cols, g, q, &sub8::GptqOptions::default())?;
-            let rtn = sub8::rtn(w, rows, cols, q)?.dequantize();
-            let (e_gptq, e_rtn) = (
-                sub8::output_error(w, &qm.dequantize(), rows, cols, g),
-                sub8::output_error(w, &rtn, rows, cols, g),
-            );
+            let e_gptq = sub8::output_error(w, &qm.dequantize(), rows, cols, g);
+            let e_rtn =
+                sub8::output_error(w, &sub8::rtn(w, rows, cols, q)?.dequantize(), rows, cols, g);
             let note = format!(
                 "calibration output error {:.3}× RTN's",
                 e_gptq / e_rtn.max(f64::MIN_POSITIVE)
@@ -445,9 +498,7 @@ fn compress_linear(ctx: &Ctx, site: &LinearSite, t: &TensorView) -> Result<Produ
             }
             Method::Sub8 { .. } => {
                 let w = weight_out_in(t, site.layout, m, n)?;
-                let gram = ctx
-                    .calib
-                    .and_then(|c| c.grams.get(&(site.layer, site.component)));
+                let gram = ctx.calib.and_then(|c| c.grams.get(&site.component));
                 let (ts, deq, note) = sub8_tensors(
                     &format!("{}.weight", site.base),
                     &w,
@@ -482,7 +533,7 @@ fn compress_linear(ctx: &Ctx, site: &LinearSite, t: &TensorView) -> Result<Produ
     if let Some(bad) = w.iter().find(|v| !v.is_finite()) {
         return Err(t.error(format!("cannot factor a matrix holding {bad}")));
     }
-    let key = (site.layer, site.component);
+    let key = site.component;
     let no_stats = || Error::Plan(format!("{}: no calibration statistics", what()));
     if let RankRule::Fixed(r) = rank {
         // Checked before the SVD: no work for a plan that is wrong.
@@ -645,6 +696,10 @@ pub fn is_compressed(store: &TensorStore) -> bool {
 
 /// Compresses the model directory `src` into `dst` by `plan`; `progress(done, total, stage)` is called as
 /// work completes. The output is written atomically; nothing is left at `dst` on error.
+///
+/// Memory: tensors go to a temporary file as they are made (see [`writer::SpillSink`]) and calibration
+/// runs block by block (one block's statistics at a time), so the compressor holds one matrix's work
+/// beside the memory-mapped source, never the whole output.
 pub fn compress(
     src: &Path,
     dst: &Path,
@@ -654,23 +709,68 @@ pub fn compress(
 ) -> Result<Report> {
     writer::check_output(Some(src), dst, opts.overwrite)?;
     let model = Model::open(src)?;
-    let (bytes, report) = compress_model(&model, plan, opts, progress)?;
+    let mut report = None;
     writer::write_dir_atomically(dst, opts.overwrite, |tmp| {
+        let mut sink = writer::SpillSink::new(tmp)?;
+        let (mut r, md) = compress_into(&model, plan, opts, progress, &mut sink)?;
+        r.file_bytes = sink.finish(&tmp.join("model.safetensors"), &md)?;
         copy_side_files(src, tmp)?;
-        writer::write_synced(&tmp.join("model.safetensors"), &bytes)
+        report = Some(r);
+        Ok(())
     })?;
-    Ok(report)
+    let total = report.as_ref().map_or(1, |r| r.matrices.len() + 1);
+    progress(total, total, "written");
+    report.ok_or_else(|| Error::input("the compressor wrote nothing"))
 }
 
 /// Compresses `model` by `plan` in memory: the bytes of the `model.safetensors` that [`compress`] writes,
 /// and the report. Open them with [`crate::tensor_file::TensorFile::from_bytes`] to evaluate a compressed
-/// model without writing it to disk.
+/// model without writing it to disk. Holds the whole output (twice, while serialising): for small models.
 pub fn compress_model(
     model: &Model,
     plan: &Plan,
     opts: &Options,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<(Vec<u8>, Report)> {
+    let mut out: Vec<OutTensor> = Vec::new();
+    let (mut report, md) = compress_into(model, plan, opts, progress, &mut out)?;
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    let bytes = writer::serialize(&out, &md)?;
+    drop(out);
+    report.file_bytes = bytes.len();
+    Ok((bytes, report))
+}
+
+/// Which of block `layer`'s components need Gram matrices under `plan` (GPTQ; low-rank with whitened
+/// SVD).
+fn grams_wanted(plan: &plan::Resolved, layer: usize) -> HashSet<Component> {
+    [
+        Component::AttnQkv,
+        Component::AttnOut,
+        Component::MlpIn,
+        Component::MlpOut,
+    ]
+    .into_iter()
+    .filter(|&c| match plan.method(Some(layer), c) {
+        Method::Sub8 {
+            quantizer: Quantizer::Gptq,
+            ..
+        } => true,
+        Method::LowRank { .. } => plan.plan.svd == SvdKind::Whiten,
+        _ => false,
+    })
+    .collect()
+}
+
+/// The compressor: puts every output tensor into `sink` (in no particular order) and returns the report
+/// (its `file_bytes` left 0 for the caller) and the file's metadata.
+fn compress_into(
+    model: &Model,
+    plan: &Plan,
+    opts: &Options,
+    progress: &mut dyn FnMut(usize, usize, &str),
+    sink: &mut dyn writer::Sink,
+) -> Result<(Report, BTreeMap<String, String>)> {
     let src = model.dir();
     let config = &model.config;
     let store = model.store();
@@ -680,14 +780,13 @@ pub fn compress_model(
             src.display()
         )));
     }
-    let resolved = plan.validate(config.n_layer())?;
-    let calib = if resolved.needs_calibration(config.n_layer()) {
-        Some(calibrate(
+    let n_layer = config.n_layer();
+    let resolved = plan.validate(n_layer)?;
+    let mut calib = if resolved.needs_calibration(n_layer) {
+        Some(LayerCalibration::new(
             model,
             &opts.calibration,
             opts.calibration_tokens,
-            resolved.needs_grams(config.n_layer()),
-            progress,
         )?)
     } else {
         None
@@ -695,11 +794,6 @@ pub fn compress_model(
     let root = resolve_root(config, store)?;
     let names = &config.family().names;
     let sites = linear_sites(config, root);
-    let ctx = Ctx {
-        plan: &resolved,
-        calib: calib.as_ref(),
-    };
-    let mut out: Vec<OutTensor> = Vec::new();
     let mut consumed: HashSet<String> = HashSet::new();
     let mut reports = Vec::new();
     let total = sites.len() + 1;
@@ -726,34 +820,55 @@ pub fn compress_model(
             note: None,
         });
         consumed.insert(name.clone());
-        out.extend(p.tensors);
+        for t in p.tensors {
+            sink.put(t)?;
+        }
     }
     if let (Some(_), Some(pos)) = (config.position_rows(), names.positions) {
         let table = store.require(&format!("{root}{pos}.weight"))?;
-        out.push(dense_tensor(&table, emb_method != Method::Keep)?);
+        sink.put(dense_tensor(&table, emb_method != Method::Keep)?)?;
         consumed.insert(table.name.clone());
     }
     progress(1, total, "embeddings");
 
-    for (i, site) in sites.iter().enumerate() {
-        let t = store.require(&format!("{}.weight", site.base))?;
-        let p = compress_linear(&ctx, site, &t)?;
-        reports.push(MatrixReport {
-            name: site.base.clone(),
-            layer: Some(site.layer),
-            component: site.component,
-            shape: [site.out_dim, site.in_dim],
-            stored: p.stored,
-            bytes: p.tensors.iter().map(|t| t.data.len()).sum(),
-            source_bytes: t.bytes().len(),
-            rel_error: p.rel_error,
-            factor_error: p.factor_error,
-            note: p.note,
-        });
-        consumed.insert(t.name.clone());
-        out.extend(p.tensors);
-        progress(i + 2, total, "matrices");
+    // Block by block: calibrate it (if the plan needs it), compress its matrices, drop its statistics.
+    let mut done = 1;
+    for layer in 0..n_layer {
+        let stats = match &mut calib {
+            Some(c) => {
+                progress(done, total, "calibration");
+                Some(c.next_block(config, grams_wanted(&resolved, layer))?)
+            }
+            None => None,
+        };
+        let ctx = Ctx {
+            plan: &resolved,
+            calib: stats.as_ref(),
+        };
+        for site in sites.iter().filter(|s| s.layer == layer) {
+            let t = store.require(&format!("{}.weight", site.base))?;
+            let p = compress_linear(&ctx, site, &t)?;
+            reports.push(MatrixReport {
+                name: site.base.clone(),
+                layer: Some(site.layer),
+                component: site.component,
+                shape: [site.out_dim, site.in_dim],
+                stored: p.stored,
+                bytes: p.tensors.iter().map(|t| t.data.len()).sum(),
+                source_bytes: t.bytes().len(),
+                rel_error: p.rel_error,
+                factor_error: p.factor_error,
+                note: p.note,
+            });
+            consumed.insert(t.name.clone());
+            for t in p.tensors {
+                sink.put(t)?;
+            }
+            done += 1;
+            progress(done, total, "matrices");
+        }
     }
+    drop(calib);
 
     // Everything else: 1-D vectors as F32; buffers the spec ignores (causal masks, rotary
     // frequencies) dropped; the rest (e.g. OPT's projections) copied.
@@ -768,12 +883,11 @@ pub fn compress_model(
         }
         let t = store.require(name)?;
         if t.shape.len() == 1 && matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) {
-            out.push(OutTensor::f32(name, t.shape.clone(), &finite_values(&t)?));
+            sink.put(OutTensor::f32(name, t.shape.clone(), &finite_values(&t)?))?;
         } else {
-            out.push(dense_tensor(&t, false)?);
+            sink.put(dense_tensor(&t, false)?)?;
         }
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
 
     let source_bytes = store.file_bytes();
     let matrices: BTreeMap<&str, &str> = reports
@@ -789,16 +903,13 @@ pub fn compress_model(
         serde_json::to_string(&matrices).unwrap_or_default(),
     );
     md.insert(META_SOURCE_BYTES.to_string(), source_bytes.to_string());
-    let bytes = writer::serialize(&out, &md)?;
-    drop(out);
-    let file_bytes = bytes.len();
     progress(total, total, "writing");
     let report = Report {
         matrices: reports,
-        file_bytes,
+        file_bytes: 0,
         source_bytes,
     };
-    Ok((bytes, report))
+    Ok((report, md))
 }
 
 /// Copies config, tokenizer and other plain files of `src` (not weights, not subdirectories) into `dst`.

@@ -53,12 +53,13 @@ pub fn svd(w: &[f32], m: usize, n: usize, col_scale: Option<&[f64]>) -> Svd {
 /// Whitened SVD (as SVD-LLM): with the input Gram matrix `G = Σ x·xᵀ = L·Lᵀ` (Cholesky, `n × n`
 /// row-major, regularised by 1e-4 of its mean diagonal), decompose `W·L` and fold `L⁻¹` back into `Vt`.
 /// Truncating it minimises the error of the layer's *outputs* on the calibration inputs. `None` when `G`
-/// is not positive definite even after regularisation.
-pub fn svd_whitened(w: &[f32], m: usize, n: usize, gram: &[f64]) -> Option<Svd> {
-    let mean_diag = (0..n).map(|i| gram[i * n + i]).sum::<f64>() / n as f64;
+/// is not positive definite even after regularisation. The Gram matrix comes in f32 (as the compressor
+/// collects it); the decomposition is done in f64.
+pub fn svd_whitened(w: &[f32], m: usize, n: usize, gram: &[f32]) -> Option<Svd> {
+    let mean_diag = (0..n).map(|i| gram[i * n + i] as f64).sum::<f64>() / n as f64;
     let eps = 1e-4 * mean_diag.max(1e-30);
     let g = faer::Mat::<f64>::from_fn(n, n, |i, j| {
-        gram[i * n + j] + if i == j { eps } else { 0.0 }
+        gram[i * n + j] as f64 + if i == j { eps } else { 0.0 }
     });
     let l = g.cholesky(faer::Side::Lower).ok()?.compute_l();
     let mut linv = faer::Mat::<f64>::identity(n, n);

@@ -70,8 +70,40 @@ impl OutTensor {
     }
 }
 
-/// Serialises `tensors` (in the given order) with `metadata` into safetensors bytes, 64-byte aligned.
-pub fn serialize(tensors: &[OutTensor], metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+/// Where the compressor puts tensors as it makes them: kept in memory (`Vec<OutTensor>`) or spilled to
+/// a file as they come ([`SpillSink`]), so that writing a model to disk never holds all of it in memory.
+pub trait Sink {
+    /// Takes one tensor.
+    fn put(&mut self, t: OutTensor) -> Result<()>;
+}
+
+impl Sink for Vec<OutTensor> {
+    fn put(&mut self, t: OutTensor) -> Result<()> {
+        self.push(t);
+        Ok(())
+    }
+}
+
+/// A tensor's entry in the header: name, dtype, shape and bytes of data.
+struct Entry<'a> {
+    name: &'a str,
+    dtype: DType,
+    shape: &'a [usize],
+    len: usize,
+}
+
+/// One piece of the data section: alignment padding of this many zero bytes, or entry `i`'s data.
+enum Piece {
+    Pad(usize),
+    Tensor(usize),
+}
+
+/// The file's first bytes (length, JSON header padded with spaces) and its data section as pieces, for
+/// `entries` in the given order; checks their sizes and names.
+fn layout(
+    entries: &[Entry],
+    metadata: &BTreeMap<String, String>,
+) -> Result<(Vec<u8>, Vec<Piece>, usize)> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         header.insert(
@@ -79,23 +111,21 @@ pub fn serialize(tensors: &[OutTensor], metadata: &BTreeMap<String, String>) -> 
             serde_json::to_value(metadata).unwrap_or_default(),
         );
     }
-    // (offset, bytes) of each piece of the data section, padding included.
-    let mut pieces: Vec<(usize, &[u8])> = Vec::new();
+    let mut pieces = Vec::new();
     let mut pos = 0usize;
     let mut pads = 0usize;
-    const ZEROS: [u8; ALIGN] = [0; ALIGN];
-    for t in tensors {
+    for (i, t) in entries.iter().enumerate() {
         let numel: usize = t.shape.iter().product();
-        if numel * t.dtype.size() != t.data.len() {
+        if numel * t.dtype.size() != t.len {
             return Err(Error::input(format!(
                 "tensor `{}`: {} bytes for shape {:?} of {}",
                 t.name,
-                t.data.len(),
+                t.len,
                 t.shape,
                 t.dtype.name()
             )));
         }
-        if header.contains_key(&t.name) {
+        if header.contains_key(t.name) {
             return Err(Error::input(format!("tensor `{}` written twice", t.name)));
         }
         if t.name.starts_with(PAD_PREFIX) {
@@ -110,16 +140,16 @@ pub fn serialize(tensors: &[OutTensor], metadata: &BTreeMap<String, String>) -> 
                 format!("{PAD_PREFIX}{pads}"),
                 serde_json::json!({"dtype": "U8", "shape": [k], "data_offsets": [pos, pos + k]}),
             );
-            pieces.push((pos, &ZEROS[..k]));
+            pieces.push(Piece::Pad(k));
             pads += 1;
             pos += k;
         }
         header.insert(
-            t.name.clone(),
-            serde_json::json!({"dtype": t.dtype.name(), "shape": t.shape, "data_offsets": [pos, pos + t.data.len()]}),
+            t.name.to_string(),
+            serde_json::json!({"dtype": t.dtype.name(), "shape": t.shape, "data_offsets": [pos, pos + t.len]}),
         );
-        pieces.push((pos, &t.data));
-        pos += t.data.len();
+        pieces.push(Piece::Tensor(i));
+        pos += t.len;
     }
     let mut json = serde_json::to_string(&header)
         .map_err(|e| Error::input(e.to_string()))?
@@ -127,13 +157,124 @@ pub fn serialize(tensors: &[OutTensor], metadata: &BTreeMap<String, String>) -> 
     while (8 + json.len()) % ALIGN != 0 {
         json.push(b' ');
     }
-    let mut out = Vec::with_capacity(8 + json.len() + pos);
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&json);
-    for (_, p) in pieces {
-        out.extend_from_slice(p);
+    let mut head = Vec::with_capacity(8 + json.len());
+    head.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    head.extend_from_slice(&json);
+    Ok((head, pieces, pos))
+}
+
+const ZEROS: [u8; ALIGN] = [0; ALIGN];
+
+/// Serialises `tensors` (in the given order) with `metadata` into safetensors bytes, 64-byte aligned.
+pub fn serialize(tensors: &[OutTensor], metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    let entries: Vec<Entry> = tensors
+        .iter()
+        .map(|t| Entry {
+            name: &t.name,
+            dtype: t.dtype,
+            shape: &t.shape,
+            len: t.data.len(),
+        })
+        .collect();
+    let (head, pieces, data) = layout(&entries, metadata)?;
+    let mut out = Vec::with_capacity(head.len() + data);
+    out.extend_from_slice(&head);
+    for p in pieces {
+        match p {
+            Piece::Pad(k) => out.extend_from_slice(&ZEROS[..k]),
+            Piece::Tensor(i) => out.extend_from_slice(&tensors[i].data),
+        }
     }
     Ok(out)
+}
+
+/// A [`Sink`] that appends each tensor's bytes to an unnamed temporary file (gone when dropped, or when
+/// the process dies) and keeps only names, shapes and offsets; [`SpillSink::finish`] then writes the
+/// safetensors file, tensors sorted by name, copying the data across. Memory: one tensor at a time.
+pub struct SpillSink {
+    spill: BufWriter<File>,
+    /// Name, dtype, shape, offset in the spill file and bytes of each tensor, in arrival order.
+    entries: Vec<(String, DType, Vec<usize>, u64, usize)>,
+    pos: u64,
+    dir: PathBuf,
+}
+
+impl SpillSink {
+    /// A sink spilling into an unnamed file in `dir` (put it beside the output: same file system).
+    pub fn new(dir: &Path) -> Result<SpillSink> {
+        let f = tempfile::tempfile_in(dir).map_err(io(dir))?;
+        Ok(SpillSink {
+            spill: BufWriter::with_capacity(1 << 20, f),
+            entries: Vec::new(),
+            pos: 0,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Writes the tensors taken so far, sorted by name, with `metadata` as a safetensors file at `path`
+    /// (64-byte aligned, fsynced; the bytes [`serialize`] makes of the same tensors sorted by name);
+    /// returns its size.
+    pub fn finish(self, path: &Path, metadata: &BTreeMap<String, String>) -> Result<usize> {
+        use std::io::{Read, Seek, SeekFrom};
+        let SpillSink {
+            spill,
+            mut entries,
+            dir,
+            ..
+        } = self;
+        let mut spill = spill
+            .into_inner()
+            .map_err(|e| Error::io(&dir, e.into_error()))?;
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let list: Vec<Entry> = entries
+            .iter()
+            .map(|(name, dtype, shape, _, len)| Entry {
+                name,
+                dtype: *dtype,
+                shape,
+                len: *len,
+            })
+            .collect();
+        let (head, pieces, data) = layout(&list, metadata)?;
+        let f = File::create(path).map_err(io(path))?;
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        w.write_all(&head).map_err(io(path))?;
+        for p in pieces {
+            match p {
+                Piece::Pad(k) => w.write_all(&ZEROS[..k]).map_err(io(path))?,
+                Piece::Tensor(i) => {
+                    let (_, _, _, off, len) = &entries[i];
+                    spill.seek(SeekFrom::Start(*off)).map_err(io(&dir))?;
+                    let copied = std::io::copy(&mut (&mut spill).take(*len as u64), &mut w)
+                        .map_err(io(path))?;
+                    if copied != *len as u64 {
+                        return Err(Error::io(
+                            &dir,
+                            std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "the temporary tensor file is shorter than what was written to it",
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let f = w
+            .into_inner()
+            .map_err(|e| Error::io(path, e.into_error()))?;
+        f.sync_all().map_err(io(path))?;
+        Ok(head.len() + data)
+    }
+}
+
+impl Sink for SpillSink {
+    fn put(&mut self, t: OutTensor) -> Result<()> {
+        self.spill.write_all(&t.data).map_err(io(&self.dir))?;
+        let len = t.data.len();
+        self.entries.push((t.name, t.dtype, t.shape, self.pos, len));
+        self.pos += len as u64;
+        Ok(())
+    }
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -328,6 +469,41 @@ mod tests {
         }
         assert_eq!(f.get("b").unwrap().bytes(), &[1u8, 254, 3, 252, 5]);
         assert_eq!(f.metadata()["k"], "v");
+    }
+
+    /// The spilled file is byte for byte what `serialize` makes of the tensors sorted by name, and a
+    /// bad tensor is an error.
+    #[test]
+    fn spill_sink_writes_what_serialize_makes() {
+        let ts = vec![
+            OutTensor::i8("b", vec![5], &[1, -2, 3, -4, 5]),
+            OutTensor::f32("a", vec![3], &[1.0, 2.0, 3.0]),
+            OutTensor::f16("c", vec![2, 2], &[0.5, 1.5, -2.0, 4.0]).unwrap(),
+            OutTensor::i8("a0", vec![1], &[7]),
+        ];
+        let mut md = BTreeMap::new();
+        md.insert("k".into(), "v".into());
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = SpillSink::new(dir.path()).unwrap();
+        for t in &ts {
+            sink.put(t.clone()).unwrap();
+        }
+        let p = dir.path().join("x.safetensors");
+        let n = sink.finish(&p, &md).unwrap();
+        let mut sorted = ts.clone();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        let want = serialize(&sorted, &md).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), want);
+        assert_eq!(n, want.len());
+        // Only the output is left in the directory (the spill file has no name).
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        let mut sink = SpillSink::new(dir.path()).unwrap();
+        let mut bad = ts[0].clone();
+        bad.shape = vec![6];
+        sink.put(bad).unwrap();
+        let e = sink.finish(&dir.path().join("y"), &md).unwrap_err();
+        assert!(e.to_string().contains("5 bytes for shape [6]"), "{e}");
     }
 
     #[test]
