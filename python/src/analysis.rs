@@ -10,8 +10,8 @@ use pyo3::exceptions::PyUserWarning;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use slimlm::compress::{
-    self as lib_compress, Component, FactorDtype, MethodName, Mode, Plan, PlanOptions, SFold,
-    SvdKind,
+    self as lib_compress, Component, FactorDtype, MethodName, Mode, Plan, PlanOptions, Quantizer,
+    SFold, SvdKind,
 };
 use slimlm::eval::{
     self, compare, corpus, disparity, sensitivity, sweep, EvalOptions, LangIds, Languages,
@@ -136,17 +136,21 @@ impl Strings {
 /// Compresses the model in `model_dir` into a new model directory `out_dir` (written atomically; an
 /// existing one is an error unless `overwrite`), as `slimlm compress` does, with its defaults.
 ///
-/// `mode`: "int8" (every matrix and the embeddings INT8; `group` values per scale), "f16", or "lowrank"
+/// `mode`: "int8" (every matrix and the embeddings INT8; `group` values per scale), "f16", "lowrank"
 /// (every linear layer as factors of `rank`, or by `energy` / `budget`; `factors` "int8" by default,
-/// embeddings INT8). Or `plan`: a TOML/JSON plan file or a dict. `embeddings` ("keep", "f16", "int8"),
-/// `skip` (components), `skip_layers`, `calibration` (texts, for activation-aware SVD: `svd`
-/// "activation" (default with calibration) or "whiten"), `calibration_tokens`, `alpha`, `s_fold` as
-/// the command line's options. Returns the report `slimlm compress --json` prints.
+/// embeddings INT8), or "q4" / "q3" (every linear layer 4-/3-bit in groups of `group`, 128 by default,
+/// chosen by `quantizer` "rtn" (default), "gptq" or "awq" — the last two need `calibration` — with
+/// minimums unless `symmetric`). Or `plan`: a TOML/JSON plan file or a dict. `embeddings` ("keep",
+/// "f16", "int8", "q4", "q3"), `skip` (components), `skip_layers`, `calibration` (texts, for
+/// activation-aware SVD: `svd` "activation" (default with calibration) or "whiten", and for GPTQ /
+/// AWQ), `calibration_tokens`, `alpha`, `s_fold` as the command line's options. Returns the report
+/// `slimlm compress --json` prints.
 #[pyfunction]
 #[pyo3(signature = (model_dir, out_dir, *, mode = None, plan = None, rank = None, energy = None,
-    budget = None, factors = None, embeddings = None, group = None, skip = None, skip_layers = None,
-    calibration = None, svd = None, calibration_tokens = 8192, alpha = None, s_fold = None,
-    overwrite = false, threads = None, progress = None))]
+    budget = None, factors = None, embeddings = None, group = None, quantizer = None,
+    symmetric = false, skip = None, skip_layers = None, calibration = None, svd = None,
+    calibration_tokens = 8192, alpha = None, s_fold = None, overwrite = false, threads = None,
+    progress = None))]
 #[allow(clippy::too_many_arguments)]
 pub fn compress<'py>(
     py: Python<'py>,
@@ -160,6 +164,8 @@ pub fn compress<'py>(
     factors: Option<String>,
     embeddings: Option<String>,
     group: Option<usize>,
+    quantizer: Option<String>,
+    symmetric: bool,
     skip: Option<Strings>,
     skip_layers: Option<Vec<usize>>,
     calibration: Option<Strings>,
@@ -203,9 +209,12 @@ pub fn compress<'py>(
         calibration: !calibration.is_empty(),
         alpha,
         s_fold: s_fold.as_deref().map(SFold::parse).transpose().py_err()?,
-        // q4/q3 from Python: RTN with minimums (a plan dict can say `quantizer` and `symmetric`).
-        quantizer: None,
-        symmetric: false,
+        quantizer: quantizer
+            .as_deref()
+            .map(Quantizer::parse)
+            .transpose()
+            .py_err()?,
+        symmetric,
     }
     .into_plan()
     .py_err()?;

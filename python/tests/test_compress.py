@@ -26,8 +26,13 @@ def text_file(tmp_path_factory):
             {"mode": "lowrank", "energy": 0.8, "factors": "f16", "embeddings": "keep", "skip": ["mlp_out"]},
             ["--mode", "lowrank", "--energy", 0.8, "--factors", "f16", "--embeddings", "keep", "--skip", "mlp_out"],
         ),
+        (
+            {"mode": "q4", "group": 64, "symmetric": True},
+            ["--mode", "q4", "--group", 64, "--symmetric"],
+        ),
+        ({"mode": "q3", "embeddings": "q4"}, ["--mode", "q3", "--embeddings", "q4"]),
     ],
-    ids=["int8", "lowrank-r32", "lowrank-e0.8-f16"],
+    ids=["int8", "lowrank-r32", "lowrank-e0.8-f16", "q4-g64-sym", "q3-emb-q4"],
 )
 def test_compress_open_perplexity_round_trip(tmp_path, cli, text_file, kwargs, args):
     out_py, out_cli = tmp_path / "py", tmp_path / "cli"
@@ -102,3 +107,20 @@ def test_compress_with_calibration(tmp_path, cli):
             "--calibration", calf, "--calibration-tokens", 512)
     assert_same(r, j)
     assert slimlm.Model.open(tmp_path / "a").inspect()["plan"]["svd"] == "activation"
+
+
+@pytest.mark.parametrize("quantizer", ["gptq", "awq"])
+def test_compress_q4_with_a_calibrated_quantizer(tmp_path, cli, quantizer):
+    cal = (HELDOUT / "en-US.txt").read_text()[:3000]
+    calf = tmp_path / "cal.txt"
+    calf.write_text(cal)
+    r = slimlm.compress(SRC, tmp_path / "a", mode="q4", quantizer=quantizer, calibration=[cal],
+                        calibration_tokens=512)
+    j = cli("compress", "--model", SRC, "--out", tmp_path / "b", "--mode", "q4", "--quantizer", quantizer,
+            "--calibration", calf, "--calibration-tokens", 512)
+    assert_same(r, j)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    with pytest.raises(slimlm.Error, match="calibration"):
+        slimlm.compress(SRC, tmp_path / "c", mode="q4", quantizer=quantizer)
+    with pytest.raises(slimlm.InputError, match="unknown quantizer"):
+        slimlm.compress(SRC, tmp_path / "d", mode="q4", quantizer="hqq")

@@ -49,7 +49,7 @@ pub fn awq(
     rows: usize,
     cols: usize,
     mean_abs: &[f64],
-    gram: &[f64],
+    gram: &[f32],
     q: Sub8,
     opts: &AwqOptions,
 ) -> Result<Awq> {
@@ -153,10 +153,10 @@ mod tests {
             .collect()
     }
 
-    fn stats(x: &[f64], cols: usize) -> (Vec<f64>, Vec<f64>) {
+    fn stats(x: &[f64], cols: usize) -> (Vec<f64>, Vec<f32>) {
         let tokens = x.len() / cols;
         let mut mean = vec![0.0; cols];
-        let mut gram = vec![0.0; cols * cols];
+        let mut gram = vec![0.0f64; cols * cols];
         for t in x.chunks_exact(cols) {
             for (j, &v) in t.iter().enumerate() {
                 mean[j] += v.abs() / tokens as f64;
@@ -165,7 +165,7 @@ mod tests {
                 }
             }
         }
-        (mean, gram)
+        (mean, gram.into_iter().map(|v| v as f32).collect())
     }
 
     #[test]
@@ -215,7 +215,7 @@ mod tests {
         let (rows, cols) = (4, 64);
         let mut rng = Rng(7);
         let w: Vec<f32> = (0..rows * cols).map(|_| rng.next() as f32).collect();
-        let mut gram = vec![0.0; cols * cols];
+        let mut gram = vec![0.0f32; cols * cols];
         for j in 0..cols {
             gram[j * cols + j] = 1.0;
         }
@@ -248,7 +248,7 @@ mod tests {
             .to_string()
             .contains("channels"));
         let mut g = gram.clone();
-        g[5] = f64::INFINITY;
+        g[5] = f32::INFINITY;
         assert!(bad(&vec![0.5; cols], &g, 20).to_string().contains("Gram"));
         assert!(bad(&vec![0.5; cols], &gram, 0).to_string().contains("grid"));
     }

@@ -338,15 +338,17 @@ fn int8_tensors(
     ))
 }
 
-/// A 4-/3-bit matrix (`name_qB` packed codes, F16 `name_scale` and `name_min`); returns the tensors, the
-/// values as stored (dequantized) and, for GPTQ, a note comparing its calibration output error with RTN's.
+/// A 4-/3-bit matrix (`name_qB` packed codes, F16 `name_scale` and `name_min`; for AWQ also the layer's
+/// F32 `base.in_scale`); returns the tensors, the weights the layer effectively applies (dequantized)
+/// and, for GPTQ and AWQ, a note comparing the calibration output error with RTN's. `calib`: the
+/// inputs' per-channel mean `|x|` and Gram matrix.
 fn sub8_tensors(
     name: &str,
     w: &[f32],
     rows: usize,
     cols: usize,
     method: Method,
-    gram: Option<&[f32]>,
+    calib: Option<(&[f64], &[f32])>,
 ) -> Result<(Vec<OutTensor>, Vec<f32>, Option<String>)> {
     let Method::Sub8 {
         bits,
@@ -367,21 +369,28 @@ fn sub8_tensors(
         group,
         asym: !symmetric,
     };
-    let (qm, note) = match (quantizer, gram) {
+    let vs_rtn = |ratio: f64| format!("calibration output error {ratio:.3}× RTN's");
+    let mut in_scale = None;
+    let (qm, note) = match (quantizer, calib) {
         (Quantizer::Rtn, _) => (sub8::rtn(w, rows, cols, q)?, None),
-        (Quantizer::Gptq, Some(g)) => {
+        (Quantizer::Awq, Some((stats, g))) => {
+            let a = awq::awq(w, rows, cols, stats, g, q, &awq::AwqOptions::default())?;
+            let note = format!("{}, α {:.2}", vs_rtn(a.error_vs_rtn), a.alpha);
+            in_scale = Some((a.in_scale, a.effective));
+            (a.quantized, Some(note))
+        }
+        (Quantizer::Gptq, Some((_, g))) => {
             let qm = sub8::gptq(w, rows, cols, g, q, &sub8::GptqOptions::default())?;
             let e_gptq = sub8::output_error(w, &qm.dequantize(), rows, cols, g);
             let e_rtn =
                 sub8::output_error(w, &sub8::rtn(w, rows, cols, q)?.dequantize(), rows, cols, g);
-            let note = format!(
-                "calibration output error {:.3}× RTN's",
-                e_gptq / e_rtn.max(f64::MIN_POSITIVE)
-            );
-            (qm, Some(note))
+            (qm, Some(vs_rtn(e_gptq / e_rtn.max(f64::MIN_POSITIVE))))
         }
-        (Quantizer::Gptq, None) => {
-            return Err(Error::Plan(format!("{name}: GPTQ needs calibration text")))
+        (Quantizer::Gptq | Quantizer::Awq, None) => {
+            return Err(Error::Plan(format!(
+                "{name}: {} needs calibration text",
+                quantizer.name().to_uppercase()
+            )))
         }
     };
     // The packed group size: one group per row when the group covers the whole row.
@@ -406,6 +415,11 @@ fn sub8_tensors(
             vec![rows, groups],
             m,
         )?);
+    }
+    if let Some((m, effective)) = in_scale {
+        let base = name.strip_suffix(".weight").unwrap_or(name);
+        ts.push(OutTensor::f32(format!("{base}.in_scale"), vec![cols], &m));
+        return Ok((ts, effective, note));
     }
     Ok((ts, qm.dequantize(), note))
 }
@@ -498,16 +512,13 @@ fn compress_linear(ctx: &Ctx, site: &LinearSite, t: &TensorView) -> Result<Produ
             }
             Method::Sub8 { .. } => {
                 let w = weight_out_in(t, site.layout, m, n)?;
-                let gram = ctx.calib.and_then(|c| c.grams.get(&site.component));
-                let (ts, deq, note) = sub8_tensors(
-                    &format!("{}.weight", site.base),
-                    &w,
-                    m,
-                    n,
-                    method,
-                    gram.map(|g| &g[..]),
-                )
-                .map_err(|e| Error::Plan(format!("{}: {e}", what())))?;
+                let calib = ctx.calib.and_then(|c| {
+                    let gram = c.grams.get(&site.component)?;
+                    Some((&c.stats.get(&site.component)?[..], &gram[..]))
+                });
+                let (ts, deq, note) =
+                    sub8_tensors(&format!("{}.weight", site.base), &w, m, n, method, calib)
+                        .map_err(|e| Error::Plan(format!("{}: {e}", what())))?;
                 Ok(Produced {
                     tensors: ts,
                     stored: method.describe(),
@@ -752,10 +763,7 @@ fn grams_wanted(plan: &plan::Resolved, layer: usize) -> HashSet<Component> {
     ]
     .into_iter()
     .filter(|&c| match plan.method(Some(layer), c) {
-        Method::Sub8 {
-            quantizer: Quantizer::Gptq,
-            ..
-        } => true,
+        Method::Sub8 { quantizer, .. } => quantizer.calibrated(),
         Method::LowRank { .. } => plan.plan.svd == SvdKind::Whiten,
         _ => false,
     })

@@ -82,29 +82,36 @@ pub enum Quantizer {
     /// GPTQ: column by column, each rounding error spread over the columns still to come through the
     /// inverse Hessian of the layer's calibration inputs.
     Gptq,
+    /// AWQ: inputs scaled per channel by their calibration magnitude (to a searched power) before RTN,
+    /// the layer multiplying its inputs back.
+    Awq,
 }
 
 impl Quantizer {
-    /// Parses `rtn` or `gptq`.
+    /// Parses `rtn`, `gptq` or `awq`.
     pub fn parse(s: &str) -> Result<Quantizer> {
         match s {
             "rtn" => Ok(Quantizer::Rtn),
             "gptq" => Ok(Quantizer::Gptq),
-            "awq" => Err(Error::input(
-                "quantizer awq is not implemented yet (rtn or gptq)",
-            )),
+            "awq" => Ok(Quantizer::Awq),
             _ => Err(Error::input(format!(
-                "unknown quantizer {s:?} (expected rtn or gptq)"
+                "unknown quantizer {s:?} (expected rtn, gptq or awq)"
             ))),
         }
     }
 
-    /// `rtn` or `gptq`.
+    /// `rtn`, `gptq` or `awq`.
     pub fn name(self) -> &'static str {
         match self {
             Quantizer::Rtn => "rtn",
             Quantizer::Gptq => "gptq",
+            Quantizer::Awq => "awq",
         }
+    }
+
+    /// Whether the quantizer needs calibration statistics (and so calibration text).
+    pub fn calibrated(self) -> bool {
+        self != Quantizer::Rtn
     }
 }
 
@@ -540,18 +547,13 @@ impl Plan {
         for (name, spec) in &self.components {
             let c = Component::parse(name)?;
             let m = spec_to_method(spec, &format!("[components.{name}]"), true)?;
-            if c == Component::Embeddings
-                && matches!(
-                    m,
-                    Method::Sub8 {
-                        quantizer: Quantizer::Gptq,
-                        ..
-                    }
-                )
-            {
-                return Err(Error::Plan(
-                    "[components.embeddings]: GPTQ applies to linear layers (use rtn for the embeddings)".into(),
-                ));
+            if let (Component::Embeddings, Method::Sub8 { quantizer, .. }) = (c, m) {
+                if quantizer.calibrated() {
+                    return Err(Error::Plan(format!(
+                        "[components.embeddings]: {} applies to linear layers (use rtn for the embeddings)",
+                        quantizer.name().to_uppercase()
+                    )));
+                }
             }
             if c == Component::Embeddings && matches!(m, Method::LowRank { .. }) {
                 return Err(Error::Plan(
@@ -649,7 +651,7 @@ impl Resolved {
         })
     }
 
-    /// Whether any matrix is low rank with activation-aware SVD or GPTQ-quantized (which need
+    /// Whether any matrix is low rank with activation-aware SVD, or quantized by GPTQ or AWQ (which need
     /// calibration text).
     pub fn needs_calibration(&self, n_layer: usize) -> bool {
         (self.plan.svd != SvdKind::Plain
@@ -657,19 +659,14 @@ impl Resolved {
             || self.needs_grams(n_layer)
     }
 
-    /// Whether calibration must collect Gram matrices `Σ x·xᵀ` (whitened SVD, GPTQ).
+    /// Whether calibration must collect Gram matrices `Σ x·xᵀ` (whitened SVD, GPTQ, AWQ).
     pub fn needs_grams(&self, n_layer: usize) -> bool {
         (self.plan.svd == SvdKind::Whiten
             && self.any_linear(n_layer, |m| matches!(m, Method::LowRank { .. })))
-            || self.any_linear(n_layer, |m| {
-                matches!(
-                    m,
-                    Method::Sub8 {
-                        quantizer: Quantizer::Gptq,
-                        ..
-                    }
-                )
-            })
+            || self.any_linear(
+                n_layer,
+                |m| matches!(m, Method::Sub8 { quantizer, .. } if quantizer.calibrated()),
+            )
     }
 }
 
