@@ -238,7 +238,7 @@ mod tests {
         let rtn = sub8::rtn(&w, rows, cols, q).unwrap();
         assert_eq!(a.quantized.codes, rtn.codes);
         assert!(a.error_vs_rtn <= 1.0 + 1e-12);
-        let bad = |mean: &[f64], gram: &[f64], grid: usize| {
+        let bad = |mean: &[f64], gram: &[f32], grid: usize| {
             awq(&w, rows, cols, mean, gram, q, &AwqOptions { grid }).unwrap_err()
         };
         let mut nan = vec![0.5; cols];
