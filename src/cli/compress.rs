@@ -39,7 +39,8 @@ pub struct Args {
     /// Group size (values per scale): INT8 default one scale per row; q4/q3 default 128 (a multiple of 32).
     #[arg(long)]
     group: Option<usize>,
-    /// q4/q3: how codes are chosen, `rtn` (round to nearest, default) or `gptq` (needs --calibration).
+    /// q4/q3: how codes are chosen: `rtn` (round to nearest, default), `gptq` or `awq` (both need
+    /// --calibration).
     #[arg(long, value_parser = ["rtn", "gptq", "awq"])]
     quantizer: Option<String>,
     /// q4/q3: one scale per group, no minimum (default: a scale and a minimum per group).
