@@ -3,6 +3,12 @@
 //! ids = tokenizer(text), no BOS; windows of `context` tokens start at 0, `stride` apart (the last may be
 //! shorter, at least 2 tokens); the model sees each window alone and every position predicts the next
 //! token; a token is scored once, in the first window that predicts it; ppl = exp(mean NLL).
+//!
+//! Per-token perplexity is not comparable across scripts (a token is one byte of Hindi or a whole English
+//! word), so the result also gives **bits per byte**: the total NLL of the scored tokens in bits over the
+//! bytes those tokens decode to (`Tokenizer::token_bytes`: for byte-level tokenizers exactly the UTF-8 of
+//! the text they cover). Tokens that are not scored are not counted: the first, and — when `stride =
+//! context` — the first of every window, which no window predicts.
 
 use serde::Serialize;
 
@@ -13,13 +19,31 @@ use crate::sampler::log_prob;
 /// The result of [`perplexity`].
 #[derive(Clone, Debug, Serialize)]
 pub struct Perplexity {
+    /// `exp(mean_nll)`.
     pub ppl: f64,
+    /// Mean negative log-likelihood of the scored tokens, in nats.
     pub mean_nll: f64,
+    /// Tokens scored: all but the first, and but the first of every later window when `stride = context`.
     pub tokens_scored: usize,
+    /// Tokens of the text.
     pub tokens: usize,
+    /// Windows run.
     pub windows: usize,
     pub context: usize,
     pub stride: usize,
+    /// Bytes the scored tokens decode to (`Tokenizer::token_bytes`; for byte-level tokenizers the UTF-8
+    /// bytes of the text those tokens cover).
+    pub bytes_scored: usize,
+    /// `mean_nll · tokens_scored / ln 2 / bytes_scored`: bits per byte of text. `None` when the scored
+    /// tokens decode to no bytes, or some id has no bytes in the tokenizer (ids given by hand).
+    pub bits_per_byte: Option<f64>,
+}
+
+impl Perplexity {
+    /// The total negative log-likelihood of the scored tokens, in nats.
+    pub fn total_nll(&self) -> f64 {
+        self.mean_nll * self.tokens_scored as f64
+    }
 }
 
 /// Perplexity of `ids` under `model`; `progress(done, total)` is called after every window.
@@ -60,6 +84,9 @@ pub fn perplexity_per_token(
         ));
     }
     let starts: Vec<usize> = window_starts(ids.len(), context, stride);
+    let tokenizer = model.tokenizer();
+    // Bytes of the scored tokens; `None` once an id has no bytes in the tokenizer.
+    let mut bytes_scored: Option<usize> = Some(0);
     let mut session = model.session();
     let (mut nll, mut scored, mut next) = (0.0f64, 0usize, 1usize);
     for (w, &s) in starts.iter().enumerate() {
@@ -73,6 +100,10 @@ pub fn perplexity_per_token(
                 token(target, t);
                 nll += t;
                 scored += 1;
+                bytes_scored = bytes_scored.and_then(|b| {
+                    let n = tokenizer.token_bytes(ids[target]).ok()?.len();
+                    Some(b + n)
+                });
             }
         })?;
         next = next.max(e);
@@ -87,6 +118,10 @@ pub fn perplexity_per_token(
         windows: starts.len(),
         context,
         stride,
+        bytes_scored: bytes_scored.unwrap_or(0),
+        bits_per_byte: bytes_scored
+            .filter(|&b| b > 0)
+            .map(|b| nll / std::f64::consts::LN_2 / b as f64),
     })
 }
 

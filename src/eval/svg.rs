@@ -16,12 +16,20 @@ const TOP: f64 = 40.0;
 const BOTTOM: f64 = 90.0;
 
 /// A named series of values.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
     /// Drawn black and thicker (a summary such as the mean).
     pub bold: bool,
+    /// One label per point (e.g. the method that made it), in its tooltip; empty: none.
+    pub labels: Vec<String>,
+    /// Whether the labels are also written beside the points.
+    pub show_labels: bool,
+    /// One group per point: lines join only the points of a group (in order of x), so points of
+    /// different kinds (int8, low rank, 4-bit) are not joined as if one were a step towards the other.
+    /// Empty: one group.
+    pub groups: Vec<usize>,
 }
 
 fn esc(s: &str) -> String {
@@ -189,6 +197,58 @@ fn range(vals: impl Iterator<Item = f64>, include_zero: bool) -> (f64, f64) {
     )
 }
 
+/// Writes `label` beside the point at pixel `(cx, cy)`: to its right (to its left near the plot's right
+/// edge), moved up or down, with a leader line, until it overlaps no label placed before.
+fn place_label(
+    out: &mut String,
+    placed: &mut Vec<(f64, f64, f64, f64)>,
+    f: &Frame,
+    (cx, cy): (f64, f64),
+    label: &str,
+    colour: &str,
+) {
+    const CHAR_W: f64 = 6.0;
+    const LINE_H: f64 = 12.0;
+    let w = CHAR_W * label.chars().count() as f64;
+    let right_edge = f.w - f.right;
+    let left = cx + 6.0 + w > right_edge;
+    let x0 = if left { cx - 6.0 - w } else { cx + 6.0 };
+    let overlaps = |y: f64, placed: &[(f64, f64, f64, f64)]| {
+        placed
+            .iter()
+            .any(|&(a, b, c, d)| x0 < c && a < x0 + w && y - LINE_H < d && b < y)
+    };
+    // Baselines tried: beside the point, then further and further up and down.
+    let mut y = cy + 4.0;
+    for k in 0..24 {
+        let step = LINE_H * ((k + 1) / 2) as f64;
+        let t = if k % 2 == 0 {
+            cy + 4.0 - step
+        } else {
+            cy + 4.0 + step
+        };
+        let t = t.clamp(TOP + LINE_H, H - BOTTOM - 2.0);
+        if !overlaps(t, placed) {
+            y = t;
+            break;
+        }
+    }
+    placed.push((x0, y - LINE_H, x0 + w, y + 2.0));
+    if (y - (cy + 4.0)).abs() > 1.0 {
+        let _ = writeln!(
+            out,
+            r#"<line x1="{cx:.1}" y1="{cy:.1}" x2="{:.1}" y2="{:.1}" stroke="{colour}" stroke-width="0.5"/>"#,
+            if left { x0 + w } else { x0 },
+            y - 4.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        r#"<text x="{x0:.1}" y="{y:.1}" font-size="10" fill="{colour}">{}</text>"#,
+        esc(label)
+    );
+}
+
 /// Grouped bars: one group per category, one bar per series (`values[series][category]`).
 pub fn bar_chart(
     title: &str,
@@ -287,36 +347,68 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         H - 16.0,
         esc(x_label)
     );
+    let mut placed: Vec<(f64, f64, f64, f64)> = Vec::new();
+    let mut label_svg = String::new();
     for (i, s) in series.iter().enumerate() {
         let (colour, width) = (colour(i, s.bold), if s.bold { 3 } else { 2 });
-        let mut pts: Vec<(f64, f64)> = s
+        // (x, y, label, group) of the finite points.
+        let pts: Vec<(f64, f64, &str, usize)> = s
             .points
             .iter()
-            .copied()
-            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .enumerate()
+            .filter(|(_, p)| p.0.is_finite() && p.1.is_finite())
+            .map(|(k, &(x, y))| {
+                (
+                    x,
+                    y,
+                    s.labels.get(k).map_or("", String::as_str),
+                    s.groups.get(k).copied().unwrap_or(0),
+                )
+            })
             .collect();
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let path: Vec<String> = pts
-            .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", f.px(x), f.py(y)))
-            .collect();
-        let _ = writeln!(
-            out,
-            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="{width}"/>"#,
-            path.join(" ")
-        );
-        for &(x, y) in &pts {
+        let mut groups: Vec<usize> = pts.iter().map(|p| p.3).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        for g in groups {
+            let mut line: Vec<(f64, f64)> = pts
+                .iter()
+                .filter(|p| p.3 == g)
+                .map(|p| (p.0, p.1))
+                .collect();
+            if line.len() < 2 {
+                continue;
+            }
+            line.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let path: Vec<String> = line
+                .iter()
+                .map(|&(x, y)| format!("{:.1},{:.1}", f.px(x), f.py(y)))
+                .collect();
             let _ = writeln!(
                 out,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{colour}"><title>{}: ({}, {})</title></circle>"#,
-                f.px(x),
-                f.py(y),
-                esc(&s.name),
+                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="{width}"/>"#,
+                path.join(" ")
+            );
+        }
+        for &(x, y, label, _) in &pts {
+            let what = if label.is_empty() {
+                esc(&s.name)
+            } else {
+                format!("{}, {}", esc(&s.name), esc(label))
+            };
+            let (cx, cy) = (f.px(x), f.py(y));
+            let _ = writeln!(
+                out,
+                r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="3.5" fill="{colour}"><title>{what}: ({}, {})</title></circle>"#,
                 fmt_tick(x),
                 fmt_tick(y)
             );
+            if s.show_labels && !label.is_empty() {
+                place_label(&mut label_svg, &mut placed, &f, (cx, cy), label, colour);
+            }
         }
     }
+    // Labels last, above every line.
+    out.push_str(&label_svg);
     let entries: Vec<(&str, &str)> = series
         .iter()
         .enumerate()
