@@ -318,8 +318,11 @@ fn bad_arguments_are_clear_errors() {
     assert!(err(eval::parse_spec("lowrank:e1.5")).contains("energy"));
     assert!(err(eval::parse_spec("zip")).contains("unknown method"));
     assert!(err(eval::parse_spec("int8:q3")).contains("unknown part"));
-    let e = err(eval::parse_spec("q4:g128:awq"));
-    assert!(e.contains("AWQ is not implemented"), "{e}");
+    assert_eq!(
+        eval::describe_spec(&eval::parse_spec("q4:g64:awq").unwrap()),
+        "q4:g64:awq"
+    );
+    assert!(err(eval::parse_spec("q4:g128:hqq")).contains("unknown part"));
     assert!(err(eval::parse_spec("int8:gptq")).contains("q4 and q3 only"));
     assert!(err(eval::parse_spec("q4:g100:gptq")).contains("q4:g100:gptq"));
     assert_eq!(
@@ -705,8 +708,21 @@ fn cli_gptq_disparity_bits_per_byte_and_titles() {
         eng.to_str().unwrap(),
     ]);
     assert!(!ok && e.contains("never on the evaluation text"), "{e}");
-    let (ok, _, e) = slimlm(&["eval", "sweep", "--model", gpt2, "--points", "q4:g128:awq"]);
-    assert!(!ok && e.contains("AWQ is not implemented"), "{e}");
+    let (ok, _, e) = slimlm(&[
+        "eval",
+        "sweep",
+        "--model",
+        gpt2,
+        "--points",
+        "q4:g128:awq",
+        "--languages",
+        "eng",
+        "--max-tokens",
+        "16",
+        "--calibration",
+        eng.to_str().unwrap(),
+    ]);
+    assert!(!ok && e.contains("never on the evaluation text"), "{e}");
 
     // A compressed directory is named by its last component and its plan, never by its path.
     let cand = dir.path().join("q4-candidate");

@@ -77,7 +77,7 @@ pub struct Common {
     threads: Option<usize>,
 }
 
-/// Calibration text of methods built in memory that need it (GPTQ).
+/// Calibration text of methods built in memory that need it (GPTQ, AWQ).
 #[derive(clap::Args)]
 pub struct CalibrationArgs {
     /// Calibration text for GPTQ (repeat for several languages; the first --calibration-tokens / N

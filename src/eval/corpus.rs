@@ -76,7 +76,7 @@ pub fn default_calibration(scored: &[PathBuf], tokens: usize) -> Result<Calibrat
         });
     }
     Err(Error::input(format!(
-        "GPTQ needs calibration text and there is no default that is not being scored ({HELDOUT_CORPUS} \
+        "GPTQ and AWQ need calibration text and there is no default that is not being scored ({HELDOUT_CORPUS} \
          or {DEFAULT_CORPUS}): give it with --calibration FILE (several languages: repeat it)"
     )))
 }

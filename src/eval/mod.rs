@@ -135,7 +135,7 @@ impl Default for Calibration {
 }
 
 /// Compresses `reference` by `plan` in memory and opens the result: nothing is written to disk. Without
-/// calibration text: a plan that needs it (GPTQ) is refused; see [`build_compressed_calibrated`].
+/// calibration text: a plan that needs it (GPTQ, AWQ) is refused; see [`build_compressed_calibrated`].
 pub fn build_compressed(
     reference: &Model,
     plan: &Plan,
@@ -184,14 +184,13 @@ pub fn build_compressed_calibrated(
 
 /// Parses a compact method: `keep`, `f16`, `int8`, `int8:g64`, `lowrank:r64`, `lowrank:r64:int8`,
 /// `lowrank:e0.9:f16`, `lowrank:r32:int8:g32`, `q4:g128:rtn`, `q4:g128:gptq`, `q3:g64:rtn:sym` (r = rank,
-/// e = energy, b = budget, g = group; q4/q3 take a quantizer, `rtn` (the default) or `gptq` (needs
-/// calibration text: [`build_compressed_calibrated`]), and `sym` for scales without minimums). `awq` is
-/// refused: it is not implemented.
+/// e = energy, b = budget, g = group; q4/q3 take a quantizer, `rtn` (the default), `gptq` or `awq` (both
+/// need calibration text: [`build_compressed_calibrated`]), and `sym` for scales without minimums).
 pub fn parse_spec(s: &str) -> Result<Spec> {
     let bad = |why: String| {
         Error::input(format!(
             "method {s:?}: {why} (e.g. int8, int8:g64, f16, keep, lowrank:r64:int8, lowrank:e0.9, q4:g128:rtn, \
-             q4:g128:gptq, q3:g64:rtn:sym)"
+             q4:g128:gptq, q4:g64:awq, q3:g64:rtn:sym)"
         ))
     };
     let mut parts = s.trim().split(':');
@@ -219,10 +218,6 @@ pub fn parse_spec(s: &str) -> Result<Spec> {
         };
         if let Ok(f) = FactorDtype::parse(p) {
             spec.factors = Some(f);
-        } else if p == "awq" {
-            return Err(bad(
-                "AWQ is not implemented; the quantizers are rtn and gptq".into(),
-            ));
         } else if let Ok(q) = crate::compress::Quantizer::parse(p) {
             if !matches!(method, MethodName::Q4 | MethodName::Q3) {
                 return Err(bad(format!("{p} applies to q4 and q3 only")));

@@ -254,7 +254,7 @@ pub fn sensitivity(
     )
 }
 
-/// [`sensitivity`], with `calibration` for base or protect methods that need it (GPTQ); it must be
+/// [`sensitivity`], with `calibration` for base or protect methods that need it (GPTQ, AWQ); it must be
 /// neither `texts` nor `holdout`.
 pub fn sensitivity_calibrated(
     reference: &Model,
@@ -441,7 +441,7 @@ fn plan_size(
     let stage = format!("size {what}");
     if calibration.texts.is_empty() && super::needs_calibration(reference, plan)? {
         return Err(Error::input(format!(
-            "the {what} method needs calibration text (GPTQ): give it with --calibration FILE \
+            "the {what} method needs calibration text (GPTQ, AWQ): give it with --calibration FILE \
              (in the library: sensitivity_calibrated)"
         )));
     }

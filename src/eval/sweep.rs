@@ -49,12 +49,12 @@ pub struct SweepReport {
     pub points: Vec<PointResult>,
     pub context: usize,
     pub stride: usize,
-    /// The calibration text of the points that needed it (GPTQ); `None` when none did.
+    /// The calibration text of the points that needed it (GPTQ, AWQ); `None` when none did.
     pub calibration: Option<Calibration>,
 }
 
 /// Evaluates every point; plans are all checked before any work. Points that need calibration text
-/// (GPTQ) are refused: see [`sweep_calibrated`].
+/// (GPTQ, AWQ) are refused: see [`sweep_calibrated`].
 pub fn sweep(
     reference: &Model,
     points: &[SweepPoint],
@@ -92,7 +92,7 @@ pub fn sweep_calibrated(
         if needs_calibration(reference, &p.plan)? {
             if calibration.texts.is_empty() {
                 return Err(Error::input(format!(
-                    "sweep point {} needs calibration text (GPTQ): give it with --calibration FILE \
+                    "sweep point {} needs calibration text (GPTQ, AWQ): give it with --calibration FILE \
                      (in the library: sweep_calibrated)",
                     p.label
                 )));
