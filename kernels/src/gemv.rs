@@ -848,6 +848,7 @@ pub(crate) fn gemm_quant_avx2(
         panel_len: quant::x86::panel_i16s,
         pack_act: int8::x86::pack_act_i16,
         zero: 0,
+        codes_rows: int8::x86::W_NR,
         block: quant::x86::gemm_block,
     };
     // SAFETY: only the AVX2 and AVX-512 tables hold this driver, and `kernels` hands them out only on a
@@ -873,6 +874,7 @@ pub(crate) fn gemm_quant_vnni(
         panel_len: quant::x86::panel_bytes_vnni,
         pack_act: int8::x86::pack_act,
         zero: 128,
+        codes_rows: 0,
         block: quant::x86::gemm_block_vnni,
     };
     // SAFETY: only the AVX-512 VNNI table holds this driver, and `kernels` hands it out only on a CPU
@@ -892,6 +894,8 @@ struct QuantGemm<P: 'static> {
     pack_act: fn(&int8::x86::QGeom, &[i8], &mut [P]),
     /// The packed value of an activation of 0.
     zero: i32,
+    /// Rows of unpacked codes (`k` bytes each) the block needs as scratch.
+    codes_rows: usize,
     /// Computes tokens `t0..t1` × outputs `n0..n1` (see `quant::x86::gemm_block`).
     block: QuantBlock<P>,
 }
@@ -954,7 +958,7 @@ unsafe fn gemm_quant<P: Copy + Default + Into<i32> + Send + Sync + 'static>(
                     let (n0, n1) = (cb * nc, ((cb + 1) * nc).min(n));
                     let (t0, t1) = (tb * tc, ((tb + 1) * tc).min(tokens));
                     with_scratch(g.panel, (g.panel_len)(&geo), |panel| {
-                        with_scratch(&CODES, g.nr * k, |codes| {
+                        with_scratch(&CODES, g.codes_rows * k, |codes| {
                             // SAFETY: the CPU has what `g.block` needs (this function's contract);
                             // the matrix passed `check`; `ys` holds `tokens × n` floats (asserted by
                             // the callers) and this task alone writes block (t0..t1, n0..n1).

@@ -167,8 +167,7 @@ pub(crate) mod x86 {
 
     use super::{block_bytes, group_params, BLOCK};
     use crate::int8::x86::{
-        micro_avx2, micro_vnni, pack_values_i16, pack_values_u8, put_f32, reduce16, QGeom, Q_MR,
-        Q_NR, W_MR, W_NR,
+        micro_avx2, micro_vnni, pack_values_i16, put_f32, reduce16, QGeom, Q_MR, Q_NR, W_MR, W_NR,
     };
     use crate::matrix::QuantRef;
     use crate::simd::PREFETCH_BYTES;
@@ -272,23 +271,92 @@ pub(crate) mod x86 {
     }
 
     /// Packs outputs `o0 .. o0 + cols` (≤ `Q_NR`) of `q` for the VNNI micro-kernel (`int8.rs`'s
-    /// `micro_vnni` with offsets).
+    /// `micro_vnni` with offsets), straight from the packed blocks: sixteen rows at a time, each dword
+    /// of a block gathered across the rows and its codes masked out in place, so a quad of codes
+    /// (4 consecutive inputs) of 16 rows is one vector; `128·Σcode` per group by `vpdpbusd` with ones.
     ///
     /// # Safety
-    /// AVX2 and F16C must be available; `q` must have passed `MatRef::check`.
-    #[target_feature(enable = "avx2,f16c")]
+    /// AVX-512 F/BW/VL + VNNI, AVX2 and F16C must be available; `q` must have passed `MatRef::check`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
     pub(crate) unsafe fn pack_panel_vnni(
         geo: &QGeom,
         q: &QuantRef,
         o0: usize,
         cols: usize,
-        codes: &mut [i8],
         dst: &mut [u8],
     ) {
+        let (bb, rb) = (block_bytes(q.bits), q.row_bytes());
         assert!(cols <= Q_NR && dst.len() >= panel_bytes_vnni(geo));
-        unpack_rows(q, o0, cols, codes);
-        let (head, fl) = dst.split_at_mut(geo.kp * Q_NR + geo.groups * Q_NR * 4);
-        pack_values_u8(geo, codes, 0, cols, head);
+        assert!(q.packed.len() >= (o0 + cols) * rb && rb * 16 < i32::MAX as usize);
+        // Groups are whole blocks (`MatRef::check`), so input i sits at byte i of the padded row.
+        assert!(geo.gp == geo.group && geo.group % BLOCK == 0);
+        let (nq, qpg) = (geo.kp / 4, geo.group / 4);
+        let (vals, rest) = dst.split_at_mut(geo.kp * Q_NR);
+        let (corr, fl) = rest.split_at_mut(geo.groups * Q_NR * 4);
+        let zero = _mm512_setzero_si512();
+        let (m15, m3, ones) = (
+            _mm512_set1_epi8(15),
+            _mm512_set1_epi8(3),
+            _mm512_set1_epi8(1),
+        );
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(rb as i32),
+        );
+        for r0 in (0..Q_NR).step_by(16) {
+            let live = cols.saturating_sub(r0).min(16);
+            let mask = ((1u32 << live) - 1) as __mmask16;
+            // Rows past `cols` are masked off: gathered as 0, never read.
+            let base = q.packed.as_ptr().wrapping_add((o0 + r0) * rb);
+            let mut sum = zero;
+            for qq in (0..nq).step_by(8) {
+                let bp = base.wrapping_add(qq / 8 * bb);
+                let gather = |d: usize| {
+                    _mm512_mask_i32gather_epi32::<1>(zero, mask, idx, bp.wrapping_add(4 * d) as _)
+                };
+                let quads: [__m512i; 8] = if q.bits == 4 {
+                    // Dword d holds quad d in its low nibbles and quad d + 4 in its high ones.
+                    let g = [gather(0), gather(1), gather(2), gather(3)];
+                    std::array::from_fn(|i| {
+                        let v = if i < 4 {
+                            g[i]
+                        } else {
+                            _mm512_srli_epi32::<4>(g[i - 4])
+                        };
+                        _mm512_and_si512(v, m15)
+                    })
+                } else {
+                    // Quad i: its two low bits in dword i % 2 at bit 2·(i / 2) of each byte; its high
+                    // bits are bits 4i..4i+4 of dword 2, spread to bit 2 of each byte by a multiply.
+                    let (l0, l1, hb) = (gather(0), gather(1), gather(2));
+                    std::array::from_fn(|i| {
+                        let l = if i % 2 == 0 { l0 } else { l1 };
+                        let low = _mm512_and_si512(
+                            _mm512_srlv_epi32(l, _mm512_set1_epi32(2 * (i / 2) as i32)),
+                            m3,
+                        );
+                        let h = _mm512_and_si512(
+                            _mm512_srlv_epi32(hb, _mm512_set1_epi32(4 * i as i32)),
+                            _mm512_set1_epi32(15),
+                        );
+                        let h = _mm512_mullo_epi32(h, _mm512_set1_epi32(0x0020_4081));
+                        let high = _mm512_and_si512(_mm512_slli_epi32::<2>(h), _mm512_set1_epi8(4));
+                        _mm512_or_si512(low, high)
+                    })
+                };
+                for (i, &v) in quads.iter().enumerate().take(nq - qq) {
+                    let qi = qq + i;
+                    let at = vals.as_mut_ptr().add((qi * Q_NR + r0) * 4);
+                    _mm512_storeu_si512(at as *mut _, v);
+                    sum = _mm512_dpbusd_epi32(sum, v, ones);
+                    if (qi + 1) % qpg == 0 || qi + 1 == nq {
+                        let c = corr.as_mut_ptr().add((qi / qpg * Q_NR + r0) * 4);
+                        _mm512_storeu_si512(c as *mut _, _mm512_slli_epi32::<7>(sum));
+                        sum = zero;
+                    }
+                }
+            }
+        }
         fl[..geo.groups * Q_NR * 8].fill(0);
         for j in 0..cols {
             for g in 0..geo.groups {
@@ -301,7 +369,8 @@ pub(crate) mod x86 {
     }
 
     /// [`gemm_block`] with AVX-512 VNNI: activations as `int8.rs`'s `pack_act` lays them out (u8,
-    /// offset by 128), panels of [`panel_bytes_vnni`].
+    /// offset by 128), panels of [`panel_bytes_vnni`] packed from the blocks (no scratch for codes:
+    /// `_codes` may be empty).
     ///
     /// # Safety
     /// AVX-512 F/BW/VL + VNNI, AVX2, FMA and F16C must be available; otherwise as [`gemm_block`].
@@ -318,7 +387,7 @@ pub(crate) mod x86 {
         (t0, t1): (usize, usize),
         (n0, n1): (usize, usize),
         panel: &mut [u8],
-        codes: &mut [i8],
+        _codes: &mut [i8],
     ) {
         let n = q.out_dim;
         assert!(
@@ -331,7 +400,7 @@ pub(crate) mod x86 {
         let mut o = n0;
         while o < n1 {
             let cols = (n1 - o).min(Q_NR);
-            pack_panel_vnni(geo, q, o, cols, codes, panel);
+            pack_panel_vnni(geo, q, o, cols, panel);
             let b = bias.map(|b| &b[o..o + cols]);
             let mut t = t0;
             while t < t1 {
@@ -413,8 +482,10 @@ pub(crate) mod x86 {
     }
 
     /// Rows `o0 .. o0 + y.len()` with AVX-512 VNNI: sixteen rows per pass share every load of `xq`;
-    /// two blocks of codes per `vpdpbusd` (the codes are its unsigned operand, the activations its
-    /// signed one: exact, no offset to undo), the sixteen rows' group sums by one tree
+    /// the codes are `vpdpbusd`'s unsigned operand, the activations its signed one (exact, no offset
+    /// to undo). 4 bits: four blocks per 64-byte load, its low and its high nibbles each one
+    /// `vpdpbusd` against the activations regrouped to match; 3 bits: two blocks unpacked per
+    /// `vpdpbusd`. Then the sixteen rows' group sums by one tree
     /// (`int8.rs`'s `reduce16`), and the group's float step for the sixteen rows in one vector, in the
     /// reference's order.
     ///
@@ -441,26 +512,24 @@ pub(crate) mod x86 {
         }
     }
 
-    /// The codes of one block (`two`: of two consecutive blocks) as 64 bytes, zero past the end.
+    /// The codes of one 3-bit block (`two`: of two consecutive blocks) as 64 bytes, zero past the end.
     #[inline(always)]
-    unsafe fn codes64<const BITS: u8>(p: *const u8, two: bool) -> __m512i {
-        if BITS == 4 {
-            if two {
-                // Bytes [b0 | b1] → 128-bit lanes [b0 | b0 | b1 | b1], the odd lanes' nibbles high.
-                let v = _mm512_castsi256_si512(_mm256_loadu_si256(p as *const __m256i));
-                let v = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3), v);
-                let v = _mm512_srlv_epi64(v, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
-                _mm512_and_si512(v, _mm512_set1_epi8(15))
-            } else {
-                _mm512_zextsi256_si512(unpack4(p))
-            }
+    unsafe fn codes64_3(p: *const u8, two: bool) -> __m512i {
+        let lo = _mm512_zextsi256_si512(unpack3(p));
+        if two {
+            _mm512_inserti64x4::<1>(lo, unpack3(p.add(12)))
         } else {
-            let lo = _mm512_zextsi256_si512(unpack3(p));
-            if two {
-                _mm512_inserti64x4::<1>(lo, unpack3(p.add(12)))
-            } else {
-                lo
-            }
+            lo
+        }
+    }
+
+    /// The mask of the first `n` (≤ 64) bytes of a vector.
+    #[inline(always)]
+    fn bytes_mask(n: usize) -> u64 {
+        if n >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << n) - 1
         }
     }
 
@@ -482,6 +551,7 @@ pub(crate) mod x86 {
             q.mins.map(|m| m.as_ptr() as *const u16),
         );
         let zero = _mm512_setzero_si512();
+        let m15 = _mm512_set1_epi8(15);
         let mut r = 0;
         while r < y.len() {
             let rows = (y.len() - r).min(16);
@@ -491,6 +561,45 @@ pub(crate) mod x86 {
             for (g, &xsum) in sums.iter().enumerate() {
                 let mut d = [zero; 16];
                 let (mut b, b1) = (g * bpg, blocks.min((g + 1) * bpg));
+                while BITS == 4 && b < b1 {
+                    // Up to four blocks: 64 bytes of a row, low nibbles codes 0..16 of each block,
+                    // high nibbles codes 16..32; the activations regrouped to match (two shuffles
+                    // shared by the sixteen rows), zero past the group's end.
+                    let n = (b1 - b).min(4);
+                    let xp = xq.as_ptr().add(b * BLOCK);
+                    let (xa, xb) = if n == 4 {
+                        (
+                            _mm512_loadu_si512(xp as *const _),
+                            _mm512_loadu_si512(xp.add(64) as *const _),
+                        )
+                    } else {
+                        // Masked-off bytes are neither read nor faulted on.
+                        (
+                            _mm512_maskz_loadu_epi8(bytes_mask(n * BLOCK), xp),
+                            _mm512_maskz_loadu_epi8(
+                                bytes_mask((n * BLOCK).saturating_sub(64)),
+                                xp.wrapping_add(64),
+                            ),
+                        )
+                    };
+                    let xlo = _mm512_shuffle_i64x2::<0b10_00_10_00>(xa, xb);
+                    let xhi = _mm512_shuffle_i64x2::<0b11_01_11_01>(xa, xb);
+                    let wmask = bytes_mask(n * bb);
+                    for j in 0..16 {
+                        let at = p[j].add(b * bb);
+                        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_BYTES) as *const i8);
+                        let w = if n == 4 {
+                            _mm512_loadu_si512(at as *const _)
+                        } else {
+                            _mm512_maskz_loadu_epi8(wmask, at as *const i8)
+                        };
+                        let lo = _mm512_and_si512(w, m15);
+                        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), m15);
+                        d[j] = _mm512_dpbusd_epi32(d[j], lo, xlo);
+                        d[j] = _mm512_dpbusd_epi32(d[j], hi, xhi);
+                    }
+                    b += n;
+                }
                 while b < b1 {
                     let two = b + 2 <= b1;
                     let xp = xq.as_ptr().add(b * BLOCK);
@@ -502,7 +611,7 @@ pub(crate) mod x86 {
                     for j in 0..16 {
                         let at = p[j].add(b * bb);
                         _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_BYTES) as *const i8);
-                        d[j] = _mm512_dpbusd_epi32(d[j], codes64::<BITS>(at, two), x);
+                        d[j] = _mm512_dpbusd_epi32(d[j], codes64_3(at, two), x);
                     }
                     b += if two { 2 } else { 1 };
                 }
