@@ -652,7 +652,11 @@ pub(crate) mod x86 {
 
     /// Packs outputs `o0 .. o0 + cols` (≤ `Q_NR`) of `[out, in]` INT8 weights for the VNNI micro-kernel:
     /// per 4-byte quad of K, `Q_NR` outputs × 4 bytes; then `128·Σw` and the scale per group and output.
-    pub(crate) fn pack_weights(
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL + VNNI must be available.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) unsafe fn pack_weights(
         geo: &QGeom,
         values: &[i8],
         scales: &[f32],
@@ -661,7 +665,11 @@ pub(crate) mod x86 {
         dst: &mut [u8],
     ) {
         let (head, sc) = dst.split_at_mut(geo.kp * Q_NR + geo.groups * Q_NR * 4);
-        pack_values_u8(geo, values, o0, cols, head);
+        if geo.k % 4 == 0 && geo.group % 4 == 0 {
+            pack_values_gather(geo, values, o0, cols, head);
+        } else {
+            pack_values_u8(geo, values, o0, cols, head);
+        }
         sc.fill(0);
         for j in 0..cols {
             for g in 0..geo.groups {
@@ -704,6 +712,56 @@ pub(crate) mod x86 {
                 let sum: i32 = src.iter().map(|&v| v as i32).sum();
                 let c = g * Q_NR + j;
                 corr[c * 4..c * 4 + 4].copy_from_slice(&(128 * sum).to_ne_bytes());
+            }
+        }
+    }
+
+    /// [`pack_values_u8`] when every quad of K is 4 bytes of one row and one group (`k` and the group
+    /// multiples of 4, so no padding): each quad of sixteen rows one `vpgatherdd`, `Σw` per group by
+    /// `vpdpbusd` with ones.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL + VNNI must be available.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn pack_values_gather(
+        geo: &QGeom,
+        values: &[i8],
+        o0: usize,
+        cols: usize,
+        dst: &mut [u8],
+    ) {
+        let k = geo.k;
+        assert!(k % 4 == 0 && geo.group % 4 == 0 && geo.kp == k);
+        assert!(cols <= Q_NR && values.len() >= (o0 + cols) * k && k * 16 < i32::MAX as usize);
+        let (vals, corr) = dst.split_at_mut(geo.kp * Q_NR);
+        assert!(corr.len() >= geo.groups * Q_NR * 4);
+        let (nq, qpg) = (k / 4, geo.group / 4);
+        let zero = _mm512_setzero_si512();
+        let ones = _mm512_set1_epi8(1);
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(k as i32),
+        );
+        for r0 in (0..Q_NR).step_by(16) {
+            let live = cols.saturating_sub(r0).min(16);
+            let mask = ((1u32 << live) - 1) as __mmask16;
+            // Rows past `cols` are masked off: gathered as 0, never read.
+            let base = values.as_ptr().wrapping_add((o0 + r0) * k);
+            let mut sum = zero;
+            for qi in 0..nq {
+                let v = _mm512_mask_i32gather_epi32::<1>(
+                    zero,
+                    mask,
+                    idx,
+                    base.wrapping_add(4 * qi) as _,
+                );
+                _mm512_storeu_si512(vals.as_mut_ptr().add((qi * Q_NR + r0) * 4) as *mut _, v);
+                sum = _mm512_dpbusd_epi32(sum, ones, v);
+                if (qi + 1) % qpg == 0 || qi + 1 == nq {
+                    let c = corr.as_mut_ptr().add((qi / qpg * Q_NR + r0) * 4);
+                    _mm512_storeu_si512(c as *mut _, _mm512_slli_epi32::<7>(sum));
+                    sum = zero;
+                }
             }
         }
     }
