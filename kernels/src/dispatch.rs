@@ -125,8 +125,12 @@ pub(crate) fn kernels(isa: Isa) -> &'static Kernels {
         Isa::Avx512 if isa::has_avx512_vnni() => &AVX512_VNNI,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => &AVX512,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx => &AVX512_AMX,
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 | Isa::Avx512 => unreachable!("x86 paths are never supported elsewhere"),
+        Isa::Avx2 | Isa::Avx512 | Isa::Amx => {
+            unreachable!("x86 paths are never supported elsewhere")
+        }
     }
 }
 
@@ -244,9 +248,20 @@ const AVX512_BASE: Kernels = Kernels {
 
 /// AVX-512 with VNNI: the INT8 products through `vpdpbusd`.
 #[cfg(target_arch = "x86_64")]
-static AVX512_VNNI: Kernels = Kernels {
-    // SAFETY (every `unsafe` entry of this table): `kernels` hands the table out only on a CPU with
-    // AVX-512 F/BW/VL and VNNI.
+static AVX512_VNNI: Kernels = AVX512_VNNI_BASE;
+
+/// AVX-512 with VNNI and AMX: the VNNI table, with the integer GEMMs' 32-token steps as AMX tiles.
+#[cfg(target_arch = "x86_64")]
+static AVX512_AMX: Kernels = Kernels {
+    gemm_w8a8: Some(crate::gemv::gemm_w8a8_amx),
+    gemm_quant: Some(crate::gemv::gemm_quant_amx),
+    ..AVX512_VNNI_BASE
+};
+
+#[cfg(target_arch = "x86_64")]
+const AVX512_VNNI_BASE: Kernels = Kernels {
+    // SAFETY (every `unsafe` entry of this table): `kernels` hands the table (and the AMX table built
+    // on it) out only on a CPU with AVX-512 F/BW/VL and VNNI.
     w8a8_rows: |q, xq, xs, o0, y| unsafe {
         int8::x86::w8a8_rows_vnni(q.values, q.scales, q.in_dim, q.group, xq, xs, o0, y)
     },

@@ -741,10 +741,35 @@ pub(crate) fn gemm_w8a8_vnni(
         panel: &PACK_U8,
         panel_len: panel_bytes,
         pack_act,
-        block: gemm_w8a8_block,
+        block: gemm_w8a8_block::<false>,
     };
-    // SAFETY: only the AVX-512 VNNI table holds this driver, and `kernels` hands that out only on a CPU
-    // with AVX-512 and VNNI, which `gemm_w8a8_block` needs.
+    // SAFETY: only the AVX-512 VNNI and AMX tables hold this driver, and `kernels` hands them out only
+    // on a CPU with AVX-512 and VNNI, which `gemm_w8a8_block` needs.
+    unsafe { gemm_w8a8(kt, q, bias, xs, ys, tokens, &g) }
+}
+
+/// The W8A8 GEMM with AMX tiles of 32 tokens (VNNI for the rest), on the VNNI GEMM's panels.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn gemm_w8a8_amx(
+    kt: &Kernels,
+    q: &Int8Ref,
+    bias: Option<&[f32]>,
+    xs: &[f32],
+    ys: &mut [f32],
+    tokens: usize,
+) {
+    use int8::x86::{gemm_w8a8_block, pack_act, panel_bytes, Q_NR};
+    let g = W8a8Gemm {
+        mr: crate::amx::x86::MR,
+        nr: Q_NR,
+        act: &ACT_U8,
+        panel: &PACK_U8,
+        panel_len: panel_bytes,
+        pack_act,
+        block: gemm_w8a8_block::<true>,
+    };
+    // SAFETY: only the AMX table holds this driver, and `kernels` hands it out only on a CPU with
+    // AVX-512, VNNI and AMX enabled for this process, which `gemm_w8a8_block::<true>` needs.
     unsafe { gemm_w8a8(kt, q, bias, xs, ys, tokens, &g) }
 }
 
@@ -866,8 +891,33 @@ pub(crate) fn gemm_quant_vnni(
     ys: &mut [f32],
     tokens: usize,
 ) {
-    let g = QuantGemm {
-        mr: int8::x86::Q_MR,
+    let g = quant_gemm_vnni(int8::x86::Q_MR, quant::x86::gemm_block_vnni::<false>);
+    // SAFETY: only the AVX-512 VNNI and AMX tables hold this driver, and `kernels` hands them out only
+    // on a CPU with AVX-512 and VNNI (and AVX2, FMA, F16C), which `gemm_block_vnni` needs.
+    unsafe { gemm_quant(kt, q, bias, xs, ys, tokens, &g) }
+}
+
+/// The sub-8-bit GEMM with AMX tiles of 32 tokens (VNNI for the rest).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn gemm_quant_amx(
+    kt: &Kernels,
+    q: &QuantRef,
+    bias: Option<&[f32]>,
+    xs: &[f32],
+    ys: &mut [f32],
+    tokens: usize,
+) {
+    let g = quant_gemm_vnni(crate::amx::x86::MR, quant::x86::gemm_block_vnni::<true>);
+    // SAFETY: only the AMX table holds this driver, and `kernels` hands it out only on a CPU with
+    // AVX-512, VNNI and AMX enabled for this process, which `gemm_block_vnni::<true>` needs.
+    unsafe { gemm_quant(kt, q, bias, xs, ys, tokens, &g) }
+}
+
+/// The sub-8-bit GEMM on the VNNI panels, with `mr` tokens per step of the grid.
+#[cfg(target_arch = "x86_64")]
+fn quant_gemm_vnni(mr: usize, block: QuantBlock<u8>) -> QuantGemm<u8> {
+    QuantGemm {
+        mr,
         nr: int8::x86::Q_NR,
         act: &ACT_U8,
         panel: &PACK_U8,
@@ -875,11 +925,8 @@ pub(crate) fn gemm_quant_vnni(
         pack_act: int8::x86::pack_act,
         zero: 128,
         codes_rows: 0,
-        block: quant::x86::gemm_block_vnni,
-    };
-    // SAFETY: only the AVX-512 VNNI table holds this driver, and `kernels` hands it out only on a CPU
-    // with AVX-512 and VNNI (and AVX2, FMA, F16C), which `gemm_block_vnni` needs.
-    unsafe { gemm_quant(kt, q, bias, xs, ys, tokens, &g) }
+        block,
+    }
 }
 
 /// One sub-8-bit GEMM of `quant.rs`: its packed activation type `P`, micro-tile and kernels.

@@ -629,7 +629,7 @@ pub(crate) mod x86 {
                 kp: (groups - 1) * gp + last.div_ceil(4) * 4,
             }
         }
-        fn len(&self, g: usize) -> usize {
+        pub(crate) fn len(&self, g: usize) -> usize {
             (self.k - g * self.group).min(self.group)
         }
     }
@@ -665,7 +665,7 @@ pub(crate) mod x86 {
         dst: &mut [u8],
     ) {
         let (head, sc) = dst.split_at_mut(geo.kp * Q_NR + geo.groups * Q_NR * 4);
-        if geo.k % 4 == 0 && geo.group % 4 == 0 {
+        if geo.k.is_multiple_of(4) && geo.group.is_multiple_of(4) {
             pack_values_gather(geo, values, o0, cols, head);
         } else {
             pack_values_u8(geo, values, o0, cols, head);
@@ -731,7 +731,7 @@ pub(crate) mod x86 {
         dst: &mut [u8],
     ) {
         let k = geo.k;
-        assert!(k % 4 == 0 && geo.group % 4 == 0 && geo.kp == k);
+        assert!(k.is_multiple_of(4) && geo.group.is_multiple_of(4) && geo.kp == k);
         assert!(cols <= Q_NR && values.len() >= (o0 + cols) * k && k * 16 < i32::MAX as usize);
         let (vals, corr) = dst.split_at_mut(geo.kp * Q_NR);
         assert!(corr.len() >= geo.groups * Q_NR * 4);
@@ -852,15 +852,16 @@ pub(crate) mod x86 {
 
     /// One block of the W8A8 GEMM: tokens `t0 .. t1` × outputs `n0 .. n1`.
     ///
-    /// `act` holds every token's packed activations (`geo.kp` bytes each), `xscale` their scales; `ys` is
-    /// the whole `tokens × n` output; `panel` scratch of [`panel_bytes`].
+    /// `act` holds every token's packed activations (`geo.kp` bytes each), `xscale` their scales; `ys` is the whole `tokens × n` output; `panel`
+    /// scratch of [`panel_bytes`]. With `AMX`, whole steps of 32 tokens run as AMX tiles when the groups
+    /// allow it (`amx::x86::fits`).
     ///
     /// # Safety
-    /// AVX-512 F/BW/VL + VNNI must be available; `ys` valid for `t1 × n` floats and this block not written
-    /// concurrently by anyone else.
+    /// AVX-512 F/BW/VL + VNNI must be available (and with `AMX`, `amx::available()`); `ys` valid for
+    /// `t1 × n` floats and this block not written concurrently by anyone else.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn gemm_w8a8_block(
+    pub(crate) unsafe fn gemm_w8a8_block<const AMX: bool>(
         geo: &QGeom,
         values: &[i8],
         scales: &[f32],
@@ -874,6 +875,10 @@ pub(crate) mod x86 {
         panel: &mut [u8],
     ) {
         assert!(act.len() >= t1 * geo.kp && xscale.len() >= t1 && panel.len() >= panel_bytes(geo));
+        let amx = AMX && crate::amx::x86::fits(geo);
+        if amx {
+            crate::amx::x86::configure();
+        }
         let mut o = n0;
         while o < n1 {
             let cols = (n1 - o).min(Q_NR);
@@ -881,6 +886,14 @@ pub(crate) mod x86 {
             let b = bias.map(|b| &b[o..o + cols]);
             let mut t = t0;
             while t < t1 {
+                if amx && t1 - t >= crate::amx::x86::MR {
+                    let (a, c) = (act.as_ptr().add(t * geo.kp), ys.add(t * n + o));
+                    let (xsr, none) = (&xscale[t..t + crate::amx::x86::MR], std::ptr::null());
+                    let p = panel.as_ptr();
+                    crate::amx::x86::tile::<false>(geo, a, geo.kp, xsr, none, p, b, c, n, cols);
+                    t += crate::amx::x86::MR;
+                    continue;
+                }
                 let rows = (t1 - t).min(Q_MR);
                 let a = act.as_ptr().add(t * geo.kp);
                 let xsr = &xscale[t..t + rows];
@@ -897,6 +910,9 @@ pub(crate) mod x86 {
                 t += rows;
             }
             o += cols;
+        }
+        if amx {
+            crate::amx::x86::release();
         }
     }
 

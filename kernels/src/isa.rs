@@ -1,6 +1,6 @@
 //! Runtime choice of the instruction-set path, made once per process.
 //!
-//! `SLIMLM_KERNELS=scalar|portable|avx2|avx512` forces a path; forcing one the CPU lacks is an error
+//! `SLIMLM_KERNELS=scalar|portable|avx2|avx512|amx` forces a path; forcing one the CPU lacks is an error
 //! reported by [`try_active`] (and a panic with that message from [`active`]).
 
 use std::sync::OnceLock;
@@ -16,6 +16,8 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL (+ VNNI for INT8 where present).
     Avx512,
+    /// AVX-512 with VNNI, and AMX tiles (`amx-int8`) for the integer GEMMs of prefill.
+    Amx,
 }
 
 impl Isa {
@@ -26,6 +28,7 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Amx => "amx",
         }
     }
 
@@ -36,6 +39,7 @@ impl Isa {
             "portable" => Some(Isa::Portable),
             "avx2" => Some(Isa::Avx2),
             "avx512" => Some(Isa::Avx512),
+            "amx" => Some(Isa::Amx),
             _ => None,
         }
     }
@@ -57,6 +61,7 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vl")
             }
+            Isa::Amx => Isa::Avx512.supported() && has_avx512_vnni() && crate::amx::available(),
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 | Isa::Avx512 => false,
         }
@@ -64,7 +69,7 @@ impl Isa {
 
     /// Every path this CPU can run, slowest first.
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Portable, Isa::Avx2, Isa::Avx512]
+        [Isa::Scalar, Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Amx]
             .into_iter()
             .filter(|i| i.supported())
             .collect()
@@ -100,7 +105,7 @@ pub fn resolve(value: Option<&str>) -> Result<Isa, String> {
     match value {
         Some(v) if !v.trim().is_empty() => {
             let isa = Isa::parse(v).ok_or_else(|| {
-                format!("SLIMLM_KERNELS={v:?} is not one of scalar, portable, avx2, avx512")
+                format!("SLIMLM_KERNELS={v:?} is not one of scalar, portable, avx2, avx512, amx")
             })?;
             if isa.supported() {
                 Ok(isa)

@@ -15,6 +15,7 @@ pub mod par;
 pub mod quant;
 pub mod reference;
 
+mod amx;
 mod dispatch;
 mod gemv;
 mod int8;

@@ -120,8 +120,8 @@ macro_rules! dispatch {
         match isa {
             Isa::Scalar => $scalar,
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `check` verified that this CPU supports AVX-512 F/BW/VL.
-            Isa::Avx512 => unsafe { avx512::$f($($a),*) },
+            // SAFETY: `check` verified that this CPU supports AVX-512 F/BW/VL (the AMX path includes it).
+            Isa::Avx512 | Isa::Amx => unsafe { avx512::$f($($a),*) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `check` verified that this CPU supports AVX2 + FMA + F16C.
             Isa::Avx2 => unsafe { avx2::$f($($a),*) },

@@ -289,7 +289,7 @@ pub(crate) mod x86 {
         assert!(cols <= Q_NR && dst.len() >= panel_bytes_vnni(geo));
         assert!(q.packed.len() >= (o0 + cols) * rb && rb * 16 < i32::MAX as usize);
         // Groups are whole blocks (`MatRef::check`), so input i sits at byte i of the padded row.
-        assert!(geo.gp == geo.group && geo.group % BLOCK == 0);
+        assert!(geo.gp == geo.group && geo.group.is_multiple_of(BLOCK));
         let (nq, qpg) = (geo.kp / 4, geo.group / 4);
         let (vals, rest) = dst.split_at_mut(geo.kp * Q_NR);
         let (corr, fl) = rest.split_at_mut(geo.groups * Q_NR * 4);
@@ -370,13 +370,14 @@ pub(crate) mod x86 {
 
     /// [`gemm_block`] with AVX-512 VNNI: activations as `int8.rs`'s `pack_act` lays them out (u8,
     /// offset by 128), panels of [`panel_bytes_vnni`] packed from the blocks (no scratch for codes:
-    /// `_codes` may be empty).
+    /// `_codes` may be empty). With `AMX`, whole steps of 32 tokens run as AMX tiles when the groups
+    /// allow it (`amx::x86::fits`; the caller then guarantees `amx::available()`).
     ///
     /// # Safety
     /// AVX-512 F/BW/VL + VNNI, AVX2, FMA and F16C must be available; otherwise as [`gemm_block`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn gemm_block_vnni(
+    pub(crate) unsafe fn gemm_block_vnni<const AMX: bool>(
         geo: &QGeom,
         q: &QuantRef,
         act: &[u8],
@@ -397,6 +398,10 @@ pub(crate) mod x86 {
                 && panel.len() >= panel_bytes_vnni(geo)
                 && n1 <= n
         );
+        let amx = AMX && crate::amx::x86::fits(geo);
+        if amx {
+            crate::amx::x86::configure();
+        }
         let mut o = n0;
         while o < n1 {
             let cols = (n1 - o).min(Q_NR);
@@ -404,6 +409,17 @@ pub(crate) mod x86 {
             let b = bias.map(|b| &b[o..o + cols]);
             let mut t = t0;
             while t < t1 {
+                if amx && t1 - t >= crate::amx::x86::MR {
+                    let (a, c) = (act.as_ptr().add(t * geo.kp), ys.add(t * n + o));
+                    let (xsr, xsm) = (
+                        &xscale[t..t + crate::amx::x86::MR],
+                        xsum.as_ptr().add(t * geo.groups),
+                    );
+                    let p = panel.as_ptr();
+                    crate::amx::x86::tile::<true>(geo, a, geo.kp, xsr, xsm, p, b, c, n, cols);
+                    t += crate::amx::x86::MR;
+                    continue;
+                }
                 let rows = (t1 - t).min(Q_MR);
                 let a = act.as_ptr().add(t * geo.kp);
                 let (xsr, xsm) = (&xscale[t..t + rows], xsum.as_ptr().add(t * geo.groups));
@@ -420,6 +436,9 @@ pub(crate) mod x86 {
                 t += rows;
             }
             o += cols;
+        }
+        if amx {
+            crate::amx::x86::release();
         }
     }
 

@@ -470,6 +470,34 @@ fn few_token_matmul_is_matvec_bit_for_bit() {
             }
         }
     }
+    // K in whole 64-byte steps (the AMX tiles' depth, where the CPU has them), per row and in groups.
+    let k64 = 768;
+    for group in [k64, 128] {
+        let (v64, s64) = int8_matrix(&mut rng, n, k64, group);
+        let w = MatRef::Int8(Int8Ref {
+            values: &v64,
+            scales: &s64,
+            out_dim: n,
+            in_dim: k64,
+            group,
+            act: Int8Act::Int8,
+        });
+        for t in [33, 70] {
+            let xs = rng.vec(t * k64, 2.0);
+            for isa in isas() {
+                let mut got = vec![f32::NAN; t * n];
+                matmul_with(isa, &w, Some(&bias), &xs, &mut got);
+                for (x, g) in xs.chunks(k64).zip(got.chunks(n)) {
+                    let mut one = vec![f32::NAN; n];
+                    matvec_with(isa, &w, Some(&bias), x, &mut one);
+                    assert!(
+                        one == g,
+                        "W8A8 g{group} {t} tokens, {isa:?}: differs from matvec"
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]
@@ -591,16 +619,17 @@ fn abs_mag(w: &MatRef, x: &[f32]) -> Vec<f32> {
 #[test]
 fn isa_parsing_and_support() {
     assert_eq!(Isa::parse("avx512"), Some(Isa::Avx512));
+    assert_eq!(Isa::parse("AMX"), Some(Isa::Amx));
     assert_eq!(Isa::parse(" AVX2 "), Some(Isa::Avx2));
     assert_eq!(Isa::parse("Scalar"), Some(Isa::Scalar));
     assert_eq!(Isa::parse("portable"), Some(Isa::Portable));
     assert_eq!(Isa::parse("neon"), None);
-    for isa in [Isa::Scalar, Isa::Portable, Isa::Avx2, Isa::Avx512] {
+    for isa in [Isa::Scalar, Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Amx] {
         assert_eq!(Isa::parse(isa.name()), Some(isa));
     }
     assert_eq!(Isa::best(), *Isa::available().last().unwrap());
     // An unsupported path is refused by the `_with` entry points.
-    for isa in [Isa::Avx2, Isa::Avx512] {
+    for isa in [Isa::Avx2, Isa::Avx512, Isa::Amx] {
         if !isa.supported() {
             let r = std::panic::catch_unwind(|| {
                 let w = [0.0f32];
@@ -626,7 +655,7 @@ fn slimlm_kernels_values() {
     assert_eq!(resolve(Some("PORTABLE")), Ok(Isa::Portable));
     let e = resolve(Some("sse9")).unwrap_err();
     assert!(e.contains("sse9") && e.contains("avx512"), "{e}");
-    for isa in [Isa::Avx2, Isa::Avx512] {
+    for isa in [Isa::Avx2, Isa::Avx512, Isa::Amx] {
         match resolve(Some(isa.name())) {
             Ok(got) => assert!(isa.supported() && got == isa),
             Err(e) => assert!(!isa.supported() && e.contains("does not support"), "{e}"),

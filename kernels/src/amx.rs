@@ -1,0 +1,226 @@
+//! Intel AMX (`amx-tile` + `amx-int8`): the integer GEMMs' 32-token tiles through `tdpbusd`.
+//!
+//! AMX multiplies 16×64-byte tiles of u8 activations by 16×64-byte tiles of i8 weights laid out as quads
+//! of K — the layout of the VNNI GEMM's packed panels (`int8.rs`'s `pack_weights`, `quant.rs`'s
+//! `pack_panel_vnni`), which it reads in place. The i32 sums are exact, and the float steps per group
+//! are `micro_vnni`'s, in its order: an AMX tile gives the VNNI tile's bits, hence matvec's.
+//!
+//! The instructions are written with `asm!` (no AMX intrinsics on stable Rust); no code the compiler
+//! generates touches the tile registers, so they hold their values from one `asm!` block to the next
+//! within a tile pass. Linux hands the tile state to a process only on request ([`available`] asks once).
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+
+    use crate::int8::x86::{QGeom, Q_NR};
+
+    /// Tokens per AMX tile pass: two A tiles of 16 tokens.
+    pub(crate) const MR: usize = 32;
+
+    /// Whether every group of `geo` is whole 64-byte steps of K (one tile's depth), as the panels and
+    /// the activations are laid out.
+    pub(crate) fn fits(geo: &QGeom) -> bool {
+        geo.kp.is_multiple_of(64) && (geo.groups == 1 || geo.gp.is_multiple_of(64))
+    }
+
+    /// Loads the tile configuration of this thread: tiles 0–3 the i32 sums (16 tokens × 16 outputs),
+    /// 4–5 the activations (16 tokens × 64 bytes), 6–7 the weights (16 quads × 16 outputs × 4 bytes).
+    ///
+    /// # Safety
+    /// [`super::available`] must have returned true.
+    pub(crate) unsafe fn configure() {
+        #[repr(C, align(64))]
+        struct Config([u8; 64]);
+        let mut c = Config([0; 64]);
+        c.0[0] = 1; // palette 1
+        for t in 0..8 {
+            c.0[16 + 2 * t] = 64; // bytes per row
+            c.0[48 + t] = 16; // rows
+        }
+        // SAFETY: AMX is available and enabled for this process (the caller's contract); the
+        // configuration is 64 valid bytes.
+        unsafe { asm!("ldtilecfg [{0}]", in(reg) c.0.as_ptr(), options(nostack, readonly)) };
+    }
+
+    /// Releases this thread's tile state.
+    ///
+    /// # Safety
+    /// As [`configure`].
+    pub(crate) unsafe fn release() {
+        // SAFETY: as `configure`.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// 32 tokens × `Q_NR` outputs over one packed panel: `micro_vnni::<32, OFF>`'s contract and bits.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW and FMA; the tile configuration of [`configure`] loaded on this thread; `fits(geo)`;
+    /// `a` holds 32 rows of `geo.kp` bytes at stride `lda`; `panel` as for `micro_vnni`; `c` valid for
+    /// 32 rows (stride `ldc`) of `cols` floats; with `OFF`, `xsum` holds `32 · geo.groups` floats.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn tile<const OFF: bool>(
+        geo: &QGeom,
+        a: *const u8,
+        lda: usize,
+        xscale: &[f32],
+        xsum: *const f32,
+        panel: *const u8,
+        bias: Option<&[f32]>,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+    ) {
+        let vals = panel;
+        let corr = panel.add(geo.kp * Q_NR) as *const i32;
+        let sc = panel.add(geo.kp * Q_NR + geo.groups * Q_NR * 4) as *const f32;
+        let offs = sc.add(geo.groups * Q_NR);
+        // The four sum tiles as stored: [tokens 0–15 | 16–31] × [outputs 0–15 | 16–31], 16 × 16 each.
+        #[repr(C, align(64))]
+        struct Sums([i32; 4 * 256]);
+        let mut sums = Sums([0; 4 * 256]);
+        let mut accf = [[0.0f32; Q_NR]; MR];
+        for g in 0..geo.groups {
+            let q0 = g * geo.gp / 4;
+            let q1 = q0 + geo.len(g).div_ceil(4);
+            // SAFETY: tiles configured (contract); no memory touched.
+            unsafe {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                )
+            };
+            for q in (q0..q1).step_by(16) {
+                // SAFETY: `fits(geo)` makes q0..q1 whole steps of 16 quads inside the padded row, so
+                // each load reads 16 rows of 64 bytes within `a` (32 tokens × kp) and within the panel's
+                // values (kp/4 quads × 128 bytes).
+                unsafe {
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {lda}*1]",
+                        "tileloadd tmm5, [{a1} + {lda}*1]",
+                        "tileloadd tmm6, [{b0} + {ldb}*1]",
+                        "tileloadd tmm7, [{b1} + {ldb}*1]",
+                        "tdpbusd tmm0, tmm4, tmm6",
+                        "tdpbusd tmm1, tmm4, tmm7",
+                        "tdpbusd tmm2, tmm5, tmm6",
+                        "tdpbusd tmm3, tmm5, tmm7",
+                        a0 = in(reg) a.add(q * 4),
+                        a1 = in(reg) a.add(16 * lda + q * 4),
+                        b0 = in(reg) vals.add(q * Q_NR * 4),
+                        b1 = in(reg) vals.add(q * Q_NR * 4 + 64),
+                        lda = in(reg) lda,
+                        ldb = in(reg) Q_NR * 4,
+                        options(nostack, readonly)
+                    )
+                };
+            }
+            // SAFETY: `sums` holds four 16 × 16 i32 tiles at 64-byte rows.
+            unsafe {
+                asm!(
+                    "tilestored [{p} + {s}*1], tmm0",
+                    "tilestored [{p1} + {s}*1], tmm1",
+                    "tilestored [{p2} + {s}*1], tmm2",
+                    "tilestored [{p3} + {s}*1], tmm3",
+                    p = in(reg) sums.0.as_mut_ptr(),
+                    p1 = in(reg) sums.0.as_mut_ptr().add(256),
+                    p2 = in(reg) sums.0.as_mut_ptr().add(512),
+                    p3 = in(reg) sums.0.as_mut_ptr().add(768),
+                    s = in(reg) 64usize,
+                    options(nostack)
+                )
+            };
+            let c0 = _mm512_loadu_si512(corr.add(g * Q_NR) as *const _);
+            let c1 = _mm512_loadu_si512(corr.add(g * Q_NR + 16) as *const _);
+            let s0 = _mm512_loadu_ps(sc.add(g * Q_NR));
+            let s1 = _mm512_loadu_ps(sc.add(g * Q_NR + 16));
+            for (r, f) in accf.iter_mut().enumerate() {
+                let at = (r / 16) * 512 + (r % 16) * 16;
+                let i0 = _mm512_loadu_si512(sums.0.as_ptr().add(at) as *const _);
+                let i1 = _mm512_loadu_si512(sums.0.as_ptr().add(at + 256) as *const _);
+                let d0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(i0, c0));
+                let d1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(i1, c1));
+                let (f0, f1) = (
+                    _mm512_loadu_ps(f.as_ptr()),
+                    _mm512_loadu_ps(f.as_ptr().add(16)),
+                );
+                let (f0, f1) = if OFF {
+                    let xs = _mm512_set1_ps(*xsum.add(r * geo.groups + g));
+                    let off0 = _mm512_loadu_ps(offs.add(g * Q_NR));
+                    let off1 = _mm512_loadu_ps(offs.add(g * Q_NR + 16));
+                    let t0 = _mm512_add_ps(_mm512_mul_ps(s0, d0), _mm512_mul_ps(off0, xs));
+                    let t1 = _mm512_add_ps(_mm512_mul_ps(s1, d1), _mm512_mul_ps(off1, xs));
+                    (_mm512_add_ps(f0, t0), _mm512_add_ps(f1, t1))
+                } else {
+                    (_mm512_fmadd_ps(d0, s0, f0), _mm512_fmadd_ps(d1, s1, f1))
+                };
+                _mm512_storeu_ps(f.as_mut_ptr(), f0);
+                _mm512_storeu_ps(f.as_mut_ptr().add(16), f1);
+            }
+        }
+        for (r, f) in accf.iter().enumerate() {
+            let xs = xscale[r];
+            let out = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
+            match bias {
+                Some(b) => {
+                    for ((o, &t), bb) in out.iter_mut().zip(f).zip(b) {
+                        *o = t * xs + bb;
+                    }
+                }
+                None => {
+                    for (o, &t) in out.iter_mut().zip(f) {
+                        *o = t * xs;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether this process can run AMX INT8 tiles: the CPU has `amx-tile` and `amx-int8` and (on Linux)
+/// the kernel granted the tile state. Asked once.
+pub fn available() -> bool {
+    static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AMX.get_or_init(detect)
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn detect() -> bool {
+    use std::arch::x86_64::{__cpuid, __cpuid_count};
+    if __cpuid(0).eax < 7 {
+        return false;
+    }
+    let l7 = __cpuid_count(7, 0);
+    if (l7.edx >> 24) & 1 == 0 || (l7.edx >> 25) & 1 == 0 {
+        return false;
+    }
+    // arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): the kernel enables the tile data state for
+    // this process, or says no (an old kernel, or a seccomp policy).
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let ret: i64;
+    // SAFETY: a plain Linux system call with two integer arguments; it reads and writes no memory of
+    // ours, and `syscall` clobbers only rcx and r11 besides rax.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        )
+    };
+    ret == 0
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn detect() -> bool {
+    false
+}
