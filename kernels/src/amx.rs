@@ -14,7 +14,7 @@ pub(crate) mod x86 {
     use std::arch::asm;
     use std::arch::x86_64::*;
 
-    use crate::int8::x86::{QGeom, Q_NR};
+    use crate::int8::x86::{transpose16, QGeom, Q_NR};
 
     /// Tokens per AMX tile pass: two A tiles of 16 tokens.
     pub(crate) const MR: usize = 32;
@@ -51,6 +51,155 @@ pub(crate) mod x86 {
     pub(crate) unsafe fn release() {
         // SAFETY: as `configure`.
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// Whether the W8A8 GEMM can read its weights in place as AMX tiles: `fits(geo)` and rows without
+    /// padding (`k` a multiple of 64).
+    pub(crate) fn reads_rows(geo: &QGeom) -> bool {
+        fits(geo) && geo.kp == geo.k
+    }
+
+    /// Token tile `tt` (tokens `16·tt ..+16`) of `act` (`pack_act`'s u8 rows, `geo.kp` each) as
+    /// `tdpbssd`'s B operand: per 64 bytes of K, 16 quads × 16 tokens × 4 bytes, back to i8 (`^ 0x80`).
+    /// `dst` holds `geo.kp · 16` bytes.
+    ///
+    /// # Safety
+    /// AVX-512 F must be available.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn tokens_as_b(geo: &QGeom, act: &[u8], tt: usize, dst: &mut [u8]) {
+        let kp = geo.kp;
+        assert!(kp.is_multiple_of(64));
+        assert!(act.len() >= (tt + 1) * 16 * kp && dst.len() >= kp * 16);
+        let flip = _mm512_set1_epi8(-128);
+        let base = act.as_ptr().add(tt * 16 * kp);
+        for c in 0..kp / 64 {
+            let rows: [__m512; 16] = std::array::from_fn(|j| {
+                _mm512_castsi512_ps(_mm512_loadu_si512(base.add(j * kp + c * 64) as *const _))
+            });
+            for (q, v) in transpose16(rows).into_iter().enumerate() {
+                let at = dst.as_mut_ptr().add(c * 1024 + q * 64);
+                _mm512_storeu_si512(at as *mut _, _mm512_xor_si512(_mm512_castps_si512(v), flip));
+            }
+        }
+    }
+
+    /// 32 outputs from `o` × 32 tokens from token tile `tt`: the weights read in place (rows of
+    /// `values`, `[n, k]`) as A tiles, the tokens from [`tokens_as_b`] (`act_t`, `16·kp` bytes per
+    /// token tile) as B; `Σ w·xq` exact by `tdpbssd`, then per group `acc = fma(sum, scale, acc)` and
+    /// `y = acc·x_scale + bias` per element: `micro_vnni::<_, false>`'s bits.
+    ///
+    /// # Safety
+    /// AVX-512 F and FMA; the tile configuration of [`configure`] loaded on this thread;
+    /// `reads_rows(geo)`; rows `o ..o + 32` of `values` and token tiles `tt, tt + 1` of `act_t` exist;
+    /// `c` (token `16·tt`, output `o`) valid for 32 rows (stride `ldc`) of 32 floats.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn tile_rows(
+        geo: &QGeom,
+        values: &[i8],
+        scales: &[f32],
+        o: usize,
+        act_t: &[u8],
+        tt: usize,
+        xscale: &[f32],
+        bias: Option<&[f32]>,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let k = geo.k;
+        assert!(values.len() >= (o + 32) * k && scales.len() >= (o + 32) * geo.groups);
+        assert!(act_t.len() >= (tt + 2) * 16 * k && xscale.len() >= 32);
+        #[repr(C, align(64))]
+        struct Sums([i32; 4 * 256]);
+        let mut sums = Sums([0; 4 * 256]);
+        // acc[output][token].
+        let mut acc = [[0.0f32; 32]; 32];
+        let (w0, w1) = (
+            values.as_ptr().add(o * k),
+            values.as_ptr().add((o + 16) * k),
+        );
+        let (b0, b1) = (
+            act_t.as_ptr().add(tt * 16 * k),
+            act_t.as_ptr().add((tt + 1) * 16 * k),
+        );
+        for g in 0..geo.groups {
+            let q0 = g * geo.gp / 4;
+            let q1 = q0 + geo.len(g).div_ceil(4);
+            // SAFETY: tiles configured (contract); no memory touched.
+            unsafe {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                )
+            };
+            for q in (q0..q1).step_by(16) {
+                // SAFETY: `reads_rows(geo)` makes q0..q1 whole steps of 16 quads of unpadded rows:
+                // the A loads read 16 rows of 64 bytes inside rows o..o+32 of `values`, the B loads
+                // one 1 KiB block of each token tile (asserted above).
+                unsafe {
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {lda}*1]",
+                        "tileloadd tmm5, [{a1} + {lda}*1]",
+                        "tileloadd tmm6, [{b0} + {ldb}*1]",
+                        "tileloadd tmm7, [{b1} + {ldb}*1]",
+                        "tdpbssd tmm0, tmm4, tmm6",
+                        "tdpbssd tmm1, tmm4, tmm7",
+                        "tdpbssd tmm2, tmm5, tmm6",
+                        "tdpbssd tmm3, tmm5, tmm7",
+                        a0 = in(reg) w0.add(q * 4),
+                        a1 = in(reg) w1.add(q * 4),
+                        b0 = in(reg) b0.add(q / 16 * 1024),
+                        b1 = in(reg) b1.add(q / 16 * 1024),
+                        lda = in(reg) k,
+                        ldb = in(reg) 64usize,
+                        options(nostack, readonly)
+                    )
+                };
+            }
+            // SAFETY: `sums` holds four 16 × 16 i32 tiles at 64-byte rows.
+            unsafe {
+                asm!(
+                    "tilestored [{p} + {s}*1], tmm0",
+                    "tilestored [{p1} + {s}*1], tmm1",
+                    "tilestored [{p2} + {s}*1], tmm2",
+                    "tilestored [{p3} + {s}*1], tmm3",
+                    p = in(reg) sums.0.as_mut_ptr(),
+                    p1 = in(reg) sums.0.as_mut_ptr().add(256),
+                    p2 = in(reg) sums.0.as_mut_ptr().add(512),
+                    p3 = in(reg) sums.0.as_mut_ptr().add(768),
+                    s = in(reg) 64usize,
+                    options(nostack)
+                )
+            };
+            for (ol, a) in acc.iter_mut().enumerate() {
+                let s = _mm512_set1_ps(scales[(o + ol) * geo.groups + g]);
+                // Tile (ol / 16, half) row ol % 16: the 16 tokens of that half.
+                let at = (ol / 16) * 512 + (ol % 16) * 16;
+                for h in 0..2 {
+                    let d = _mm512_loadu_si512(sums.0.as_ptr().add(at + h * 256) as *const _);
+                    let f = _mm512_loadu_ps(a.as_ptr().add(h * 16));
+                    let f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), s, f);
+                    _mm512_storeu_ps(a.as_mut_ptr().add(h * 16), f);
+                }
+            }
+        }
+        // y[t][o] = acc[o][t]·xs[t] (+ bias[o]): scaled along the tokens, transposed 16 × 16.
+        for ob in 0..2 {
+            let bv = bias.map(|b| _mm512_loadu_ps(b[o + ob * 16..o + ob * 16 + 16].as_ptr()));
+            for tb in 0..2 {
+                let xs = _mm512_loadu_ps(xscale.as_ptr().add(tb * 16));
+                let rows: [__m512; 16] = std::array::from_fn(|i| {
+                    _mm512_mul_ps(_mm512_loadu_ps(acc[ob * 16 + i].as_ptr().add(tb * 16)), xs)
+                });
+                for (t, v) in transpose16(rows).into_iter().enumerate() {
+                    let v = bv.map_or(v, |b| _mm512_add_ps(v, b));
+                    _mm512_storeu_ps(c.add((tb * 16 + t) * ldc + ob * 16), v);
+                }
+            }
+        }
     }
 
     /// 32 tokens × `Q_NR` outputs over one packed panel: `micro_vnni::<32, OFF>`'s contract and bits.

@@ -45,6 +45,7 @@ thread_local! {
     static PACK_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static PACK_U8: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static ACT_U8: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static ACT_T: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static ACT_SCALE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static ACT_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static INOUT_PART: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -85,6 +86,7 @@ pub fn release_scratch() {
     PACK_F32.with(|c| c.take());
     PACK_U8.with(|c| c.take());
     ACT_U8.with(|c| c.take());
+    ACT_T.with(|c| c.take());
     ACT_SCALE.with(|c| c.take());
     ACT_F32.with(|c| c.take());
     ACT_I16.with(|c| c.take());
@@ -704,9 +706,18 @@ struct W8a8Gemm<P: 'static> {
     panel: &'static LocalKey<RefCell<Vec<P>>>,
     panel_len: fn(&int8::x86::QGeom) -> usize,
     pack_act: fn(&int8::x86::QGeom, &[i8], &mut [P]),
+    /// Lays out token tile `tt` of the packed activations as AMX B tiles (`kp · 16` values) in its
+    /// thread-local scratch, for blocks that take them (None: the blocks get none).
+    b_tiles: Option<(BTiles<P>, Scratch<P>)>,
     /// Computes tokens `t0..t1` × outputs `n0..n1` (see `gemm_w8a8_block`).
     block: W8a8Block<P>,
 }
+
+#[cfg(target_arch = "x86_64")]
+type BTiles<P> = unsafe fn(&int8::x86::QGeom, &[P], usize, &mut [P]);
+
+#[cfg(target_arch = "x86_64")]
+type Scratch<P> = &'static LocalKey<RefCell<Vec<P>>>;
 
 #[cfg(target_arch = "x86_64")]
 type W8a8Block<P> = unsafe fn(
@@ -721,6 +732,7 @@ type W8a8Block<P> = unsafe fn(
     (usize, usize),
     (usize, usize),
     &mut [P],
+    &[P],
 );
 
 /// The W8A8 GEMM with VNNI: activations offset to u8, `vpdpbusd`.
@@ -741,6 +753,7 @@ pub(crate) fn gemm_w8a8_vnni(
         panel: &PACK_U8,
         panel_len: panel_bytes,
         pack_act,
+        b_tiles: None,
         block: gemm_w8a8_block::<false>,
     };
     // SAFETY: only the AVX-512 VNNI and AMX tables hold this driver, and `kernels` hands them out only
@@ -748,7 +761,8 @@ pub(crate) fn gemm_w8a8_vnni(
     unsafe { gemm_w8a8(kt, q, bias, xs, ys, tokens, &g) }
 }
 
-/// The W8A8 GEMM with AMX tiles of 32 tokens (VNNI for the rest), on the VNNI GEMM's panels.
+/// The W8A8 GEMM with AMX tiles of 32 outputs × 32 tokens reading the weights in place (VNNI for the
+/// rest).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn gemm_w8a8_amx(
     kt: &Kernels,
@@ -766,6 +780,7 @@ pub(crate) fn gemm_w8a8_amx(
         panel: &PACK_U8,
         panel_len: panel_bytes,
         pack_act,
+        b_tiles: Some((crate::amx::x86::tokens_as_b, &ACT_T)),
         block: gemm_w8a8_block::<true>,
     };
     // SAFETY: only the AMX table holds this driver, and `kernels` hands it out only on a CPU with
@@ -791,6 +806,7 @@ pub(crate) fn gemm_w8a8_avx2(
         panel: &PACK_I16,
         panel_len: panel_i16s,
         pack_act: pack_act_i16,
+        b_tiles: None,
         block: gemm_w8a8_block_avx2,
     };
     // SAFETY: only the AVX2 and AVX-512 tables hold this driver, and `kernels` hands them out only on a
@@ -823,34 +839,54 @@ unsafe fn gemm_w8a8<P: Copy + Default + Send + Sync + 'static>(
                 (g.pack_act)(&geo, xq, dst);
                 s
             });
-            let (nc, ncb, tc, ntb) = gemm_grid(tokens, n, g.mr, g.nr, tokens * k * n / 4);
-            let out = OutPtr(ys.as_mut_ptr());
-            let (act, xscale) = (&*act, &*xscale);
-            let task = |ti: usize| {
-                let (cb, tb) = (ti % ncb, ti / ncb);
-                let (n0, n1) = (cb * nc, ((cb + 1) * nc).min(n));
-                let (t0, t1) = (tb * tc, ((tb + 1) * tc).min(tokens));
-                with_scratch(g.panel, (g.panel_len)(&geo), |panel| {
-                    // SAFETY: the CPU has what `g.block` needs (this function's contract); `ys` holds
-                    // `tokens × n` floats and this task alone writes block (t0..t1, n0..n1).
-                    unsafe {
-                        (g.block)(
-                            &geo,
-                            q.values,
-                            q.scales,
-                            n,
-                            act,
-                            xscale,
-                            out.get(),
-                            bias,
-                            (t0, t1),
-                            (n0, n1),
-                            panel,
-                        )
-                    }
-                });
+            let with_tiles = |f: &mut dyn FnMut(&[P])| match g.b_tiles {
+                // Only rows the tiles can read in place, in blocks that do (see `gemm_w8a8_block`).
+                Some((b_tiles, scratch))
+                    if crate::amx::x86::reads_rows(&geo)
+                        && tokens <= int8::x86::IN_PLACE_MAX_TOKENS =>
+                {
+                    with_scratch(scratch, tokens / 16 * 16 * geo.kp, |t| {
+                        par::for_each_chunk_mut(t, 16 * geo.kp, |tt, dst| {
+                            // SAFETY: the CPU has what `g.block` needs, which includes what the B tiles
+                            // need (this function's contract); `act` holds `tokens` packed rows.
+                            unsafe { b_tiles(&geo, act, tt, dst) }
+                        });
+                        f(t)
+                    })
+                }
+                _ => f(&[]),
             };
-            par::for_each(ncb * ntb, task);
+            with_tiles(&mut |act_t| {
+                let (nc, ncb, tc, ntb) = gemm_grid(tokens, n, g.mr, g.nr, tokens * k * n / 4);
+                let out = OutPtr(ys.as_mut_ptr());
+                let (act, xscale) = (&*act, &*xscale);
+                let task = |ti: usize| {
+                    let (cb, tb) = (ti % ncb, ti / ncb);
+                    let (n0, n1) = (cb * nc, ((cb + 1) * nc).min(n));
+                    let (t0, t1) = (tb * tc, ((tb + 1) * tc).min(tokens));
+                    with_scratch(g.panel, (g.panel_len)(&geo), |panel| {
+                        // SAFETY: the CPU has what `g.block` needs (this function's contract); `ys`
+                        // holds `tokens × n` floats and this task alone writes block (t0..t1, n0..n1).
+                        unsafe {
+                            (g.block)(
+                                &geo,
+                                q.values,
+                                q.scales,
+                                n,
+                                act,
+                                xscale,
+                                out.get(),
+                                bias,
+                                (t0, t1),
+                                (n0, n1),
+                                panel,
+                                act_t,
+                            )
+                        }
+                    });
+                };
+                par::for_each(ncb * ntb, task);
+            })
         })
     })
 }

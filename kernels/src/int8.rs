@@ -548,6 +548,49 @@ pub(crate) mod x86 {
         )
     }
 
+    /// The 16 × 16 transpose of 32-bit lanes: `out[j][i] = r[i][j]`.
+    ///
+    /// # Safety
+    /// AVX-512 F must be available.
+    #[inline(always)]
+    pub(crate) unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        // a[2k], a[2k+1]: rows 2k, 2k+1 interleaved by element within each 128-bit lane.
+        let a: [__m512; 16] = std::array::from_fn(|i| {
+            let (x, y) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(x, y)
+            } else {
+                _mm512_unpackhi_ps(x, y)
+            }
+        });
+        // b[4m + c], 128-bit lane L: column 4L + c of rows 4m .. 4m + 4.
+        let b: [__m512; 16] = std::array::from_fn(|i| {
+            let (m, c) = (i / 4, i % 4);
+            let (x, y) = (
+                _mm512_castps_pd(a[4 * m + c / 2]),
+                _mm512_castps_pd(a[4 * m + 2 + c / 2]),
+            );
+            _mm512_castpd_ps(if c % 2 == 0 {
+                _mm512_unpacklo_pd(x, y)
+            } else {
+                _mm512_unpackhi_pd(x, y)
+            })
+        });
+        let mut out = [_mm512_setzero_ps(); 16];
+        for c in 0..4 {
+            let (x, y, z, w) = (b[c], b[4 + c], b[8 + c], b[12 + c]);
+            let p0 = _mm512_shuffle_f32x4::<0b01_00_01_00>(x, y);
+            let p1 = _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y);
+            let q0 = _mm512_shuffle_f32x4::<0b01_00_01_00>(z, w);
+            let q1 = _mm512_shuffle_f32x4::<0b11_10_11_10>(z, w);
+            out[c] = _mm512_shuffle_f32x4::<0b10_00_10_00>(p0, q0);
+            out[4 + c] = _mm512_shuffle_f32x4::<0b11_01_11_01>(p0, q0);
+            out[8 + c] = _mm512_shuffle_f32x4::<0b10_00_10_00>(p1, q1);
+            out[12 + c] = _mm512_shuffle_f32x4::<0b11_01_11_01>(p1, q1);
+        }
+        out
+    }
+
     /// Lane-wise i32 sums of 4 rows' group dot products with `T` tokens' activations offset to `u8`
     /// (`Σ (x + 128)·w`, `x` given as `x + 128`), and lane-wise `Σw` of each row; exact (|w| ≤ 127, groups under 2^16).
     ///
@@ -666,7 +709,7 @@ pub(crate) mod x86 {
     ) {
         let (head, sc) = dst.split_at_mut(geo.kp * Q_NR + geo.groups * Q_NR * 4);
         if geo.k.is_multiple_of(4) && geo.group.is_multiple_of(4) {
-            pack_values_gather(geo, values, o0, cols, head);
+            pack_values_t(geo, values, o0, cols, head);
         } else {
             pack_values_u8(geo, values, o0, cols, head);
         }
@@ -717,50 +760,45 @@ pub(crate) mod x86 {
     }
 
     /// [`pack_values_u8`] when every quad of K is 4 bytes of one row and one group (`k` and the group
-    /// multiples of 4, so no padding): each quad of sixteen rows one `vpgatherdd`, `Σw` per group by
-    /// `vpdpbusd` with ones.
+    /// multiples of 4, so no padding): 64 bytes of sixteen rows transposed into 16 quads × 16 rows,
+    /// `Σw` per group by `vpdpbusd` with ones.
     ///
     /// # Safety
     /// AVX-512 F/BW/VL + VNNI must be available.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn pack_values_gather(
-        geo: &QGeom,
-        values: &[i8],
-        o0: usize,
-        cols: usize,
-        dst: &mut [u8],
-    ) {
+    unsafe fn pack_values_t(geo: &QGeom, values: &[i8], o0: usize, cols: usize, dst: &mut [u8]) {
         let k = geo.k;
         assert!(k.is_multiple_of(4) && geo.group.is_multiple_of(4) && geo.kp == k);
-        assert!(cols <= Q_NR && values.len() >= (o0 + cols) * k && k * 16 < i32::MAX as usize);
+        assert!(cols <= Q_NR && values.len() >= (o0 + cols) * k);
         let (vals, corr) = dst.split_at_mut(geo.kp * Q_NR);
         assert!(corr.len() >= geo.groups * Q_NR * 4);
         let (nq, qpg) = (k / 4, geo.group / 4);
         let zero = _mm512_setzero_si512();
         let ones = _mm512_set1_epi8(1);
-        let idx = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(k as i32),
-        );
         for r0 in (0..Q_NR).step_by(16) {
             let live = cols.saturating_sub(r0).min(16);
-            let mask = ((1u32 << live) - 1) as __mmask16;
-            // Rows past `cols` are masked off: gathered as 0, never read.
-            let base = values.as_ptr().wrapping_add((o0 + r0) * k);
             let mut sum = zero;
-            for qi in 0..nq {
-                let v = _mm512_mask_i32gather_epi32::<1>(
-                    zero,
-                    mask,
-                    idx,
-                    base.wrapping_add(4 * qi) as _,
-                );
-                _mm512_storeu_si512(vals.as_mut_ptr().add((qi * Q_NR + r0) * 4) as *mut _, v);
-                sum = _mm512_dpbusd_epi32(sum, ones, v);
-                if (qi + 1) % qpg == 0 || qi + 1 == nq {
-                    let c = corr.as_mut_ptr().add((qi / qpg * Q_NR + r0) * 4);
-                    _mm512_storeu_si512(c as *mut _, _mm512_slli_epi32::<7>(sum));
-                    sum = zero;
+            for c in (0..nq).step_by(16) {
+                // Quads c .. c + 16 of each live row (masked past the row's end), 0 for the others.
+                let m = (u32::MAX >> (32 - (nq - c).min(16))) as __mmask16;
+                let rows: [__m512; 16] = std::array::from_fn(|j| {
+                    _mm512_castsi512_ps(if j < live {
+                        let row = values.as_ptr().add((o0 + r0 + j) * k + c * 4);
+                        _mm512_maskz_loadu_epi32(m, row as *const i32)
+                    } else {
+                        zero
+                    })
+                });
+                let quads = transpose16(rows);
+                for (i, v) in quads.iter().enumerate().take(nq - c) {
+                    let (qi, v) = (c + i, _mm512_castps_si512(*v));
+                    _mm512_storeu_si512(vals.as_mut_ptr().add((qi * Q_NR + r0) * 4) as *mut _, v);
+                    sum = _mm512_dpbusd_epi32(sum, ones, v);
+                    if (qi + 1) % qpg == 0 || qi + 1 == nq {
+                        let at = corr.as_mut_ptr().add((qi / qpg * Q_NR + r0) * 4);
+                        _mm512_storeu_si512(at as *mut _, _mm512_slli_epi32::<7>(sum));
+                        sum = zero;
+                    }
                 }
             }
         }
@@ -850,11 +888,17 @@ pub(crate) mod x86 {
         }
     }
 
+    /// Tokens of a block up to which the AMX tiles read the weights in place rather than packed
+    /// (GPT-2 124M shapes: 128 tokens 0.55 ms in place vs 0.60 packed, 512 tokens 1.77 vs 1.57).
+    pub(crate) const IN_PLACE_MAX_TOKENS: usize = 128;
+
     /// One block of the W8A8 GEMM: tokens `t0 .. t1` × outputs `n0 .. n1`.
     ///
     /// `act` holds every token's packed activations (`geo.kp` bytes each), `xscale` their scales; `ys` is the whole `tokens × n` output; `panel`
-    /// scratch of [`panel_bytes`]. With `AMX`, whole steps of 32 tokens run as AMX tiles when the groups
-    /// allow it (`amx::x86::fits`).
+    /// scratch of [`panel_bytes`]. With `AMX`, steps of 32 tokens run as AMX tiles when the groups allow
+    /// it (`amx::x86::fits`); blocks of up to [`IN_PLACE_MAX_TOKENS`] read the weights in place when
+    /// the rows allow it (`amx::x86::reads_rows`) and `act_t` holds the tokens as AMX B tiles
+    /// (`amx::x86::tokens_as_b`, every whole tile of 16 tokens).
     ///
     /// # Safety
     /// AVX-512 F/BW/VL + VNNI must be available (and with `AMX`, `amx::available()`); `ys` valid for
@@ -873,25 +917,43 @@ pub(crate) mod x86 {
         (t0, t1): (usize, usize),
         (n0, n1): (usize, usize),
         panel: &mut [u8],
+        act_t: &[u8],
     ) {
+        use crate::amx::x86 as amx;
         assert!(act.len() >= t1 * geo.kp && xscale.len() >= t1 && panel.len() >= panel_bytes(geo));
-        let amx = AMX && crate::amx::x86::fits(geo);
-        if amx {
-            crate::amx::x86::configure();
+        // With AMX, steps of 32 tokens are AMX tiles: for a few steps, on whole panels read in place
+        // (no packing); for more, on the packed panel, which they reuse enough to pay for it.
+        let amx_on = AMX && amx::fits(geo);
+        let in_place = amx_on
+            && t1 - t0 <= IN_PLACE_MAX_TOKENS
+            && amx::reads_rows(geo)
+            && act_t.len() >= t1 / 16 * 16 * geo.kp;
+        assert!(!in_place || t0.is_multiple_of(16));
+        if amx_on {
+            amx::configure();
         }
         let mut o = n0;
         while o < n1 {
             let cols = (n1 - o).min(Q_NR);
-            pack_weights(geo, values, scales, o, cols, panel);
             let b = bias.map(|b| &b[o..o + cols]);
             let mut t = t0;
+            if in_place && cols == Q_NR {
+                while t1 - t >= amx::MR {
+                    let (xsr, c) = (&xscale[t..t + amx::MR], ys.add(t * n + o));
+                    amx::tile_rows(geo, values, scales, o, act_t, t / 16, xsr, bias, c, n);
+                    t += amx::MR;
+                }
+            }
+            if t < t1 {
+                pack_weights(geo, values, scales, o, cols, panel);
+            }
             while t < t1 {
-                if amx && t1 - t >= crate::amx::x86::MR {
+                if amx_on && t1 - t >= amx::MR {
                     let (a, c) = (act.as_ptr().add(t * geo.kp), ys.add(t * n + o));
-                    let (xsr, none) = (&xscale[t..t + crate::amx::x86::MR], std::ptr::null());
+                    let (xsr, none) = (&xscale[t..t + amx::MR], std::ptr::null());
                     let p = panel.as_ptr();
-                    crate::amx::x86::tile::<false>(geo, a, geo.kp, xsr, none, p, b, c, n, cols);
-                    t += crate::amx::x86::MR;
+                    amx::tile::<false>(geo, a, geo.kp, xsr, none, p, b, c, n, cols);
+                    t += amx::MR;
                     continue;
                 }
                 let rows = (t1 - t).min(Q_MR);
@@ -911,8 +973,8 @@ pub(crate) mod x86 {
             }
             o += cols;
         }
-        if amx {
-            crate::amx::x86::release();
+        if amx_on {
+            amx::release();
         }
     }
 
@@ -1172,6 +1234,7 @@ pub(crate) mod x86 {
         (t0, t1): (usize, usize),
         (n0, n1): (usize, usize),
         panel: &mut [i16],
+        _act_t: &[i16],
     ) {
         assert!(act.len() >= t1 * geo.kp && xscale.len() >= t1 && panel.len() >= panel_i16s(geo));
         let mut o = n0;

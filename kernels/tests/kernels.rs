@@ -470,7 +470,8 @@ fn few_token_matmul_is_matvec_bit_for_bit() {
             }
         }
     }
-    // K in whole 64-byte steps (the AMX tiles' depth, where the CPU has them), per row and in groups.
+    // K in whole 64-byte steps (the AMX tiles' depth, where the CPU has them), per row and in groups;
+    // up to 128 tokens the tiles read the weights in place, past it the packed panels.
     let k64 = 768;
     for group in [k64, 128] {
         let (v64, s64) = int8_matrix(&mut rng, n, k64, group);
@@ -482,7 +483,7 @@ fn few_token_matmul_is_matvec_bit_for_bit() {
             group,
             act: Int8Act::Int8,
         });
-        for t in [33, 70] {
+        for t in [33, 70, 150] {
             let xs = rng.vec(t * k64, 2.0);
             for isa in isas() {
                 let mut got = vec![f32::NAN; t * n];
