@@ -55,7 +55,11 @@ llama_src=target/peers-models/llama-cpp-python-$LLAMA_CPP_PYTHON
 if has llama.cpp; then
   if ! "$py" -c "import llama_cpp" 2>/dev/null; then
     echo "building llama-cpp-python $LLAMA_CPP_PYTHON for this CPU (long)..." >&2
-    CMAKE_ARGS="-DGGML_NATIVE=ON" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) pip "llama-cpp-python==$LLAMA_CPP_PYTHON"
+    # Without ggml's AMX backend: on AMX CPUs its q8_0 / q4_0 products segfault
+    # (ggml-org/llama.cpp#20824); its AVX-512 VNNI kernels run instead.
+    nox="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$nox' -DCMAKE_CXX_FLAGS='$nox'" \
+      CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) pip "llama-cpp-python==$LLAMA_CPP_PYTHON"
   fi
   # llama.cpp's HF → GGUF converter (and the gguf-py it imports) from the same sdist that was built.
   if [ ! -f "$llama_src/convert_hf_to_gguf.py" ]; then
@@ -110,7 +114,8 @@ for m in "${models[@]}"; do
     has $e || continue
     for v in $(variants $e); do
       d=target/peers-models/$m.$e.$v
-      [ -e "$d" ] || nice -n 10 "$py" $here/convert.py --engine $e --variant $v --src "$base" --out "$d" \
+      # A conversion that left an empty directory behind is made again.
+      [ -n "$(ls -A "$d" 2>/dev/null)" ] || nice -n 10 "$py" $here/convert.py --engine $e --variant $v --src "$base" --out "$d" \
         --llama-convert "$llama_src/convert_hf_to_gguf.py" >&2
     done
   done
