@@ -519,63 +519,63 @@ pub(crate) mod x86 {
 
     /// The totals of 16 vectors of i32, lane `i` of the result being the sum of `v[i]`'s lanes: a tree
     /// of 15 additions (pairs within 128-bit lanes, then across them) instead of 16 horizontal sums.
+    /// (Plain loops, no closures: a closure is a function of its own without the caller's target
+    /// features, and once LLVM stops inlining it every intrinsic in it becomes a call — it halved
+    /// 4-bit decode.)
     ///
     /// # Safety
     /// AVX-512 F must be available.
     #[inline(always)]
     pub(crate) unsafe fn reduce16(v: [__m512i; 16]) -> __m512i {
         // Within each 128-bit lane q: c[i] holds 2 partial sums of v[2i] and 2 of v[2i+1] ...
-        let c: [__m512i; 8] = std::array::from_fn(|i| {
+        let mut c = [_mm512_setzero_si512(); 8];
+        for (i, ci) in c.iter_mut().enumerate() {
             let (a, b) = (v[2 * i], v[2 * i + 1]);
-            _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
-        });
+            *ci = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+        }
         // ... d[j], position r of lane q: the sum of v[4j + r] over lane q ...
-        let d: [__m512i; 4] = std::array::from_fn(|j| {
+        let mut d = [_mm512_setzero_si512(); 4];
+        for (j, dj) in d.iter_mut().enumerate() {
             let (a, b) = (c[2 * j], c[2 * j + 1]);
-            _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
-        });
+            *dj = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+        }
         // ... then the four 128-bit lanes are added pairwise, twice.
-        let e: [__m512i; 2] = std::array::from_fn(|m| {
+        let mut e = [_mm512_setzero_si512(); 2];
+        for (m, em) in e.iter_mut().enumerate() {
             let (a, b) = (d[2 * m], d[2 * m + 1]);
-            _mm512_add_epi32(
+            *em = _mm512_add_epi32(
                 _mm512_shuffle_i32x4::<0x88>(a, b),
                 _mm512_shuffle_i32x4::<0xDD>(a, b),
-            )
-        });
+            );
+        }
         _mm512_add_epi32(
             _mm512_shuffle_i32x4::<0x88>(e[0], e[1]),
             _mm512_shuffle_i32x4::<0xDD>(e[0], e[1]),
         )
     }
 
-    /// The 16 × 16 transpose of 32-bit lanes: `out[j][i] = r[i][j]`.
+    /// The 16 × 16 transpose of 32-bit lanes: `out[j][i] = r[i][j]` (plain loops, see [`reduce16`]).
     ///
     /// # Safety
     /// AVX-512 F must be available.
     #[inline(always)]
     pub(crate) unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
         // a[2k], a[2k+1]: rows 2k, 2k+1 interleaved by element within each 128-bit lane.
-        let a: [__m512; 16] = std::array::from_fn(|i| {
-            let (x, y) = (r[i & !1], r[i | 1]);
-            if i % 2 == 0 {
-                _mm512_unpacklo_ps(x, y)
-            } else {
-                _mm512_unpackhi_ps(x, y)
-            }
-        });
+        let mut a = [_mm512_setzero_ps(); 16];
+        for k in 0..8 {
+            a[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+            a[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+        }
         // b[4m + c], 128-bit lane L: column 4L + c of rows 4m .. 4m + 4.
-        let b: [__m512; 16] = std::array::from_fn(|i| {
-            let (m, c) = (i / 4, i % 4);
-            let (x, y) = (
-                _mm512_castps_pd(a[4 * m + c / 2]),
-                _mm512_castps_pd(a[4 * m + 2 + c / 2]),
-            );
-            _mm512_castpd_ps(if c % 2 == 0 {
-                _mm512_unpacklo_pd(x, y)
-            } else {
-                _mm512_unpackhi_pd(x, y)
-            })
-        });
+        let mut b = [_mm512_setzero_ps(); 16];
+        for m in 0..4 {
+            for h in 0..2 {
+                let x = _mm512_castps_pd(a[4 * m + h]);
+                let y = _mm512_castps_pd(a[4 * m + 2 + h]);
+                b[4 * m + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
+                b[4 * m + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(x, y));
+            }
+        }
         let mut out = [_mm512_setzero_ps(); 16];
         for c in 0..4 {
             let (x, y, z, w) = (b[c], b[4 + c], b[8 + c], b[12 + c]);
