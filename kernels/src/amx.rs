@@ -5,9 +5,11 @@
 //! `pack_panel_vnni`), which it reads in place. The i32 sums are exact, and the float steps per group
 //! are `micro_vnni`'s, in its order: an AMX tile gives the VNNI tile's bits, hence matvec's.
 //!
-//! The instructions are written with `asm!` (no AMX intrinsics on stable Rust); no code the compiler
-//! generates touches the tile registers, so they hold their values from one `asm!` block to the next
-//! within a tile pass. Linux hands the tile state to a process only on request ([`available`] asks once).
+//! The instructions are written with `asm!` (no AMX intrinsics on stable Rust). Each block declares the
+//! tiles it writes as clobbered; a tile pass still relies on the sums staying in their tiles from one
+//! block to the next, which holds because no code the compiler generates touches the tile registers and
+//! nothing is called between the blocks of a pass. Linux hands the tile state to a process only on
+//! request ([`available`] asks once).
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
@@ -25,32 +27,38 @@ pub(crate) mod x86 {
         geo.kp.is_multiple_of(64) && (geo.groups == 1 || geo.gp.is_multiple_of(64))
     }
 
-    /// Loads the tile configuration of this thread: tiles 0–3 the i32 sums (16 tokens × 16 outputs),
-    /// 4–5 the activations (16 tokens × 64 bytes), 6–7 the weights (16 quads × 16 outputs × 4 bytes).
-    ///
-    /// # Safety
-    /// [`super::available`] must have returned true.
-    pub(crate) unsafe fn configure() {
-        #[repr(C, align(64))]
-        struct Config([u8; 64]);
-        let mut c = Config([0; 64]);
-        c.0[0] = 1; // palette 1
-        for t in 0..8 {
-            c.0[16 + 2 * t] = 64; // bytes per row
-            c.0[48 + t] = 16; // rows
+    /// This thread's tile configuration, loaded by [`Tiles::configure`] and released when dropped
+    /// (also when a panic unwinds through the block that holds it).
+    pub(crate) struct Tiles(());
+
+    impl Tiles {
+        /// Loads the tile configuration of this thread: tiles 0–3 the i32 sums (16 tokens × 16
+        /// outputs), 4–5 the activations (16 tokens × 64 bytes), 6–7 the weights (16 quads × 16 outputs
+        /// × 4 bytes).
+        ///
+        /// # Safety
+        /// [`super::available`] must have returned true.
+        pub(crate) unsafe fn configure() -> Tiles {
+            #[repr(C, align(64))]
+            struct Config([u8; 64]);
+            let mut c = Config([0; 64]);
+            c.0[0] = 1; // palette 1
+            for t in 0..8 {
+                c.0[16 + 2 * t] = 64; // bytes per row
+                c.0[48 + t] = 16; // rows
+            }
+            // SAFETY: AMX is available and enabled for this process (the caller's contract); the
+            // configuration is 64 valid bytes.
+            unsafe { asm!("ldtilecfg [{0}]", in(reg) c.0.as_ptr(), options(nostack, readonly)) };
+            Tiles(())
         }
-        // SAFETY: AMX is available and enabled for this process (the caller's contract); the
-        // configuration is 64 valid bytes.
-        unsafe { asm!("ldtilecfg [{0}]", in(reg) c.0.as_ptr(), options(nostack, readonly)) };
     }
 
-    /// Releases this thread's tile state.
-    ///
-    /// # Safety
-    /// As [`configure`].
-    pub(crate) unsafe fn release() {
-        // SAFETY: as `configure`.
-        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    impl Drop for Tiles {
+        fn drop(&mut self) {
+            // SAFETY: a `Tiles` exists only after `configure`, so AMX is available to this process.
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        }
     }
 
     /// Whether the W8A8 GEMM can read its weights in place as AMX tiles: `fits(geo)` and rows without
@@ -89,7 +97,7 @@ pub(crate) mod x86 {
     /// `y = acc·x_scale + bias` per element: `micro_vnni::<_, false>`'s bits.
     ///
     /// # Safety
-    /// AVX-512 F and FMA; the tile configuration of [`configure`] loaded on this thread;
+    /// AVX-512 F and FMA; a [`Tiles`] held on this thread;
     /// `reads_rows(geo)`; rows `o ..o + 32` of `values` and token tiles `tt, tt + 1` of `act_t` exist;
     /// `c` (token `16·tt`, output `o`) valid for 32 rows (stride `ldc`) of 32 floats.
     #[inline(always)]
@@ -132,6 +140,10 @@ pub(crate) mod x86 {
                     "tilezero tmm1",
                     "tilezero tmm2",
                     "tilezero tmm3",
+                    out("tmm0") _,
+                    out("tmm1") _,
+                    out("tmm2") _,
+                    out("tmm3") _,
                     options(nostack, nomem)
                 )
             };
@@ -155,6 +167,14 @@ pub(crate) mod x86 {
                         b1 = in(reg) b1.add(q / 16 * 1024),
                         lda = in(reg) k,
                         ldb = in(reg) 64usize,
+                        out("tmm0") _,
+                        out("tmm1") _,
+                        out("tmm2") _,
+                        out("tmm3") _,
+                        out("tmm4") _,
+                        out("tmm5") _,
+                        out("tmm6") _,
+                        out("tmm7") _,
                         options(nostack, readonly)
                     )
                 };
@@ -205,7 +225,7 @@ pub(crate) mod x86 {
     /// 32 tokens × `Q_NR` outputs over one packed panel: `micro_vnni::<32, OFF>`'s contract and bits.
     ///
     /// # Safety
-    /// AVX-512 F/BW and FMA; the tile configuration of [`configure`] loaded on this thread; `fits(geo)`;
+    /// AVX-512 F/BW and FMA; a [`Tiles`] held on this thread; `fits(geo)`;
     /// `a` holds 32 rows of `geo.kp` bytes at stride `lda`; `panel` as for `micro_vnni`; `c` valid for
     /// 32 rows (stride `ldc`) of `cols` floats; with `OFF`, `xsum` holds `32 · geo.groups` floats.
     #[inline(always)]
@@ -241,6 +261,10 @@ pub(crate) mod x86 {
                     "tilezero tmm1",
                     "tilezero tmm2",
                     "tilezero tmm3",
+                    out("tmm0") _,
+                    out("tmm1") _,
+                    out("tmm2") _,
+                    out("tmm3") _,
                     options(nostack, nomem)
                 )
             };
@@ -264,6 +288,14 @@ pub(crate) mod x86 {
                         b1 = in(reg) vals.add(q * Q_NR * 4 + 64),
                         lda = in(reg) lda,
                         ldb = in(reg) Q_NR * 4,
+                        out("tmm0") _,
+                        out("tmm1") _,
+                        out("tmm2") _,
+                        out("tmm3") _,
+                        out("tmm4") _,
+                        out("tmm5") _,
+                        out("tmm6") _,
+                        out("tmm7") _,
                         options(nostack, readonly)
                     )
                 };

@@ -929,9 +929,11 @@ pub(crate) mod x86 {
             && amx::reads_rows(geo)
             && act_t.len() >= t1 / 16 * 16 * geo.kp;
         assert!(!in_place || t0.is_multiple_of(16));
-        if amx_on {
-            amx::configure();
-        }
+        let _tiles = if amx_on {
+            Some(amx::Tiles::configure())
+        } else {
+            None
+        };
         let mut o = n0;
         while o < n1 {
             let cols = (n1 - o).min(Q_NR);
@@ -972,9 +974,6 @@ pub(crate) mod x86 {
                 t += rows;
             }
             o += cols;
-        }
-        if amx_on {
-            amx::release();
         }
     }
 

@@ -399,9 +399,11 @@ pub(crate) mod x86 {
                 && n1 <= n
         );
         let amx = AMX && crate::amx::x86::fits(geo);
-        if amx {
-            crate::amx::x86::configure();
-        }
+        let _tiles = if amx {
+            Some(crate::amx::x86::Tiles::configure())
+        } else {
+            None
+        };
         let mut o = n0;
         while o < n1 {
             let cols = (n1 - o).min(Q_NR);
@@ -436,9 +438,6 @@ pub(crate) mod x86 {
                 t += rows;
             }
             o += cols;
-        }
-        if amx {
-            crate::amx::x86::release();
         }
     }
 
@@ -503,8 +502,9 @@ pub(crate) mod x86 {
     /// Rows `o0 .. o0 + y.len()` with AVX-512 VNNI: sixteen rows per pass share every load of `xq`;
     /// the codes are `vpdpbusd`'s unsigned operand, the activations its signed one (exact, no offset
     /// to undo). 4 bits: four blocks per 64-byte load, its low and its high nibbles each one
-    /// `vpdpbusd` against the activations regrouped to match; 3 bits: two blocks unpacked per
-    /// `vpdpbusd`. Then the sixteen rows' group sums by one tree
+    /// `vpdpbusd` against the activations regrouped to match (groups of 32 and 64: two blocks unpacked
+    /// per `vpdpbusd`); 3 bits: two blocks unpacked per `vpdpbusd`. Then the sixteen rows' group sums
+    /// by one tree
     /// (`int8.rs`'s `reduce16`), and the group's float step for the sixteen rows in one vector, in the
     /// reference's order.
     ///
@@ -531,14 +531,26 @@ pub(crate) mod x86 {
         }
     }
 
-    /// The codes of one 3-bit block (`two`: of two consecutive blocks) as 64 bytes, zero past the end.
+    /// The codes of one block (`two`: of two consecutive blocks) as 64 bytes, zero past the end.
     #[inline(always)]
-    unsafe fn codes64_3(p: *const u8, two: bool) -> __m512i {
-        let lo = _mm512_zextsi256_si512(unpack3(p));
-        if two {
-            _mm512_inserti64x4::<1>(lo, unpack3(p.add(12)))
+    unsafe fn codes64<const BITS: u8>(p: *const u8, two: bool) -> __m512i {
+        if BITS == 4 {
+            if two {
+                // Bytes [b0 | b1] → 128-bit lanes [b0 | b0 | b1 | b1], the odd lanes' nibbles high.
+                let v = _mm512_castsi256_si512(_mm256_loadu_si256(p as *const __m256i));
+                let v = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3), v);
+                let v = _mm512_srlv_epi64(v, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
+                _mm512_and_si512(v, _mm512_set1_epi8(15))
+            } else {
+                _mm512_zextsi256_si512(unpack4(p))
+            }
         } else {
-            lo
+            let lo = _mm512_zextsi256_si512(unpack3(p));
+            if two {
+                _mm512_inserti64x4::<1>(lo, unpack3(p.add(12)))
+            } else {
+                lo
+            }
         }
     }
 
@@ -580,10 +592,11 @@ pub(crate) mod x86 {
             for (g, &xsum) in sums.iter().enumerate() {
                 let mut d = [zero; 16];
                 let (mut b, b1) = (g * bpg, blocks.min((g + 1) * bpg));
-                while BITS == 4 && b < b1 {
-                    // Up to four blocks: 64 bytes of a row, low nibbles codes 0..16 of each block,
-                    // high nibbles codes 16..32; the activations regrouped to match (two shuffles
-                    // shared by the sixteen rows), zero past the group's end.
+                // Four blocks (three at a group's or row's end): 64 bytes of a row, low nibbles codes
+                // 0..16 of each block, high nibbles codes 16..32; the activations regrouped to match
+                // (two shuffles shared by the sixteen rows), zero past the group's end. Fewer blocks
+                // (groups of 32 or 64) go two per instruction below, which wastes no lanes.
+                while BITS == 4 && b1 - b >= 3 {
                     let n = (b1 - b).min(4);
                     let xp = xq.as_ptr().add(b * BLOCK);
                     let (xa, xb) = if n == 4 {
@@ -630,7 +643,7 @@ pub(crate) mod x86 {
                     for j in 0..16 {
                         let at = p[j].add(b * bb);
                         _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_BYTES) as *const i8);
-                        d[j] = _mm512_dpbusd_epi32(d[j], codes64_3(at, two), x);
+                        d[j] = _mm512_dpbusd_epi32(d[j], codes64::<BITS>(at, two), x);
                     }
                     b += if two { 2 } else { 1 };
                 }
