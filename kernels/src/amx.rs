@@ -16,7 +16,7 @@ pub(crate) mod x86 {
     use std::arch::asm;
     use std::arch::x86_64::*;
 
-    use crate::int8::x86::{transpose16, QGeom, Q_NR};
+    use crate::int8::x86::{group_step, transpose16, QGeom, Q_NR};
 
     /// Tokens per AMX tile pass: two A tiles of 16 tokens.
     pub(crate) const MR: usize = 32;
@@ -58,6 +58,60 @@ pub(crate) mod x86 {
         fn drop(&mut self) {
             // SAFETY: a `Tiles` exists only after `configure`, so AMX is available to this process.
             unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        }
+    }
+
+    /// The four i32 sum tiles of a pass (tiles 0–3) as stored: tile `2a + b` is rows `16a ..+16` of
+    /// the pass's first operand × columns `16b ..+16` of its second, 16 × 16 at 64-byte rows.
+    #[repr(C, align(64))]
+    struct Sums([i32; 4 * 256]);
+
+    impl Sums {
+        /// Zeroes the sum tiles.
+        ///
+        /// # Safety
+        /// A [`Tiles`] held on this thread.
+        #[inline(always)]
+        unsafe fn zero(&self) {
+            // SAFETY: tiles configured (contract); no memory touched.
+            unsafe {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    out("tmm0") _,
+                    out("tmm1") _,
+                    out("tmm2") _,
+                    out("tmm3") _,
+                    options(nostack, nomem)
+                )
+            };
+        }
+
+        /// Stores the sum tiles here.
+        ///
+        /// # Safety
+        /// A [`Tiles`] held on this thread.
+        #[inline(always)]
+        unsafe fn store(&mut self) {
+            let p = self.0.as_mut_ptr();
+            // SAFETY: tiles configured (contract); `self` holds four 16 × 16 i32 tiles at 64-byte
+            // rows.
+            unsafe {
+                asm!(
+                    "tilestored [{p} + {s}*1], tmm0",
+                    "tilestored [{p1} + {s}*1], tmm1",
+                    "tilestored [{p2} + {s}*1], tmm2",
+                    "tilestored [{p3} + {s}*1], tmm3",
+                    p = in(reg) p,
+                    p1 = in(reg) p.add(256),
+                    p2 = in(reg) p.add(512),
+                    p3 = in(reg) p.add(768),
+                    s = in(reg) 64usize,
+                    options(nostack)
+                )
+            };
         }
     }
 
@@ -117,8 +171,6 @@ pub(crate) mod x86 {
         let k = geo.k;
         assert!(values.len() >= (o + 32) * k && scales.len() >= (o + 32) * geo.groups);
         assert!(act_t.len() >= (tt + 2) * 16 * k && xscale.len() >= 32);
-        #[repr(C, align(64))]
-        struct Sums([i32; 4 * 256]);
         let mut sums = Sums([0; 4 * 256]);
         // acc[output][token].
         let mut acc = [[0.0f32; 32]; 32];
@@ -133,20 +185,7 @@ pub(crate) mod x86 {
         for g in 0..geo.groups {
             let q0 = g * geo.gp / 4;
             let q1 = q0 + geo.len(g).div_ceil(4);
-            // SAFETY: tiles configured (contract); no memory touched.
-            unsafe {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    out("tmm0") _,
-                    out("tmm1") _,
-                    out("tmm2") _,
-                    out("tmm3") _,
-                    options(nostack, nomem)
-                )
-            };
+            sums.zero();
             for q in (q0..q1).step_by(16) {
                 // SAFETY: `reads_rows(geo)` makes q0..q1 whole steps of 16 quads of unpadded rows:
                 // the A loads read 16 rows of 64 bytes inside rows o..o+32 of `values`, the B loads
@@ -179,21 +218,7 @@ pub(crate) mod x86 {
                     )
                 };
             }
-            // SAFETY: `sums` holds four 16 × 16 i32 tiles at 64-byte rows.
-            unsafe {
-                asm!(
-                    "tilestored [{p} + {s}*1], tmm0",
-                    "tilestored [{p1} + {s}*1], tmm1",
-                    "tilestored [{p2} + {s}*1], tmm2",
-                    "tilestored [{p3} + {s}*1], tmm3",
-                    p = in(reg) sums.0.as_mut_ptr(),
-                    p1 = in(reg) sums.0.as_mut_ptr().add(256),
-                    p2 = in(reg) sums.0.as_mut_ptr().add(512),
-                    p3 = in(reg) sums.0.as_mut_ptr().add(768),
-                    s = in(reg) 64usize,
-                    options(nostack)
-                )
-            };
+            sums.store();
             for (ol, a) in acc.iter_mut().enumerate() {
                 let s = _mm512_set1_ps(scales[(o + ol) * geo.groups + g]);
                 // Tile (ol / 16, half) row ol % 16: the 16 tokens of that half.
@@ -201,7 +226,8 @@ pub(crate) mod x86 {
                 for h in 0..2 {
                     let d = _mm512_loadu_si512(sums.0.as_ptr().add(at + h * 256) as *const _);
                     let f = _mm512_loadu_ps(a.as_ptr().add(h * 16));
-                    let f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), s, f);
+                    let zero = _mm512_setzero_ps();
+                    let f = group_step::<false>(f, _mm512_cvtepi32_ps(d), s, zero, zero);
                     _mm512_storeu_ps(a.as_mut_ptr().add(h * 16), f);
                 }
             }
@@ -246,28 +272,12 @@ pub(crate) mod x86 {
         let corr = panel.add(geo.kp * Q_NR) as *const i32;
         let sc = panel.add(geo.kp * Q_NR + geo.groups * Q_NR * 4) as *const f32;
         let offs = sc.add(geo.groups * Q_NR);
-        // The four sum tiles as stored: [tokens 0–15 | 16–31] × [outputs 0–15 | 16–31], 16 × 16 each.
-        #[repr(C, align(64))]
-        struct Sums([i32; 4 * 256]);
         let mut sums = Sums([0; 4 * 256]);
         let mut accf = [[0.0f32; Q_NR]; MR];
         for g in 0..geo.groups {
             let q0 = g * geo.gp / 4;
             let q1 = q0 + geo.len(g).div_ceil(4);
-            // SAFETY: tiles configured (contract); no memory touched.
-            unsafe {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    out("tmm0") _,
-                    out("tmm1") _,
-                    out("tmm2") _,
-                    out("tmm3") _,
-                    options(nostack, nomem)
-                )
-            };
+            sums.zero();
             for q in (q0..q1).step_by(16) {
                 // SAFETY: `fits(geo)` makes q0..q1 whole steps of 16 quads inside the padded row, so
                 // each load reads 16 rows of 64 bytes within `a` (32 tokens × kp) and within the panel's
@@ -300,21 +310,7 @@ pub(crate) mod x86 {
                     )
                 };
             }
-            // SAFETY: `sums` holds four 16 × 16 i32 tiles at 64-byte rows.
-            unsafe {
-                asm!(
-                    "tilestored [{p} + {s}*1], tmm0",
-                    "tilestored [{p1} + {s}*1], tmm1",
-                    "tilestored [{p2} + {s}*1], tmm2",
-                    "tilestored [{p3} + {s}*1], tmm3",
-                    p = in(reg) sums.0.as_mut_ptr(),
-                    p1 = in(reg) sums.0.as_mut_ptr().add(256),
-                    p2 = in(reg) sums.0.as_mut_ptr().add(512),
-                    p3 = in(reg) sums.0.as_mut_ptr().add(768),
-                    s = in(reg) 64usize,
-                    options(nostack)
-                )
-            };
+            sums.store();
             let c0 = _mm512_loadu_si512(corr.add(g * Q_NR) as *const _);
             let c1 = _mm512_loadu_si512(corr.add(g * Q_NR + 16) as *const _);
             let s0 = _mm512_loadu_ps(sc.add(g * Q_NR));
@@ -329,16 +325,21 @@ pub(crate) mod x86 {
                     _mm512_loadu_ps(f.as_ptr()),
                     _mm512_loadu_ps(f.as_ptr().add(16)),
                 );
-                let (f0, f1) = if OFF {
-                    let xs = _mm512_set1_ps(*xsum.add(r * geo.groups + g));
-                    let off0 = _mm512_loadu_ps(offs.add(g * Q_NR));
-                    let off1 = _mm512_loadu_ps(offs.add(g * Q_NR + 16));
-                    let t0 = _mm512_add_ps(_mm512_mul_ps(s0, d0), _mm512_mul_ps(off0, xs));
-                    let t1 = _mm512_add_ps(_mm512_mul_ps(s1, d1), _mm512_mul_ps(off1, xs));
-                    (_mm512_add_ps(f0, t0), _mm512_add_ps(f1, t1))
+                let (off0, off1, xs) = if OFF {
+                    (
+                        _mm512_loadu_ps(offs.add(g * Q_NR)),
+                        _mm512_loadu_ps(offs.add(g * Q_NR + 16)),
+                        _mm512_set1_ps(*xsum.add(r * geo.groups + g)),
+                    )
                 } else {
-                    (_mm512_fmadd_ps(d0, s0, f0), _mm512_fmadd_ps(d1, s1, f1))
+                    (
+                        _mm512_setzero_ps(),
+                        _mm512_setzero_ps(),
+                        _mm512_setzero_ps(),
+                    )
                 };
+                let f0 = group_step::<OFF>(f0, d0, s0, off0, xs);
+                let f1 = group_step::<OFF>(f1, d1, s1, off1, xs);
                 _mm512_storeu_ps(f.as_mut_ptr(), f0);
                 _mm512_storeu_ps(f.as_mut_ptr().add(16), f1);
             }

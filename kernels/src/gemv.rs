@@ -745,17 +745,7 @@ pub(crate) fn gemm_w8a8_vnni(
     ys: &mut [f32],
     tokens: usize,
 ) {
-    use int8::x86::{gemm_w8a8_block, pack_act, panel_bytes, Q_MR, Q_NR};
-    let g = W8a8Gemm {
-        mr: Q_MR,
-        nr: Q_NR,
-        act: &ACT_U8,
-        panel: &PACK_U8,
-        panel_len: panel_bytes,
-        pack_act,
-        b_tiles: None,
-        block: gemm_w8a8_block::<false>,
-    };
+    let g = w8a8_gemm_vnni(int8::x86::Q_MR, int8::x86::gemm_w8a8_block::<false>, None);
     // SAFETY: only the AVX-512 VNNI and AMX tables hold this driver, and `kernels` hands them out only
     // on a CPU with AVX-512 and VNNI, which `gemm_w8a8_block` needs.
     unsafe { gemm_w8a8(kt, q, bias, xs, ys, tokens, &g) }
@@ -772,20 +762,33 @@ pub(crate) fn gemm_w8a8_amx(
     ys: &mut [f32],
     tokens: usize,
 ) {
-    use int8::x86::{gemm_w8a8_block, pack_act, panel_bytes, Q_NR};
-    let g = W8a8Gemm {
-        mr: crate::amx::x86::MR,
-        nr: Q_NR,
-        act: &ACT_U8,
-        panel: &PACK_U8,
-        panel_len: panel_bytes,
-        pack_act,
-        b_tiles: Some((crate::amx::x86::tokens_as_b, &ACT_T)),
-        block: gemm_w8a8_block::<true>,
-    };
+    let g = w8a8_gemm_vnni(
+        crate::amx::x86::MR,
+        int8::x86::gemm_w8a8_block::<true>,
+        Some((crate::amx::x86::tokens_as_b, &ACT_T)),
+    );
     // SAFETY: only the AMX table holds this driver, and `kernels` hands it out only on a CPU with
     // AVX-512, VNNI and AMX enabled for this process, which `gemm_w8a8_block::<true>` needs.
     unsafe { gemm_w8a8(kt, q, bias, xs, ys, tokens, &g) }
+}
+
+/// The W8A8 GEMM on the VNNI panels, with `mr` tokens per step of the grid (and for AMX, the B tiles).
+#[cfg(target_arch = "x86_64")]
+fn w8a8_gemm_vnni(
+    mr: usize,
+    block: W8a8Block<u8>,
+    b_tiles: Option<(BTiles<u8>, Scratch<u8>)>,
+) -> W8a8Gemm<u8> {
+    W8a8Gemm {
+        mr,
+        nr: int8::x86::Q_NR,
+        act: &ACT_U8,
+        panel: &PACK_U8,
+        panel_len: int8::x86::panel_bytes,
+        pack_act: int8::x86::pack_act,
+        b_tiles,
+        block,
+    }
 }
 
 /// The W8A8 GEMM on AVX2 (also AVX-512 without VNNI): i16 pairs through `vpmaddwd`, see `int8.rs`.

@@ -804,6 +804,28 @@ pub(crate) mod x86 {
         }
     }
 
+    /// One group's float step of the integer GEMMs, per lane: `acc + dot·s` as one FMA (INT8), or with
+    /// `OFF` (sub-8-bit weights `s·code + off`) `acc + (s·dot + off·Σxq)` rounded step by step, as
+    /// `quant.rs`'s reference does. `off` and `xsum` are unused without `OFF`.
+    ///
+    /// # Safety
+    /// AVX-512 F must be available.
+    #[inline(always)]
+    pub(crate) unsafe fn group_step<const OFF: bool>(
+        acc: __m512,
+        dot: __m512,
+        s: __m512,
+        off: __m512,
+        xsum: __m512,
+    ) -> __m512 {
+        if OFF {
+            let t = _mm512_add_ps(_mm512_mul_ps(s, dot), _mm512_mul_ps(off, xsum));
+            _mm512_add_ps(acc, t)
+        } else {
+            _mm512_fmadd_ps(dot, s, acc)
+        }
+    }
+
     /// `R` tokens × `Q_NR` outputs over one packed panel; writes `(Σ_g s·(Σ a·w − 128Σw))·x_scale + bias`.
     /// With `OFF` (sub-8-bit weights `s·code + off`) the panel holds the offsets after the scales,
     /// `xsum` the tokens' per-group `Σ xq` as f32 (stride `geo.groups`), and the group's step is
@@ -850,25 +872,24 @@ pub(crate) mod x86 {
             let c1 = _mm512_loadu_si512(corr.add(g * Q_NR + 16) as *const _);
             let s0 = _mm512_loadu_ps(sc.add(g * Q_NR));
             let s1 = _mm512_loadu_ps(sc.add(g * Q_NR + 16));
-            if OFF {
-                let off0 = _mm512_loadu_ps(offs.add(g * Q_NR));
-                let off1 = _mm512_loadu_ps(offs.add(g * Q_NR + 16));
-                for (r, (acc, f)) in acci.iter().zip(accf.iter_mut()).enumerate() {
-                    let xs = _mm512_set1_ps(*xsum.add(r * geo.groups + g));
-                    let d0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[0], c0));
-                    let d1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[1], c1));
-                    let t0 = _mm512_add_ps(_mm512_mul_ps(s0, d0), _mm512_mul_ps(off0, xs));
-                    let t1 = _mm512_add_ps(_mm512_mul_ps(s1, d1), _mm512_mul_ps(off1, xs));
-                    f[0] = _mm512_add_ps(f[0], t0);
-                    f[1] = _mm512_add_ps(f[1], t1);
-                }
+            let (off0, off1) = if OFF {
+                (
+                    _mm512_loadu_ps(offs.add(g * Q_NR)),
+                    _mm512_loadu_ps(offs.add(g * Q_NR + 16)),
+                )
             } else {
-                for (acc, f) in acci.iter().zip(accf.iter_mut()) {
-                    let d0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[0], c0));
-                    let d1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[1], c1));
-                    f[0] = _mm512_fmadd_ps(d0, s0, f[0]);
-                    f[1] = _mm512_fmadd_ps(d1, s1, f[1]);
-                }
+                (_mm512_setzero_ps(), _mm512_setzero_ps())
+            };
+            for (r, (acc, f)) in acci.iter().zip(accf.iter_mut()).enumerate() {
+                let xs = if OFF {
+                    _mm512_set1_ps(*xsum.add(r * geo.groups + g))
+                } else {
+                    _mm512_setzero_ps()
+                };
+                let d0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[0], c0));
+                let d1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[1], c1));
+                f[0] = group_step::<OFF>(f[0], d0, s0, off0, xs);
+                f[1] = group_step::<OFF>(f[1], d1, s1, off1, xs);
             }
         }
         let mut tmp = [0.0f32; Q_NR];

@@ -456,18 +456,23 @@ fn few_token_matmul_is_matvec_bit_for_bit() {
             act: Int8Act::Int8,
         })
     };
+    // Every path's matmul of `t` tokens equals its matvec of each, bit for bit.
+    let same_as_matvec = |rng: &mut Rng, w: &MatRef, t: usize, what: &str| {
+        let k = w.in_dim();
+        let xs = rng.vec(t * k, 2.0);
+        for isa in isas() {
+            let mut got = vec![f32::NAN; t * n];
+            matmul_with(isa, w, Some(&bias), &xs, &mut got);
+            for (x, g) in xs.chunks(k).zip(got.chunks(n)) {
+                let mut one = vec![f32::NAN; n];
+                matvec_with(isa, w, Some(&bias), x, &mut one);
+                assert!(one == g, "{what} {t} tokens, {isa:?}: differs from matvec");
+            }
+        }
+    };
     for w in [w8a8, grouped(&gv, &gs, 32), grouped(&ov, &os, 45)] {
         for t in [33, 70] {
-            let xs = rng.vec(t * k, 2.0);
-            for isa in isas() {
-                let mut got = vec![f32::NAN; t * n];
-                matmul_with(isa, &w, Some(&bias), &xs, &mut got);
-                for (x, g) in xs.chunks(k).zip(got.chunks(n)) {
-                    let mut one = vec![f32::NAN; n];
-                    matvec_with(isa, &w, Some(&bias), x, &mut one);
-                    assert!(one == g, "W8A8 {t} tokens, {isa:?}: differs from matvec");
-                }
-            }
+            same_as_matvec(&mut rng, &w, t, "W8A8");
         }
     }
     // K in whole 64-byte steps (the AMX tiles' depth, where the CPU has them), per row and in groups;
@@ -484,19 +489,7 @@ fn few_token_matmul_is_matvec_bit_for_bit() {
             act: Int8Act::Int8,
         });
         for t in [33, 70, 150] {
-            let xs = rng.vec(t * k64, 2.0);
-            for isa in isas() {
-                let mut got = vec![f32::NAN; t * n];
-                matmul_with(isa, &w, Some(&bias), &xs, &mut got);
-                for (x, g) in xs.chunks(k64).zip(got.chunks(n)) {
-                    let mut one = vec![f32::NAN; n];
-                    matvec_with(isa, &w, Some(&bias), x, &mut one);
-                    assert!(
-                        one == g,
-                        "W8A8 g{group} {t} tokens, {isa:?}: differs from matvec"
-                    );
-                }
-            }
+            same_as_matvec(&mut rng, &w, t, &format!("W8A8 k{k64} g{group}"));
         }
     }
 }
