@@ -157,7 +157,13 @@ impl TensorFile {
         // the mmap contract of every mmap-based loader (safetensors, llama.cpp): model files are replaced
         // by rename, never modified in place (see the module docs). slimlm writes models that way, checks
         // size and mtime before each forward pass, and reports a SIGBUS on a mapping instead of dying.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        //
+        // `populate` maps every page up front (MAP_POPULATE; reading the file if it is not cached), as
+        // llama.cpp does: the pages are the file's, counted as file-backed RSS like any touched page,
+        // and the first forward pass then takes no page faults (on GPT-2 124M INT8 they were a fifth of
+        // a 128-token prefill's time).
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+            .map_err(|e| Error::io(path, e))?;
         let mapping = Mapping {
             #[cfg(any(target_os = "linux", target_os = "android"))]
             _registration: sigbus::Registration::new(map.as_ptr() as usize, map.len(), path),

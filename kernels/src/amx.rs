@@ -67,12 +67,19 @@ pub(crate) mod x86 {
     struct Sums([i32; 4 * 256]);
 
     impl Sums {
+        /// Room for the sum tiles, not initialised: [`Sums::store`] writes all of it before any read
+        /// (zeroing 4 KiB per pass was a tenth of a prefill's GEMM time).
+        #[inline(always)]
+        fn uninit() -> std::mem::MaybeUninit<Sums> {
+            std::mem::MaybeUninit::uninit()
+        }
+
         /// Zeroes the sum tiles.
         ///
         /// # Safety
         /// A [`Tiles`] held on this thread.
         #[inline(always)]
-        unsafe fn zero(&self) {
+        unsafe fn zero() {
             // SAFETY: tiles configured (contract); no memory touched.
             unsafe {
                 asm!(
@@ -89,13 +96,13 @@ pub(crate) mod x86 {
             };
         }
 
-        /// Stores the sum tiles here.
+        /// Stores the sum tiles into `dst`, which is then wholly initialised.
         ///
         /// # Safety
         /// A [`Tiles`] held on this thread.
         #[inline(always)]
-        unsafe fn store(&mut self) {
-            let p = self.0.as_mut_ptr();
+        unsafe fn store(dst: &mut std::mem::MaybeUninit<Sums>) -> &Sums {
+            let p = dst.as_mut_ptr() as *mut i32;
             // SAFETY: tiles configured (contract); `self` holds four 16 × 16 i32 tiles at 64-byte
             // rows.
             unsafe {
@@ -112,6 +119,8 @@ pub(crate) mod x86 {
                     options(nostack)
                 )
             };
+            // SAFETY: the four tile stores above wrote all 4 × 256 i32 of `dst`.
+            unsafe { dst.assume_init_ref() }
         }
     }
 
@@ -171,9 +180,10 @@ pub(crate) mod x86 {
         let k = geo.k;
         assert!(values.len() >= (o + 32) * k && scales.len() >= (o + 32) * geo.groups);
         assert!(act_t.len() >= (tt + 2) * 16 * k && xscale.len() >= 32);
-        let mut sums = Sums([0; 4 * 256]);
-        // acc[output][token].
-        let mut acc = [[0.0f32; 32]; 32];
+        let mut room = Sums::uninit();
+        // acc[output][token], written whole by group 0 (from zero) before any read.
+        let mut acc = std::mem::MaybeUninit::<[[f32; 32]; 32]>::uninit();
+        let ap = acc.as_mut_ptr() as *mut f32;
         let (w0, w1) = (
             values.as_ptr().add(o * k),
             values.as_ptr().add((o + 16) * k),
@@ -185,7 +195,7 @@ pub(crate) mod x86 {
         for g in 0..geo.groups {
             let q0 = g * geo.gp / 4;
             let q1 = q0 + geo.len(g).div_ceil(4);
-            sums.zero();
+            Sums::zero();
             for q in (q0..q1).step_by(16) {
                 // SAFETY: `reads_rows(geo)` makes q0..q1 whole steps of 16 quads of unpadded rows:
                 // the A loads read 16 rows of 64 bytes inside rows o..o+32 of `values`, the B loads
@@ -218,20 +228,23 @@ pub(crate) mod x86 {
                     )
                 };
             }
-            sums.store();
-            for (ol, a) in acc.iter_mut().enumerate() {
+            let sums = Sums::store(&mut room);
+            for ol in 0..32 {
                 let s = _mm512_set1_ps(scales[(o + ol) * geo.groups + g]);
                 // Tile (ol / 16, half) row ol % 16: the 16 tokens of that half.
                 let at = (ol / 16) * 512 + (ol % 16) * 16;
                 for h in 0..2 {
                     let d = _mm512_loadu_si512(sums.0.as_ptr().add(at + h * 256) as *const _);
-                    let f = _mm512_loadu_ps(a.as_ptr().add(h * 16));
+                    let a = ap.add(ol * 32 + h * 16);
                     let zero = _mm512_setzero_ps();
+                    let f = if g == 0 { zero } else { _mm512_loadu_ps(a) };
                     let f = group_step::<false>(f, _mm512_cvtepi32_ps(d), s, zero, zero);
-                    _mm512_storeu_ps(a.as_mut_ptr().add(h * 16), f);
+                    _mm512_storeu_ps(a, f);
                 }
             }
         }
+        // SAFETY: group 0 (there is at least one) wrote all 32 × 32 floats.
+        let acc = unsafe { acc.assume_init_ref() };
         // y[t][o] = acc[o][t]·xs[t] (+ bias[o]): scaled along the tokens, transposed 16 × 16.
         for ob in 0..2 {
             let bv = bias.map(|b| _mm512_loadu_ps(b[o + ob * 16..o + ob * 16 + 16].as_ptr()));
@@ -272,12 +285,14 @@ pub(crate) mod x86 {
         let corr = panel.add(geo.kp * Q_NR) as *const i32;
         let sc = panel.add(geo.kp * Q_NR + geo.groups * Q_NR * 4) as *const f32;
         let offs = sc.add(geo.groups * Q_NR);
-        let mut sums = Sums([0; 4 * 256]);
-        let mut accf = [[0.0f32; Q_NR]; MR];
+        let mut room = Sums::uninit();
+        // Written whole by group 0 (from zero) before any read.
+        let mut accf = std::mem::MaybeUninit::<[[f32; Q_NR]; MR]>::uninit();
+        let ap = accf.as_mut_ptr() as *mut f32;
         for g in 0..geo.groups {
             let q0 = g * geo.gp / 4;
             let q1 = q0 + geo.len(g).div_ceil(4);
-            sums.zero();
+            Sums::zero();
             for q in (q0..q1).step_by(16) {
                 // SAFETY: `fits(geo)` makes q0..q1 whole steps of 16 quads inside the padded row, so
                 // each load reads 16 rows of 64 bytes within `a` (32 tokens × kp) and within the panel's
@@ -310,21 +325,23 @@ pub(crate) mod x86 {
                     )
                 };
             }
-            sums.store();
+            let sums = Sums::store(&mut room);
             let c0 = _mm512_loadu_si512(corr.add(g * Q_NR) as *const _);
             let c1 = _mm512_loadu_si512(corr.add(g * Q_NR + 16) as *const _);
             let s0 = _mm512_loadu_ps(sc.add(g * Q_NR));
             let s1 = _mm512_loadu_ps(sc.add(g * Q_NR + 16));
-            for (r, f) in accf.iter_mut().enumerate() {
+            for r in 0..MR {
+                let f = ap.add(r * Q_NR);
                 let at = (r / 16) * 512 + (r % 16) * 16;
                 let i0 = _mm512_loadu_si512(sums.0.as_ptr().add(at) as *const _);
                 let i1 = _mm512_loadu_si512(sums.0.as_ptr().add(at + 256) as *const _);
                 let d0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(i0, c0));
                 let d1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(i1, c1));
-                let (f0, f1) = (
-                    _mm512_loadu_ps(f.as_ptr()),
-                    _mm512_loadu_ps(f.as_ptr().add(16)),
-                );
+                let (f0, f1) = if g == 0 {
+                    (_mm512_setzero_ps(), _mm512_setzero_ps())
+                } else {
+                    (_mm512_loadu_ps(f), _mm512_loadu_ps(f.add(16)))
+                };
                 let (off0, off1, xs) = if OFF {
                     (
                         _mm512_loadu_ps(offs.add(g * Q_NR)),
@@ -340,10 +357,12 @@ pub(crate) mod x86 {
                 };
                 let f0 = group_step::<OFF>(f0, d0, s0, off0, xs);
                 let f1 = group_step::<OFF>(f1, d1, s1, off1, xs);
-                _mm512_storeu_ps(f.as_mut_ptr(), f0);
-                _mm512_storeu_ps(f.as_mut_ptr().add(16), f1);
+                _mm512_storeu_ps(f, f0);
+                _mm512_storeu_ps(f.add(16), f1);
             }
         }
+        // SAFETY: group 0 (there is at least one) wrote all MR × Q_NR floats.
+        let accf = unsafe { accf.assume_init_ref() };
         for (r, f) in accf.iter().enumerate() {
             let xs = xscale[r];
             let out = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
