@@ -50,6 +50,8 @@ pub(crate) struct Work {
     heads_work: Vec<f32>,
     /// Positions `heads_work` has room for (the largest capacity of the caches it served).
     heads_cap: usize,
+    /// Per row of a block attention pass, the cache rows its query sees.
+    ranges: Vec<(usize, usize)>,
     /// Logits of the rows last asked for (`rows × vocab`, up to [`LOGIT_ROWS`] rows at a time).
     pub logits_rows: Vec<f32>,
     /// Final rows gathered for the LM head when only some rows' logits are wanted.
@@ -85,6 +87,7 @@ impl Work {
             slopes: c.alibi_slopes(),
             heads_work: Vec::new(),
             heads_cap: 0,
+            ranges: Vec::with_capacity(chunk),
             logits_rows: Vec::new(),
             gathered: Vec::new(),
             rows: Vec::with_capacity(chunk),
@@ -571,8 +574,9 @@ impl Work {
     }
 
     /// Causal (and for local layers, windowed) attention of every row's query over its own sequence's
-    /// cache; result in `self.att`. One task per head; each writes its outputs and scores into its own
-    /// piece of `heads_work`.
+    /// cache; result in `self.att`. One task per head, writing into its own piece of `heads_work`: the
+    /// rows of one sequence (a prefill chunk) as one block of queries over the stretch of cache they
+    /// span, rows of several sequences (a batched decode step) one query at a time.
     fn attention(&mut self, model: &Model, caches: &[KvCache], l: usize, b: &Block) {
         let c = &model.config;
         let (n, d, hd, heads) = (self.rows.len(), c.d_model, c.head_dim(), c.n_head);
@@ -583,18 +587,39 @@ impl Work {
         };
         let slopes = &self.slopes;
         let stride = head_work_len(n, hd, self.heads_cap);
-        par::for_each_chunk_mut(&mut self.heads_work[..heads * stride], stride, |h, work| {
-            let (outs, scores) = work.split_at_mut(n * hd);
-            let (q_at, _, _) = layout.offsets(h, hd, d);
-            let slope = slopes.get(h).copied().unwrap_or(0.0);
-            for (t, out) in outs.chunks_exact_mut(hd).enumerate() {
-                let p = rows[t].pos;
-                let lo = spec.window.map_or(0, |w| (p + 1).saturating_sub(w));
-                let q = &qkv[t * 3 * d + q_at..t * 3 * d + q_at + hd];
-                let (keys, vals) = caches[rows[t].seq].head(l, h, lo, p + 1);
-                kv_cache::attend(q, keys, vals, scale, slope, scores, out);
-            }
-        });
+        // The cache rows a query at position `p` sees.
+        let keys_of = |p: usize| (spec.window.map_or(0, |w| (p + 1).saturating_sub(w)), p + 1);
+        let work = &mut self.heads_work[..heads * stride];
+        if n >= BLOCK_MIN_QUERIES && rows.iter().all(|r| r.seq == rows[0].seq) {
+            let ranges = &mut self.ranges;
+            ranges.clear();
+            ranges.extend(rows.iter().map(|r| keys_of(r.pos)));
+            let base = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+            let top = ranges.iter().map(|r| r.1).max().unwrap_or(0);
+            ranges
+                .iter_mut()
+                .for_each(|r| *r = (r.0 - base, r.1 - base));
+            let (ranges, cache) = (&*ranges, &caches[rows[0].seq]);
+            par::for_each_chunk_mut(work, stride, |h, work| {
+                let (q_at, _, _) = layout.offsets(h, hd, d);
+                let slope = slopes.get(h).copied().unwrap_or(0.0);
+                let (keys, vals) = cache.head(l, h, base, top);
+                let (q, out) = (&qkv[q_at..], &mut work[..n * hd]);
+                kv_cache::attend_rows(q, 3 * d, hd, keys, vals, ranges, scale, slope, out);
+            });
+        } else {
+            par::for_each_chunk_mut(work, stride, |h, work| {
+                let (outs, scores) = work.split_at_mut(n * hd);
+                let (q_at, _, _) = layout.offsets(h, hd, d);
+                let slope = slopes.get(h).copied().unwrap_or(0.0);
+                for (t, out) in outs.chunks_exact_mut(hd).enumerate() {
+                    let (lo, hi) = keys_of(rows[t].pos);
+                    let q = &qkv[t * 3 * d + q_at..t * 3 * d + q_at + hd];
+                    let (keys, vals) = caches[rows[t].seq].head(l, h, lo, hi);
+                    kv_cache::attend(q, keys, vals, scale, slope, scores, out);
+                }
+            });
+        }
         for h in 0..heads {
             let outs = &self.heads_work[h * stride..h * stride + n * hd];
             for (t, o) in outs.chunks_exact(hd).enumerate() {
@@ -603,6 +628,9 @@ impl Work {
         }
     }
 }
+
+/// Rows of one sequence from which a pass's attention runs as one block of queries per head.
+const BLOCK_MIN_QUERIES: usize = 2;
 
 /// Rows of one pass: [`CHUNK`], at most the context length.
 pub(crate) fn chunk_rows(model: &Model) -> usize {

@@ -220,6 +220,31 @@ impl Zeroed for Vec<u16> {
     }
 }
 
+/// Attention of several queries of one head over rows of its cache, query `i` over rows `ranges[i]`
+/// (see [`ops::attend_rows`]); query `i` is `q[i·q_stride..][..d]`, its output `out[i·d..][..d]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rows(
+    q: &[f32],
+    q_stride: usize,
+    d: usize,
+    keys: Rows,
+    values: Rows,
+    ranges: &[(usize, usize)],
+    scale: f32,
+    slope: f32,
+    out: &mut [f32],
+) {
+    match (keys, values) {
+        (Rows::F32(k), Rows::F32(v)) => {
+            ops::attend_rows(q, q_stride, d, k, v, ranges, scale, slope, out, d)
+        }
+        (Rows::F16(k), Rows::F16(v)) => {
+            ops::attend_rows_f16(q, q_stride, d, k, v, ranges, scale, slope, out, d)
+        }
+        _ => unreachable!("keys and values share one element type"),
+    }
+}
+
 /// Attention of one query over `keys`/`values` rows of one head (see [`ops::attend`]); `scores` needs
 /// `n` floats.
 pub fn attend(

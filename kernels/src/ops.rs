@@ -1,5 +1,6 @@
 //! Hot-path helpers: LayerNorm, the MLP activations (gelu_new, exact GELU, ReLU), softmax, rotary
-//! position embedding, attention of one query over a KV cache (with an optional ALiBi bias).
+//! position embedding, attention of one query (or a block of queries) over a KV cache (with an
+//! optional ALiBi bias).
 //!
 //! The fast versions are plain Rust written in lane arrays (so reductions vectorise without
 //! reassociation licences) and a branch-free `exp`, compiled once per instruction set with
@@ -11,7 +12,9 @@
 //! * `gelu_erf`: `0.5·x·(1 + erf(x/√2))` through `erfc` (Numerical Recipes' Chebyshev fit, relative
 //!   error < 1.2e-7 everywhere, so the negative tail keeps its relative accuracy), in f64: ≤ ~5e-7;
 //! * `attend`: f32 lane dot products + the softmax above; `attend_f16` the same over an F16 KV cache (each
-//!   value widened to f32, exactly, as it is used).
+//!   value widened to f32, exactly, as it is used);
+//! * `attend_rows` (a prefill chunk's queries of one head as blocks): the same arithmetic per query with
+//!   the dot products summed in another order — within f32 rounding of `attend`, not bit for bit.
 
 use half::f16;
 
@@ -102,6 +105,73 @@ pub fn attend_f16(
     out: &mut [f32],
 ) {
     attend_f16_with(isa::active(), q, keys, values, scale, slope, scores, out)
+}
+
+/// Attention of several queries of one head over one stretch of its cache (a prefill chunk): query `i`,
+/// `q[i·q_stride ..][..d]`, attends to the key/value rows `ranges[i].0 .. ranges[i].1` of `keys` and
+/// `values` (`d` floats each) as [`attend`] does over those rows — score `j` is
+/// `scale·q·k_j − slope·(hi − 1 − j)` — and its output goes to `out[i·out_stride ..][..d]`. Ranges must
+/// be non-empty.
+///
+/// Blocked over queries: the keys are transposed once, then each block of queries takes its scores as
+/// full-width FMAs over the keys (no reduction per key) and its weighted sums with every value row
+/// loaded once per block. The dot products sum in another order than [`attend`]'s: equal within f32
+/// rounding (relative ~1e-6), not bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rows(
+    q: &[f32],
+    q_stride: usize,
+    d: usize,
+    keys: &[f32],
+    values: &[f32],
+    ranges: &[(usize, usize)],
+    scale: f32,
+    slope: f32,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    attend_rows_with(
+        isa::active(),
+        q,
+        q_stride,
+        d,
+        keys,
+        values,
+        ranges,
+        scale,
+        slope,
+        out,
+        out_stride,
+    )
+}
+
+/// [`attend_rows`] over keys and values stored as F16, each value widened to f32 exactly.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rows_f16(
+    q: &[f32],
+    q_stride: usize,
+    d: usize,
+    keys: &[f16],
+    values: &[f16],
+    ranges: &[(usize, usize)],
+    scale: f32,
+    slope: f32,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    attend_rows_f16_with(
+        isa::active(),
+        q,
+        q_stride,
+        d,
+        keys,
+        values,
+        ranges,
+        scale,
+        slope,
+        out,
+        out_stride,
+    )
 }
 
 fn check(isa: Isa) {
@@ -214,6 +284,137 @@ pub fn attend_f16_with(
         "attend_f16: scores scratch too short"
     );
     dispatch!(isa, attend_f16(q, keys, values, scale, slope, scores, out), scalar => attend_f16_scalar(q, keys, values, scale, slope, scores, out))
+}
+
+/// Checks the shapes of an `attend_rows` call: every query, range and output row in bounds.
+#[allow(clippy::too_many_arguments)]
+fn check_rows(
+    q: usize,
+    q_stride: usize,
+    d: usize,
+    keys: usize,
+    values: usize,
+    ranges: &[(usize, usize)],
+    out: usize,
+    out_stride: usize,
+) {
+    let m = ranges.len();
+    assert!(
+        d > 0 && keys.is_multiple_of(d) && values == keys,
+        "attend_rows: lengths"
+    );
+    let rows_fit = |len: usize, stride: usize| m == 0 || (m - 1) * stride + d <= len;
+    assert!(
+        rows_fit(q, q_stride) && rows_fit(out, out_stride),
+        "attend_rows: query or output rows out of bounds"
+    );
+    assert!(
+        ranges.iter().all(|&(lo, hi)| lo < hi && hi <= keys / d),
+        "attend_rows: empty range or range past the keys"
+    );
+}
+
+/// [`attend_rows`] on an explicit path; the scalar path is [`attend_with`]'s scalar twin per query.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rows_with(
+    isa: Isa,
+    q: &[f32],
+    q_stride: usize,
+    d: usize,
+    keys: &[f32],
+    values: &[f32],
+    ranges: &[(usize, usize)],
+    scale: f32,
+    slope: f32,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let (qs, os) = (q_stride, out_stride);
+    check_rows(
+        q.len(),
+        qs,
+        d,
+        keys.len(),
+        values.len(),
+        ranges,
+        out.len(),
+        os,
+    );
+    with_rows_scratch(|sc| {
+        dispatch!(isa, attend_rows(q, qs, d, keys, values, ranges, scale, slope, out, os, sc),
+            scalar => attend_rows_scalar(q, qs, d, keys, values, |x| x, ranges, scale, slope, out, os, sc))
+    })
+}
+
+/// [`attend_rows_f16`] on an explicit path.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rows_f16_with(
+    isa: Isa,
+    q: &[f32],
+    q_stride: usize,
+    d: usize,
+    keys: &[f16],
+    values: &[f16],
+    ranges: &[(usize, usize)],
+    scale: f32,
+    slope: f32,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let (qs, os) = (q_stride, out_stride);
+    check_rows(
+        q.len(),
+        qs,
+        d,
+        keys.len(),
+        values.len(),
+        ranges,
+        out.len(),
+        os,
+    );
+    with_rows_scratch(|sc| {
+        dispatch!(isa, attend_rows_f16(q, qs, d, keys, values, ranges, scale, slope, out, os, sc),
+            scalar => attend_rows_scalar(q, qs, d, keys, values, f16::to_f32, ranges, scale, slope, out, os, sc))
+    })
+}
+
+thread_local! {
+    /// `attend_rows`' scratch (transposed keys and a block of scores), kept per thread.
+    static ROWS_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn with_rows_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    let mut v = ROWS_SCRATCH.with(|c| c.take());
+    let r = f(&mut v);
+    ROWS_SCRATCH.with(|c| *c.borrow_mut() = v);
+    r
+}
+
+/// The scalar twin of `attend_rows`: [`attend_scalar_by`] per query over its rows.
+#[allow(clippy::too_many_arguments)]
+fn attend_rows_scalar<T: Copy>(
+    q: &[f32],
+    q_stride: usize,
+    d: usize,
+    keys: &[T],
+    values: &[T],
+    widen: impl Fn(T) -> f32 + Copy,
+    ranges: &[(usize, usize)],
+    scale: f32,
+    slope: f32,
+    out: &mut [f32],
+    out_stride: usize,
+    scores: &mut Vec<f32>,
+) {
+    for (i, &(lo, hi)) in ranges.iter().enumerate() {
+        if scores.len() < hi - lo {
+            scores.resize(hi - lo, 0.0);
+        }
+        let (k, v) = (&keys[lo * d..hi * d], &values[lo * d..hi * d]);
+        let qi = &q[i * q_stride..i * q_stride + d];
+        let o = &mut out[i * out_stride..i * out_stride + d];
+        attend_scalar_by(qi, k, v, widen, scale, slope, scores, o);
+    }
 }
 
 fn attend_f16_scalar(
@@ -473,7 +674,8 @@ fn softmax_body(x: &mut [f32]) {
 /// Attention of one query over `n` key/value rows of any stored element type, on vector type `V`:
 /// scores by full-width FMA dot products (two accumulators, one reduction per key), the softmax, then
 /// the weighted sum of the values four vectors of outputs at a time, kept in registers over all keys.
-/// Every query's arithmetic is the same however many are run, so a prefill equals its steps.
+/// Every query's arithmetic is the same however many are run, so a batched decode step equals each
+/// sequence's own step.
 ///
 /// # Safety
 /// `V`'s instructions must be available; lengths are checked by the callers (`attend_with`).
@@ -547,6 +749,182 @@ unsafe fn attend_body<V: F32Vec, E: Elem>(
             .enumerate()
             .map(|(j, &p)| p * (*vp.add(j * d + i)).f32())
             .sum();
+    }
+}
+
+/// Queries per block of `attend_rows`' scores (one vector accumulator each).
+const QB: usize = 8;
+/// Queries per block of `attend_rows`' weighted sums (four vector accumulators each).
+const PB: usize = 4;
+
+/// `attend_rows` on vector type `V` (see there); `scratch` grows to `d·nk + QB·nk` floats for the `nk`
+/// keys the queries span.
+///
+/// # Safety
+/// `V`'s instructions must be available; shapes checked by the callers (`check_rows`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_rows_body<V: F32Vec, E: Elem>(
+    q: &[f32],
+    qs: usize,
+    d: usize,
+    keys: &[E],
+    values: &[E],
+    ranges: &[(usize, usize)],
+    scale: f32,
+    slope: f32,
+    out: &mut [f32],
+    os: usize,
+    scratch: &mut Vec<f32>,
+) {
+    let (m, w) = (ranges.len(), V::W);
+    if m == 0 {
+        return;
+    }
+    let base = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+    let top = ranges.iter().map(|r| r.1).max().unwrap_or(0);
+    // Keys base..top transposed: kt[c·nkp + j] = key (base + j), value c; padding keys are 0.
+    let nkp = (top - base).div_ceil(w) * w;
+    if scratch.len() < (d + QB) * nkp {
+        scratch.resize((d + QB) * nkp, 0.0);
+    }
+    let (kt, s) = scratch.split_at_mut(d * nkp);
+    for (c, col) in kt.chunks_exact_mut(nkp).enumerate() {
+        for (j, v) in col[..top - base].iter_mut().enumerate() {
+            *v = keys[(base + j) * d + c].f32();
+        }
+        col[top - base..].fill(0.0);
+    }
+    let (qp, op, vp) = (q.as_ptr(), out.as_mut_ptr(), values.as_ptr());
+    for i0 in (0..m).step_by(QB) {
+        let rows = QB.min(m - i0);
+        let block = &ranges[i0..i0 + rows];
+        let blo = block.iter().map(|r| r.0).min().unwrap_or(0) - base;
+        let bhi = block.iter().map(|r| r.1).max().unwrap_or(0) - base;
+        let (jb0, jb1) = (blo / w * w, bhi.div_ceil(w) * w);
+        let sp = s.as_mut_ptr();
+        if rows == QB {
+            qk_block::<V, QB>(qp.add(i0 * qs), qs, d, kt.as_ptr(), nkp, (jb0, jb1), sp);
+        } else {
+            for r in 0..rows {
+                let (qr, sr) = (qp.add((i0 + r) * qs), sp.add(r * nkp));
+                qk_block::<V, 1>(qr, qs, d, kt.as_ptr(), nkp, (jb0, jb1), sr);
+            }
+        }
+        // Each row's softmax over its own keys; the rest of the block's span weighs 0.
+        for (r, &(lo, hi)) in block.iter().enumerate() {
+            let row = &mut s[r * nkp..(r + 1) * nkp];
+            let (lo, hi) = (lo - base, hi - base);
+            for (j, v) in row[lo..hi].iter_mut().enumerate() {
+                *v = scale * *v - slope * (hi - 1 - (lo + j)) as f32;
+            }
+            softmax_body(&mut row[lo..hi]);
+            row[blo..lo].fill(0.0);
+            row[hi..bhi].fill(0.0);
+        }
+        let mut r = 0;
+        while r < rows {
+            let (pr, or) = (s.as_ptr().add(r * nkp), op.add((i0 + r) * os));
+            let vb = vp.add(base * d);
+            if rows - r >= PB {
+                pv_block::<V, E, PB>(pr, nkp, vb, d, (blo, bhi), or, os);
+                r += PB;
+            } else {
+                pv_block::<V, E, 1>(pr, nkp, vb, d, (blo, bhi), or, os);
+                r += 1;
+            }
+        }
+    }
+}
+
+/// Scores of `R` queries (`q`, stride `qs`) against the transposed keys `kt` (stride `nkp`), key vectors
+/// `j0..j1` (whole vectors), into `s` (stride `nkp`).
+#[inline(always)]
+unsafe fn qk_block<V: F32Vec, const R: usize>(
+    q: *const f32,
+    qs: usize,
+    d: usize,
+    kt: *const f32,
+    nkp: usize,
+    (j0, j1): (usize, usize),
+    s: *mut f32,
+) {
+    let mut jb = j0;
+    while jb < j1 {
+        let mut acc = [V::zero(); R];
+        for c in 0..d {
+            let k = V::load(kt.add(c * nkp + jb));
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = V::fma(V::splat(*q.add(r * qs + c)), k, *a);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            V::store(s.add(r * nkp + jb), *a);
+        }
+        jb += V::W;
+    }
+}
+
+/// `R` outputs (`o`, stride `os`) = the weights `p` (stride `nkp`) of keys `j0..j1` times their value
+/// rows (`v`, `d` each), four vectors of outputs at a time, then one, then scalar.
+#[inline(always)]
+unsafe fn pv_block<V: F32Vec, E: Elem, const R: usize>(
+    p: *const f32,
+    nkp: usize,
+    v: *const E,
+    d: usize,
+    (j0, j1): (usize, usize),
+    o: *mut f32,
+    os: usize,
+) {
+    let w = V::W;
+    let dv = d / w * w;
+    let mut c = 0;
+    while c + 4 * w <= dv {
+        let mut acc = [[V::zero(); 4]; R];
+        for j in j0..j1 {
+            let vr = v.add(j * d + c);
+            let vv = [
+                E::vload::<V>(vr),
+                E::vload::<V>(vr.add(w)),
+                E::vload::<V>(vr.add(2 * w)),
+                E::vload::<V>(vr.add(3 * w)),
+            ];
+            for (r, a) in acc.iter_mut().enumerate() {
+                let pj = V::splat(*p.add(r * nkp + j));
+                for (u, au) in a.iter_mut().enumerate() {
+                    *au = V::fma(pj, vv[u], *au);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (u, au) in a.iter().enumerate() {
+                V::store(o.add(r * os + c + u * w), *au);
+            }
+        }
+        c += 4 * w;
+    }
+    while c < dv {
+        let mut acc = [V::zero(); R];
+        for j in j0..j1 {
+            let vv = E::vload::<V>(v.add(j * d + c));
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = V::fma(V::splat(*p.add(r * nkp + j)), vv, *a);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            V::store(o.add(r * os + c), *a);
+        }
+        c += w;
+    }
+    for c in dv..d {
+        for r in 0..R {
+            let mut t = 0.0f32;
+            for j in j0..j1 {
+                t += *p.add(r * nkp + j) * (*v.add(j * d + c)).f32();
+            }
+            *o.add(r * os + c) = t;
+        }
     }
 }
 
@@ -633,6 +1011,48 @@ macro_rules! instantiate_ops {
                 out: &mut [f32],
             ) {
                 super::attend_body::<$v, half::f16>(q, keys, values, scale, slope, scores, out)
+            }
+            /// # Safety
+            /// The CPU must support this instruction set.
+            #[$feat]
+            #[allow(clippy::too_many_arguments)]
+            pub(super) unsafe fn attend_rows(
+                q: &[f32],
+                qs: usize,
+                d: usize,
+                keys: &[f32],
+                values: &[f32],
+                ranges: &[(usize, usize)],
+                scale: f32,
+                slope: f32,
+                out: &mut [f32],
+                os: usize,
+                scratch: &mut Vec<f32>,
+            ) {
+                super::attend_rows_body::<$v, f32>(
+                    q, qs, d, keys, values, ranges, scale, slope, out, os, scratch,
+                )
+            }
+            /// # Safety
+            /// The CPU must support this instruction set.
+            #[$feat]
+            #[allow(clippy::too_many_arguments)]
+            pub(super) unsafe fn attend_rows_f16(
+                q: &[f32],
+                qs: usize,
+                d: usize,
+                keys: &[half::f16],
+                values: &[half::f16],
+                ranges: &[(usize, usize)],
+                scale: f32,
+                slope: f32,
+                out: &mut [f32],
+                os: usize,
+                scratch: &mut Vec<f32>,
+            ) {
+                super::attend_rows_body::<$v, half::f16>(
+                    q, qs, d, keys, values, ranges, scale, slope, out, os, scratch,
+                )
             }
         }
     };

@@ -964,6 +964,102 @@ mod ops_tests {
     }
 }
 
+/// Query rows for `attend_rows`: a chunk of `m` consecutive positions ending at `top`, each seeing
+/// the keys from `max(0, p + 1 − window)` to its own position `p` inclusive.
+fn causal_ranges(m: usize, top: usize, window: Option<usize>) -> Vec<(usize, usize)> {
+    (top - m..top)
+        .map(|p| (window.map_or(0, |w| (p + 1).saturating_sub(w)), p + 1))
+        .collect()
+}
+
+mod attend_rows_tests {
+    use super::*;
+    use slimlm_kernels::ops::{attend_rows_f16_with, attend_rows_with};
+
+    /// Every query of a block against [`reference::attend`] over its own rows, on odd head sizes,
+    /// blocks that are not whole (1, 5, 9, 17 queries), a prefix already cached before the chunk,
+    /// sliding windows (GPT-Neo's local layers) and ALiBi slopes; F32 and F16 keys.
+    #[test]
+    fn attend_rows_all_paths() {
+        let mut rng = Rng(53);
+        for &d in &[1usize, 7, 64, 80] {
+            for &(m, top, window) in &[
+                (1usize, 1usize, None),
+                (5, 5, None),
+                (9, 30, None),
+                (17, 17, Some(4usize)),
+                (33, 70, Some(19)),
+                (40, 40, None),
+            ] {
+                let qs = 3 * d + 1; // queries at a stride, as in the fused QKV rows
+                let q = rng.vec(m * qs, 2.0);
+                let keys = rng.vec(top * d, 2.0);
+                let values = rng.vec(top * d, 3.0);
+                let keys16: Vec<f16> = keys.iter().map(|&v| f16::from_f32(v)).collect();
+                let values16: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+                let (kw, vw): (Vec<f32>, Vec<f32>) = (
+                    keys16.iter().map(|h| h.to_f32()).collect(),
+                    values16.iter().map(|h| h.to_f32()).collect(),
+                );
+                let ranges = causal_ranges(m, top, window);
+                let scale = 1.0 / (d as f32).sqrt();
+                let vmax = values.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                for slope in [0.0f32, 0.5, 0.0039] {
+                    let want = |k: &[f32], v: &[f32]| -> Vec<f32> {
+                        let mut out = vec![0.0; m * d];
+                        for (i, &(lo, hi)) in ranges.iter().enumerate() {
+                            reference::attend(
+                                &q[i * qs..i * qs + d],
+                                &k[lo * d..hi * d],
+                                &v[lo * d..hi * d],
+                                scale,
+                                slope,
+                                &mut out[i * d..(i + 1) * d],
+                            );
+                        }
+                        out
+                    };
+                    let (want32, want16) = (want(&keys, &values), want(&kw, &vw));
+                    let name =
+                        format!("attend_rows d={d} m={m} top={top} {window:?} slope={slope}");
+                    for isa in isas() {
+                        let mut got = vec![f32::NAN; m * d];
+                        let (k, v) = (&keys, &values);
+                        attend_rows_with(isa, &q, qs, d, k, v, &ranges, scale, slope, &mut got, d);
+                        assert_close(&format!("{name} {isa:?}"), &got, &want32, &[vmax], 1e-5);
+                        let mut got = vec![f32::NAN; m * d];
+                        let (k, v) = (&keys16, &values16);
+                        attend_rows_f16_with(
+                            isa, &q, qs, d, k, v, &ranges, scale, slope, &mut got, d,
+                        );
+                        assert_close(&format!("{name} f16 {isa:?}"), &got, &want16, &[vmax], 1e-5);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "empty range")]
+    fn attend_rows_rejects_an_empty_range() {
+        let (q, k) = (vec![0.0; 4], vec![0.0; 8]);
+        let mut out = vec![0.0; 4];
+        attend_rows_with(
+            isas()[0],
+            &q,
+            4,
+            4,
+            &k,
+            &k,
+            &[(1, 1)],
+            1.0,
+            0.0,
+            &mut out,
+            4,
+        );
+    }
+}
+
 /// A random sub-8-bit matrix: codes, F16 scales (some groups all zero), optional F16 minimums.
 fn quant_matrix(
     rng: &mut Rng,
