@@ -159,6 +159,10 @@ pub(crate) mod x86 {
     /// token tile) as B; `Σ w·xq` exact by `tdpbssd`, then per group `acc = fma(sum, scale, acc)` and
     /// `y = acc·x_scale + bias` per element: `micro_vnni::<_, false>`'s bits.
     ///
+    /// `ahead` is a stretch of memory (weights the caller reads next) to prefetch into L2 meanwhile,
+    /// spread over the pass's steps: the weights come from DRAM once per product, and the tile loads
+    /// would otherwise wait for them.
+    ///
     /// # Safety
     /// AVX-512 F and FMA; a [`Tiles`] held on this thread;
     /// `reads_rows(geo)`; rows `o ..o + 32` of `values` and token tiles `tt, tt + 1` of `act_t` exist;
@@ -176,7 +180,12 @@ pub(crate) mod x86 {
         bias: Option<&[f32]>,
         c: *mut f32,
         ldc: usize,
+        ahead: &[i8],
     ) {
+        // Lines of `ahead` to prefetch per step of 64 bytes of K.
+        let per_step = ahead.len().div_ceil(64).div_ceil(geo.k / 64);
+        let mut next = ahead.as_ptr();
+        let end = ahead.as_ptr_range().end;
         let k = geo.k;
         assert!(values.len() >= (o + 32) * k && scales.len() >= (o + 32) * geo.groups);
         assert!(act_t.len() >= (tt + 2) * 16 * k && xscale.len() >= 32);
@@ -197,6 +206,13 @@ pub(crate) mod x86 {
             let q1 = q0 + geo.len(g).div_ceil(4);
             Sums::zero();
             for q in (q0..q1).step_by(16) {
+                for _ in 0..per_step {
+                    if next < end {
+                        // SAFETY: a prefetch is a hint: it never faults, whatever the address.
+                        unsafe { _mm_prefetch::<_MM_HINT_T1>(next) };
+                        next = next.wrapping_add(64);
+                    }
+                }
                 // SAFETY: `reads_rows(geo)` makes q0..q1 whole steps of 16 quads of unpadded rows:
                 // the A loads read 16 rows of 64 bytes inside rows o..o+32 of `values`, the B loads
                 // one 1 KiB block of each token tile (asserted above).

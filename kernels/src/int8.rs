@@ -961,10 +961,32 @@ pub(crate) mod x86 {
             let b = bias.map(|b| &b[o..o + cols]);
             let mut t = t0;
             if in_place && cols == Q_NR {
+                // The next 32 rows (contiguous), prefetched in shares over this block's passes.
+                let rows = (o + Q_NR)..(o + 2 * Q_NR).min(n1);
+                let next =
+                    &values[rows.start.min(rows.end) * geo.k..rows.end.max(rows.start) * geo.k];
+                let passes = (t1 - t) / amx::MR;
+                let share = next.len().div_ceil(passes.max(1)).div_ceil(64) * 64;
+                let mut i = 0;
                 while t1 - t >= amx::MR {
                     let (xsr, c) = (&xscale[t..t + amx::MR], ys.add(t * n + o));
-                    amx::tile_rows(geo, values, scales, o, act_t, t / 16, xsr, bias, c, n);
+                    let ahead =
+                        &next[(i * share).min(next.len())..((i + 1) * share).min(next.len())];
+                    amx::tile_rows(
+                        geo,
+                        values,
+                        scales,
+                        o,
+                        act_t,
+                        t / 16,
+                        xsr,
+                        bias,
+                        c,
+                        n,
+                        ahead,
+                    );
                     t += amx::MR;
+                    i += 1;
                 }
             }
             if t < t1 {
