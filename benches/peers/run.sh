@@ -134,7 +134,11 @@ for m in "${models[@]}"; do
   for e in $engines; do for v in $(variants "$e"); do runs+=("$e:$v"); done; done
   for r in $(seq "$reps"); do
     "$py" $here/bandwidth.py | tag "$m" "$r" ""
-    # Alternate: every engine/variant once per repetition, starting one further along each time.
+    # Alternate: every engine/variant once per repetition, starting one further along each time. Each
+    # engine's output is captured and only then handed to `tag`: piped straight in, tag's Python would
+    # start beside the engine — slimlm, which starts in milliseconds, then shared the two cores with that
+    # start-up during its prefill (a third of its prefill speed lost), while the Python engines measure
+    # after their imports, when tag already waits.
     n=${#runs[@]}
     for ((i = 0; i < n; i++)); do
       run=${runs[$(((i + r - 1) % n))]}
@@ -145,18 +149,18 @@ for m in "${models[@]}"; do
           d=$base; [ "$v" = f32 ] || d=target/bench-models/$m.$v
           first=$(./target/release/slimlm generate --model "$d" --prompt-ids "$ids" --max-tokens 8 --greedy \
             --ignore-eos --json --threads "$threads" | python3 -c "import json,sys; print(json.load(sys.stdin)['generated_ids'])") &&
-          ./target/release/slimlm bench memory --model "$d" --prompt-tokens $prompt --tokens $tokens \
-            --threads "$threads" --json | tag "$m" "$r" "slimlm-$v" "first_tokens=$first" \
+          o=$(./target/release/slimlm bench memory --model "$d" --prompt-tokens $prompt --tokens $tokens \
+            --threads "$threads" --json) && printf '%s\n' "$o" | tag "$m" "$r" "slimlm-$v" "first_tokens=$first" \
             "prompt_ids_equal=$slim_same" "versions={\"slimlm\": \"$(git describe --always --dirty)\"}" || rc=$?
           ;;
         transformers)
-          "$py" $here/hf_bench.py --model "$base" --mode "$v" --threads "$threads" --prompt-ids "$ids" \
-            --tokens $tokens 2>/dev/null | tag "$m" "$r" "" || rc=$?
+          o=$("$py" $here/hf_bench.py --model "$base" --mode "$v" --threads "$threads" --prompt-ids "$ids" \
+            --tokens $tokens 2>/dev/null) && printf '%s\n' "$o" | tag "$m" "$r" "" || rc=$?
           ;;
         *)
           script=$here/${e//./}_bench.py; [ "$e" = llama.cpp ] && script=$here/llamacpp_bench.py
-          "$py" "$script" --model "target/peers-models/$m.$e.$v" --hf-model "$base" --variant "$v" \
-            --threads "$threads" --prompt-ids "$ids" --tokens $tokens 2>/dev/null | tag "$m" "$r" "" || rc=$?
+          o=$("$py" "$script" --model "target/peers-models/$m.$e.$v" --hf-model "$base" --variant "$v" \
+            --threads "$threads" --prompt-ids "$ids" --tokens $tokens 2>/dev/null) && printf '%s\n' "$o" | tag "$m" "$r" "" || rc=$?
           ;;
       esac
       if [ $rc != 0 ]; then
