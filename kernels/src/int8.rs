@@ -962,9 +962,8 @@ pub(crate) mod x86 {
             let mut t = t0;
             if in_place && cols == Q_NR {
                 // The next 32 rows (contiguous), prefetched in shares over this block's passes.
-                let rows = (o + Q_NR)..(o + 2 * Q_NR).min(n1);
-                let next =
-                    &values[rows.start.min(rows.end) * geo.k..rows.end.max(rows.start) * geo.k];
+                let (r0, r1) = ((o + Q_NR).min(n1), (o + 2 * Q_NR).min(n1));
+                let next = &values[r0 * geo.k..r1 * geo.k];
                 let passes = (t1 - t) / amx::MR;
                 let share = next.len().div_ceil(passes.max(1)).div_ceil(64) * 64;
                 let mut i = 0;

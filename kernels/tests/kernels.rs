@@ -427,18 +427,23 @@ fn few_token_matmul_is_matvec_bit_for_bit() {
             act,
         }));
     }
-    for t in [2, 5, 31] {
+    // Every path's matmul of `t` tokens equals its matvec of each, bit for bit.
+    let same_as_matvec = |rng: &mut Rng, w: &MatRef, t: usize, what: &str| {
+        let k = w.in_dim();
         let xs = rng.vec(t * k, 2.0);
-        for w in &mats {
-            for isa in isas() {
-                let mut got = vec![f32::NAN; t * n];
-                matmul_with(isa, w, Some(&bias), &xs, &mut got);
-                for (x, g) in xs.chunks(k).zip(got.chunks(n)) {
-                    let mut one = vec![f32::NAN; n];
-                    matvec_with(isa, w, Some(&bias), x, &mut one);
-                    assert!(one == g, "{t} tokens, {isa:?}: differs from matvec");
-                }
+        for isa in isas() {
+            let mut got = vec![f32::NAN; t * n];
+            matmul_with(isa, w, Some(&bias), &xs, &mut got);
+            for (x, g) in xs.chunks(k).zip(got.chunks(n)) {
+                let mut one = vec![f32::NAN; n];
+                matvec_with(isa, w, Some(&bias), x, &mut one);
+                assert!(one == g, "{what} {t} tokens, {isa:?}: differs from matvec");
             }
+        }
+    };
+    for t in [2, 5, 31] {
+        for w in &mats {
+            same_as_matvec(&mut rng, w, t, "");
         }
     }
     // W8A8 keeps matvec's bits at any token count through the integer GEMMs (VNNI, AVX2 i16 pairs),
@@ -455,20 +460,6 @@ fn few_token_matmul_is_matvec_bit_for_bit() {
             group,
             act: Int8Act::Int8,
         })
-    };
-    // Every path's matmul of `t` tokens equals its matvec of each, bit for bit.
-    let same_as_matvec = |rng: &mut Rng, w: &MatRef, t: usize, what: &str| {
-        let k = w.in_dim();
-        let xs = rng.vec(t * k, 2.0);
-        for isa in isas() {
-            let mut got = vec![f32::NAN; t * n];
-            matmul_with(isa, w, Some(&bias), &xs, &mut got);
-            for (x, g) in xs.chunks(k).zip(got.chunks(n)) {
-                let mut one = vec![f32::NAN; n];
-                matvec_with(isa, w, Some(&bias), x, &mut one);
-                assert!(one == g, "{what} {t} tokens, {isa:?}: differs from matvec");
-            }
-        }
     };
     for w in [w8a8, grouped(&gv, &gs, 32), grouped(&ov, &os, 45)] {
         for t in [33, 70] {
